@@ -1,0 +1,213 @@
+"""``edge-agent``: the command line. Each command is a thin wrapper over a
+library call; this module alone turns errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent import render
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import (
+    ConfigError,
+    EdgeAgentError,
+    InvalidInput,
+    ModelNotFound,
+    PackageError,
+)
+
+logger = logging.getLogger("edge_agent")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_BAD_INPUT, EXIT_PACKAGE = 0, 1, 2, 3, 4, 5, 6
+
+
+def exit_code(exc: EdgeAgentError) -> int:
+    for cls, code in (
+        (ConfigError, EXIT_CONFIG),
+        (ModelNotFound, EXIT_NOT_FOUND),
+        (InvalidInput, EXIT_BAD_INPUT),
+        (PackageError, EXIT_PACKAGE),
+    ):
+        if isinstance(exc, cls):
+            return code
+    return EXIT_ERROR
+
+
+def _engine(config: AgentConfig) -> Any:
+    from edge_agent.runtime.backends import BackendOptions
+    from edge_agent.runtime.engine import Engine, EngineOptions
+    from edge_agent.runtime.store import ModelStore
+
+    store = ModelStore(config.model_dir, config.store_state_path)
+    options = EngineOptions(
+        backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
+        max_image_pixels=config.max_image_pixels,
+        max_rows=config.max_batch_rows,
+    )
+    return Engine(store, options)
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_predict(config: AgentConfig, args: argparse.Namespace) -> int:
+    from edge_agent.inputs_io import read_input_file
+
+    engine = _engine(config)
+    model = engine.model(args.model, args.version)
+    tensors, images = read_input_file(Path(args.input), model.manifest)
+    pred = engine.predict(args.model, tensors, images=images, version=args.version)
+    if args.json:
+        print(json.dumps(render.prediction_dict(pred), indent=2))
+    else:
+        print(render.prediction_text(pred, Path(args.input).name))
+    return EXIT_OK
+
+
+def cmd_demo(config: AgentConfig, args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo
+
+    return EXIT_OK if run_demo(_engine(config), models=args.models or None) else EXIT_ERROR
+
+
+def cmd_models_list(config: AgentConfig, args: argparse.Namespace) -> int:
+    engine = _engine(config)
+    rows = [engine.describe(name) for name in engine.store.names()]
+    print(json.dumps(rows, indent=2) if args.json else render.models_table(rows))
+    return EXIT_OK
+
+
+def cmd_models_inspect(config: AgentConfig, args: argparse.Namespace) -> int:
+    store = _engine(config).store
+    m = store.manifest(args.model, args.version)
+    print(json.dumps(m.model_dump(mode="json"), indent=2))
+    return EXIT_OK
+
+
+def cmd_models_verify(config: AgentConfig, args: argparse.Namespace) -> int:
+    store = _engine(config).store
+    targets = [(args.model, v) for v in ([args.version] if args.version else store.versions(args.model))] \
+        if args.model else [(n, v) for n in store.names() for v in store.versions(n)]
+    if args.model and not targets:
+        store.package_dir(args.model, "")
+    failed = 0
+    for name, version in targets:
+        try:
+            store.verify(name, version)
+            print(f"ok      {name}/{version}")
+        except PackageError as exc:
+            failed += 1
+            print(f"FAILED  {name}/{version}: {exc.message}")
+    return EXIT_PACKAGE if failed else EXIT_OK
+
+
+def cmd_models_selftest(config: AgentConfig, args: argparse.Namespace) -> int:
+    engine = _engine(config)
+    names = [args.model] if args.model else engine.store.names()
+    failed = 0
+    for name in names:
+        version = args.version or engine.store.active_version(name)
+        try:
+            _, report = engine.store.load(name, version, engine.options.backend)
+            diffs = ", ".join(f"{k} {v:.2g}" for k, v in report.max_abs_diff.items())
+            print(f"pass    {name}/{version}  max |diff|: {diffs}")
+        except EdgeAgentError as exc:
+            failed += 1
+            print(f"FAIL    {name}/{version}: {exc.message}")
+    return EXIT_PACKAGE if failed else EXIT_OK
+
+
+def cmd_models_activate(config: AgentConfig, args: argparse.Namespace) -> int:
+    report = _engine(config).activate(args.model, args.version)
+    print(f"{args.model}/{args.version} is active ({report.message})")
+    return EXIT_OK
+
+
+def cmd_models_rollback(config: AgentConfig, args: argparse.Namespace) -> int:
+    target = _engine(config).rollback(args.model)
+    print(f"{args.model} rolled back to version {target}")
+    return EXIT_OK
+
+
+def cmd_backends(config: AgentConfig, args: argparse.Namespace) -> int:
+    from edge_agent.runtime.backends import availability
+
+    for name, reason in availability().items():
+        print(f"{name:8} {'available' if reason is None else 'UNAVAILABLE: ' + reason}")
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------
+Command = Callable[[AgentConfig, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="Edge inference agent: models served on the device.")
+    p.add_argument("--config", type=Path, help="TOML config file (also EDGE_CONFIG); EDGE_* variables override it")
+    p.add_argument("--model-dir", type=Path, help="model store root (EDGE_MODEL_DIR)")
+    p.add_argument("--data-dir", type=Path, help="writable state directory (EDGE_DATA_DIR)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent: Any, name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add(sub, "predict", cmd_predict, "Predict offline, without a server: image, JSON array or .npy.")
+    sp.add_argument("model", help="model name, e.g. digits_int8")
+    sp.add_argument("input", help="an image (.jpg .png .bmp), a JSON array / {\"data\": ...}, or a .npy file")
+    sp.add_argument("--version", help="model version (default: the active one)")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sp = add(sub, "demo", cmd_demo, "Predict on every bundled model's sample inputs, with timings.")
+    sp.add_argument("models", nargs="*", help="only these models (default: all)")
+
+    sp = add(sub, "backends", cmd_backends, "Show which inference backends can run here, and why not.")
+
+    models = add(sub, "models", lambda c, a: EXIT_USAGE, "Manage the model store.")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    sp = add(msub, "list", cmd_models_list, "List models, versions and the active version.")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp = add(msub, "inspect", cmd_models_inspect, "Print a version's manifest.")
+    sp.add_argument("model", help="model name")
+    sp.add_argument("--version", help="version (default: active)")
+    sp = add(msub, "verify", cmd_models_verify, "Check manifests and sha256 of model files.")
+    sp.add_argument("model", nargs="?", help="model name (default: all)")
+    sp.add_argument("version", nargs="?", help="version (default: all)")
+    sp = add(msub, "selftest", cmd_models_selftest, "Load models and run their golden self-test.")
+    sp.add_argument("model", nargs="?", help="model name (default: all)")
+    sp.add_argument("--version", help="version (default: active)")
+    sp = add(msub, "activate", cmd_models_activate, "Self-test a version, then make it active.")
+    sp.add_argument("model", help="model name")
+    sp.add_argument("version", help="version to activate")
+    sp = add(msub, "rollback", cmd_models_rollback, "Re-activate the previously active version.")
+    sp.add_argument("model", help="model name")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = {k: v for k, v in (("model_dir", args.model_dir), ("data_dir", args.data_dir)) if v}
+        config = load_config(args.config)
+        if overrides:
+            config = config.model_copy(update=overrides)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else getattr(logging, config.log_level),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        code: int = args.func(config, args)
+        return code
+    except EdgeAgentError as exc:
+        print(f"edge-agent: error: {exc.message}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The agent's exception tree.
+
+Every error the agent raises on purpose is an ``EdgeAgentError``. Library
+errors (onnxruntime, LiteRT, OpenCV, sqlite) are translated into one of these
+where they enter the agent, so callers only ever catch this tree. Each class
+carries a ``status`` (the HTTP status the gateway will map it to) and a
+``code`` (a stable machine-readable name); the CLI maps them to exit codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgeAgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class ConfigError(EdgeAgentError):
+    """The configuration is invalid; ``problems`` lists every problem found."""
+
+    status = 500
+    code = "config_invalid"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+class InvalidInput(EdgeAgentError):
+    """The caller sent something the model cannot take (shape, dtype, NaN...)."""
+
+    status = 422
+    code = "invalid_input"
+
+
+class ImageDecodeError(InvalidInput):
+    """Bytes that are not a decodable image, or an image over the pixel limit."""
+
+    code = "invalid_image"
+
+
+class PayloadTooLarge(InvalidInput):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelNotFound(EdgeAgentError):
+    status = 404
+    code = "model_not_found"
+
+
+class VersionNotFound(ModelNotFound):
+    code = "version_not_found"
+
+
+class ModelNotReady(EdgeAgentError):
+    status = 503
+    code = "model_not_ready"
+
+
+class PackageError(EdgeAgentError):
+    """A model package is malformed: bad manifest, missing file, bad checksum."""
+
+    status = 422
+    code = "package_invalid"
+
+
+class IntegrityError(PackageError):
+    """A model file does not match the sha256 its manifest records."""
+
+    code = "integrity_failed"
+
+
+class SelfTestFailed(PackageError):
+    """A model loaded but did not reproduce its golden sample."""
+
+    code = "self_test_failed"
+
+
+class BackendUnavailable(EdgeAgentError):
+    """The runtime library a backend needs is missing or broken here."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
+class InferenceError(EdgeAgentError):
+    """The runtime failed while running a model on inputs that passed checks."""
+
+    status = 500
+    code = "inference_failed"

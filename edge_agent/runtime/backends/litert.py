@@ -1,0 +1,180 @@
+"""LiteRT (TensorFlow Lite) backend via ``ai_edge_litert``.
+
+Falls back to ``tflite_runtime`` only when that is what is installed. Int8 /
+uint8 quantized inputs and outputs are handled transparently: callers send and
+receive float32, quantized with the model's own scale and zero point. Models
+whose batch dimension is dynamic are resized to the batch; fixed-batch models
+are run one slice at a time. The interpreter is not thread-safe, so each model
+serialises its calls with a lock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import BackendUnavailable, InferenceError, PackageError
+from edge_agent.runtime.backends.base import BackendOptions
+from edge_agent.runtime.package import Manifest
+
+
+def _interpreter_class() -> tuple[Any, str]:
+    errors = []
+    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+        try:
+            return importlib.import_module(module).Interpreter, module.split(".")[0]
+        except Exception as exc:  # ImportError, or a broken shared library
+            errors.append(f"{module}: {exc}")
+    raise BackendUnavailable("no LiteRT runtime can be imported (" + "; ".join(errors) + ")")
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    name: str
+    index: int
+    dtype: Any
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+
+def _tensor(detail: dict[str, Any]) -> _Tensor:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return _Tensor(
+        name=detail["name"],
+        index=int(detail["index"]),
+        dtype=np.dtype(detail["dtype"]),
+        shape=tuple(int(d) for d in detail["shape_signature"]),
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+def quantize(x: np.ndarray, t: _Tensor) -> np.ndarray:
+    info = np.iinfo(t.dtype)
+    q = np.round(x / t.scale) + t.zero_point
+    return np.clip(q, info.min, info.max).astype(t.dtype)
+
+
+def dequantize(q: np.ndarray, t: _Tensor) -> np.ndarray:
+    return ((q.astype(np.float32) - np.float32(t.zero_point)) * np.float32(t.scale)).astype(np.float32)
+
+
+class LiteRTModel:
+    def __init__(self, path: Path, manifest: Manifest, options: BackendOptions) -> None:
+        interpreter_cls, self._runtime = _interpreter_class()
+        try:
+            self._interp = interpreter_cls(model_path=str(path), num_threads=options.intra_op_threads)
+            self._interp.allocate_tensors()
+        except Exception as exc:
+            raise PackageError(f"{manifest.name}/{manifest.version}: LiteRT cannot load {path.name}: {exc}")
+        self.manifest = manifest
+        ins = {d["name"]: _tensor(d) for d in self._interp.get_input_details()}
+        outs = {d["name"]: _tensor(d) for d in self._interp.get_output_details()}
+        missing = [t.name for t in manifest.inputs if t.name not in ins]
+        missing += [t.name for t in manifest.outputs if t.name not in outs]
+        if missing:
+            raise PackageError(
+                f"{manifest.name}/{manifest.version}: manifest names tensors the model does not have: "
+                f"{missing}; the model has inputs {sorted(ins)} and outputs {sorted(outs)}"
+            )
+        self._inputs = [ins[t.name] for t in manifest.inputs]
+        self._outputs = [outs[t.name] for t in manifest.outputs]
+        self._dynamic = all(t.shape and t.shape[0] == -1 for t in self._inputs)
+        self._fixed_batch = max(1, self._inputs[0].shape[0]) if self._inputs[0].shape else 1
+        self._current_batch = -1
+        self._lock = threading.Lock()
+        self._ready = True
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def max_batch(self) -> int | None:
+        return None if self._dynamic else self._fixed_batch
+
+    def _run(self, inputs: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+        interp = self._interp
+        if self._dynamic and n != self._current_batch:
+            for t in self._inputs:
+                interp.resize_tensor_input(t.index, [n, *t.shape[1:]], strict=False)
+            interp.allocate_tensors()
+            self._current_batch = n
+        for t in self._inputs:
+            x = inputs[t.name]
+            interp.set_tensor(t.index, quantize(x, t) if t.quantized else x.astype(t.dtype, copy=False))
+        interp.invoke()
+        return [
+            dequantize(interp.get_tensor(t.index), t) if t.quantized else interp.get_tensor(t.index)
+            for t in self._outputs
+        ]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = int(next(iter(inputs.values())).shape[0])
+        try:
+            with self._lock:
+                if self._dynamic:
+                    results = self._run(inputs, n)
+                else:
+                    b = self._fixed_batch
+                    parts: list[list[np.ndarray]] = []
+                    for start in range(0, n, b):
+                        chunk = {k: v[start : start + b] for k, v in inputs.items()}
+                        rows = next(iter(chunk.values())).shape[0]
+                        if rows < b:  # pad the last slice up to the fixed batch
+                            chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - rows, 0)]) for k, v in chunk.items()}
+                        parts.append([o[:rows] for o in self._run(chunk, b)])
+                    results = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
+        except (ValueError, RuntimeError) as exc:
+            raise InferenceError(f"{self.manifest.name}: LiteRT failed: {exc}") from None
+        return {t.name: r for t, r in zip(self.manifest.outputs, results, strict=True)}
+
+    def metadata(self) -> dict[str, Any]:
+        def describe(t: _Tensor) -> dict[str, Any]:
+            d: dict[str, Any] = {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)}
+            if t.quantized:
+                d["quantization"] = {"scale": t.scale, "zero_point": t.zero_point}
+            return d
+
+        return {
+            "runtime": self._runtime,
+            "dynamic_batch": self._dynamic,
+            "inputs": [describe(t) for t in self._inputs],
+            "outputs": [describe(t) for t in self._outputs],
+        }
+
+    def close(self) -> None:
+        self._ready = False
+
+
+class LiteRTBackend:
+    name = "litert"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            _interpreter_class()
+        except BackendUnavailable as exc:
+            return exc.message
+        return None
+
+    def version(self) -> str:
+        _, module = _interpreter_class()
+        mod = importlib.import_module(module)
+        return f"{module} {getattr(mod, '__version__', 'unknown')}"
+
+    def load(self, path: Path, manifest: Manifest, options: BackendOptions) -> LiteRTModel:
+        return LiteRTModel(path, manifest, options)
+
+
+BACKEND = LiteRTBackend()

@@ -1,0 +1,117 @@
+"""ONNX Runtime backend (CPU execution provider).
+
+Handles plain tensor outputs and skl2onnx's ZipMap output (a sequence of
+``{class: probability}`` maps, one per row), which it turns into a float32
+``[N, classes]`` tensor with the classes in key order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import BackendUnavailable, InferenceError, PackageError
+from edge_agent.runtime.backends.base import BackendOptions
+from edge_agent.runtime.package import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+def _ort() -> Any:
+    try:
+        return importlib.import_module("onnxruntime")
+    except Exception as exc:  # ImportError, or a broken shared library (OSError)
+        raise BackendUnavailable(f"onnxruntime cannot be imported: {exc}") from None
+
+
+def _maps_to_array(seq: Any) -> np.ndarray:
+    if not seq:
+        return np.zeros((0, 0), dtype=np.float32)
+    keys = sorted(seq[0])
+    return np.array([[row[k] for k in keys] for row in seq], dtype=np.float32)
+
+
+class OnnxModel:
+    def __init__(self, path: Path, manifest: Manifest, options: BackendOptions) -> None:
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise PackageError(f"{manifest.name}/{manifest.version}: onnxruntime cannot load {path.name}: {exc}")
+        self.manifest = manifest
+        have_in = {i.name for i in self._session.get_inputs()}
+        have_out = {o.name for o in self._session.get_outputs()}
+        missing = [t.name for t in manifest.inputs if t.name not in have_in]
+        missing += [t.name for t in manifest.outputs if t.name not in have_out]
+        if missing:
+            raise PackageError(
+                f"{manifest.name}/{manifest.version}: manifest names tensors the model does not have: {missing}"
+            )
+        self._out_names = [t.name for t in manifest.outputs]
+        self._maps = {t.name for t in manifest.outputs if t.kind == "sequence_of_maps"}
+        self._ready = True
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def max_batch(self) -> int | None:
+        first = self.manifest.inputs[0].shape
+        return None if not first or first[0] is None else first[0]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            raw = self._session.run(self._out_names, dict(inputs))
+        except Exception as exc:
+            raise InferenceError(f"{self.manifest.name}: onnxruntime failed: {exc}") from None
+        out: dict[str, np.ndarray] = {}
+        for name, value in zip(self._out_names, raw, strict=True):
+            out[name] = _maps_to_array(value) if name in self._maps else value
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "runtime": "onnxruntime",
+            "providers": self._session.get_providers(),
+            "inputs": [{"name": i.name, "type": i.type, "shape": i.shape} for i in self._session.get_inputs()],
+            "outputs": [{"name": o.name, "type": o.type, "shape": o.shape} for o in self._session.get_outputs()],
+        }
+
+    def close(self) -> None:
+        # Only marks the model not ready: a call still running on another thread
+        # keeps its session; the memory goes when the last reference does.
+        self._ready = False
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            ort = _ort()
+        except BackendUnavailable as exc:
+            return exc.message
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CPUExecutionProvider"
+        return None
+
+    def version(self) -> str:
+        return str(_ort().__version__)
+
+    def load(self, path: Path, manifest: Manifest, options: BackendOptions) -> OnnxModel:
+        return OnnxModel(path, manifest, options)
+
+
+BACKEND = OnnxBackend()

@@ -1,0 +1,230 @@
+"""Store + backend + pre/post-processing: ``engine.predict(model, inputs)``.
+
+The engine keeps one loaded instance per (model, version) and knows which
+version of each model serves by default. Activation loads and self-tests the
+new version first and swaps the pointer only when that passed, so a failed
+update leaves the old version serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import EdgeAgentError, InvalidInput, ModelNotReady
+from edge_agent.runtime.backends import BackendOptions, LoadedModel
+from edge_agent.runtime.imageio import DEFAULT_MAX_PIXELS
+from edge_agent.runtime.inputs import DEFAULT_MAX_ROWS, validate
+from edge_agent.runtime.package import Manifest
+from edge_agent.runtime.postprocess import postprocess
+from edge_agent.runtime.preprocess import Geometry, preprocess
+from edge_agent.runtime.store import ModelStore, SelfTestReport, version_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    backend: BackendOptions = BackendOptions()
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_rows: int = DEFAULT_MAX_ROWS
+
+
+@dataclass(slots=True)
+class Prediction:
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    results: list[dict[str, Any]]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(t0: int, t1: int) -> float:
+    return round((t1 - t0) / 1e6, 3)
+
+
+class Engine:
+    def __init__(self, store: ModelStore, options: EngineOptions | None = None) -> None:
+        self.store = store
+        self.options = options or EngineOptions()
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._active: dict[str, str] = {}
+        self.load_errors: dict[str, str] = {}
+        self.reports: dict[tuple[str, str], SelfTestReport] = {}
+        self._lock = threading.RLock()
+
+    # -- lifecycle -------------------------------------------------------------
+    def load_all(self) -> dict[str, str | None]:
+        """Load the active version of every model; name -> None or the error."""
+        return {name: self._try_load_active(name) for name in self.store.names()}
+
+    def _try_load_active(self, name: str) -> str | None:
+        try:
+            self.model(name)
+            return None
+        except EdgeAgentError as exc:
+            return exc.message
+
+    def _load(self, name: str, version: str) -> LoadedModel:
+        key = (name, version)
+        with self._lock:
+            if key not in self._loaded:
+                model, report = self.store.load(name, version, self.options.backend)
+                self._loaded[key] = model
+                self.reports[key] = report
+                logger.info("loaded %s/%s (%s)", name, version, report.message)
+            return self._loaded[key]
+
+    def _load_serving(self, name: str) -> str:
+        """Load the store's active version; if it fails, the newest earlier one that passes."""
+        wanted = self.store.active_version(name)
+        candidates = [wanted] + [v for v in reversed(self.store.history(name)) if v != wanted]
+        candidates += [v for v in sorted(self.store.versions(name), key=version_key, reverse=True)
+                       if v not in candidates]
+        first_error: EdgeAgentError | None = None
+        for v in candidates:
+            try:
+                self._load(name, v)
+            except EdgeAgentError as exc:
+                logger.error("cannot serve %s/%s: %s", name, v, exc.message)
+                first_error = first_error or exc
+                continue
+            if v != wanted:
+                self.load_errors[name] = f"active version {wanted} refused ({first_error}); serving {v}"
+            self._active[name] = v
+            return v
+        assert first_error is not None  # noqa: S101 - candidates is never empty
+        self.load_errors[name] = first_error.message
+        raise first_error
+
+    def model(self, name: str, version: str | None = None) -> LoadedModel:
+        with self._lock:
+            if version is None:
+                version = self._active.get(name) or self._load_serving(name)
+            else:
+                self.store.package_dir(name, version)  # 404s for unknown model / version
+            m = self._load(name, version)
+        if not m.ready:
+            raise ModelNotReady(f"{name}/{version} is not ready", model=name, version=version)
+        return m
+
+    def active_version(self, name: str) -> str | None:
+        return self._active.get(name)
+
+    def loaded(self) -> list[tuple[str, str]]:
+        return sorted(self._loaded)
+
+    def activate(self, name: str, version: str) -> SelfTestReport:
+        """Load + self-test ``version``; only then make it the serving version."""
+        with self._lock:
+            self._load(name, version)
+            self.store.set_active(name, version)
+            self._active[name] = version
+            self.load_errors.pop(name, None)
+            return self.reports[(name, version)]
+
+    def rollback(self, name: str) -> str:
+        with self._lock:
+            target = self.store.rollback_target(name)
+            self._load(name, target)
+            self.store.mark_rolled_back(name, target)
+            self._active[name] = target
+            return target
+
+    def unload(self, name: str, version: str | None = None) -> None:
+        with self._lock:
+            for key in [k for k in self._loaded if k[0] == name and version in (None, k[1])]:
+                self._loaded.pop(key).close()
+            if version is None or self._active.get(name) == version:
+                self._active.pop(name, None)
+
+    def close(self) -> None:
+        for key in list(self._loaded):
+            self._loaded.pop(key).close()
+
+    # -- inference -------------------------------------------------------------
+    def infer(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run validated inputs, split into slices the runtime accepts."""
+        n = next(iter(inputs.values())).shape[0]
+        limit = model.max_batch
+        if limit is None or n <= limit:
+            return model.infer(inputs)
+        parts = [model.infer({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, n, limit)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def prepare_images(self, manifest: Manifest, images: Sequence[bytes]) -> tuple[dict[str, np.ndarray], list[Geometry]]:
+        spec = manifest.preprocessing
+        if spec is None:
+            raise InvalidInput(f"{manifest.name} takes tensors, not images (it has no image preprocessing)")
+        if len(manifest.inputs) != 1:
+            raise InvalidInput(f"{manifest.name} has {len(manifest.inputs)} inputs; images feed single-input models")
+        if len(images) > self.options.max_rows:
+            raise InvalidInput(f"{len(images)} images is over the limit of {self.options.max_rows}")
+        tensors, geos = [], []
+        for i, data in enumerate(images):
+            try:
+                t, g = preprocess(data, spec, self.options.max_image_pixels)
+            except InvalidInput as exc:
+                if len(images) > 1:
+                    exc.message = f"image {i}: {exc.message}"
+                    exc.args = (exc.message,)
+                raise
+            tensors.append(t)
+            geos.append(g)
+        return {spec.input: np.stack(tensors)}, geos
+
+    def predict(
+        self,
+        name: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        images: Sequence[bytes] | None = None,
+        version: str | None = None,
+    ) -> Prediction:
+        t0 = time.perf_counter_ns()
+        model = self.model(name, version)
+        m = model.manifest
+        geos: Sequence[Geometry | None]
+        if images is not None:
+            tensors, geos = self.prepare_images(m, images)
+        elif inputs is not None:
+            tensors = validate(m, inputs, self.options.max_rows)
+            geos = [None] * next(iter(tensors.values())).shape[0]
+        else:
+            raise InvalidInput("send either input tensors or images")
+        t1 = time.perf_counter_ns()
+        outputs = self.infer(model, tensors)
+        t2 = time.perf_counter_ns()
+        results = postprocess(m, outputs, geos)
+        t3 = time.perf_counter_ns()
+        timings = {"preprocess": _ms(t0, t1), "infer": _ms(t1, t2), "postprocess": _ms(t2, t3), "total": _ms(t0, t3)}
+        return Prediction(m.name, m.version, outputs, results, timings)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Everything a caller may want to know about a model, without loading it."""
+        versions = self.store.versions(name)
+        if not versions:
+            self.store.package_dir(name, "")  # raises ModelNotFound
+        active = self._active.get(name) or self.store.active_version(name)
+        m = self.store.manifest(name, active)
+        loaded = (name, active) in self._loaded and self._loaded[(name, active)].ready
+        return {
+            "name": name,
+            "versions": versions,
+            "active_version": active,
+            "ready": loaded,
+            "backend": m.backend,
+            "task": m.task,
+            "inputs": [t.model_dump() for t in m.inputs],
+            "outputs": [t.model_dump() for t in m.outputs],
+            "labels": m.labels,
+            "quantization": m.quantization.model_dump(),
+            "metrics": m.metrics.model_dump() if m.metrics else None,
+            "load_error": self.load_errors.get(name),
+        }

@@ -1,0 +1,100 @@
+"""Raw output tensors -> answers a person can read: top-k labels, boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_agent.runtime.package import Classification, Detection, Manifest
+from edge_agent.runtime.preprocess import Geometry
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def classify(outputs: dict[str, np.ndarray], spec: Classification, labels: Sequence[str]) -> list[dict[str, Any]]:
+    scores = outputs[spec.output]
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    probs = softmax(scores.astype(np.float32)) if spec.apply_softmax else scores
+    k = min(spec.top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    best = order[:, 0]
+    if spec.label_output is not None:
+        best = outputs[spec.label_output].astype(np.int64).reshape(-1)
+    nlab = len(labels)
+    rows: list[dict[str, Any]] = []
+    prob_list = probs.tolist()
+    for i, idx in enumerate(best.tolist()):
+        row_p = prob_list[i]
+        rows.append(
+            {
+                "label": labels[idx] if 0 <= idx < nlab else str(idx),
+                "index": idx,
+                "score": row_p[idx] if 0 <= idx < len(row_p) else None,
+                "top_k": [
+                    {"label": labels[j] if j < nlab else str(j), "index": j, "score": row_p[j]}
+                    for j in order[i].tolist()
+                ],
+                "probabilities": row_p,
+            }
+        )
+    return rows
+
+
+def detect(
+    outputs: dict[str, np.ndarray],
+    spec: Detection,
+    labels: Sequence[str],
+    geometries: Sequence[Geometry | None],
+) -> list[dict[str, Any]]:
+    from edge_agent.runtime.blazeface import decode
+
+    label = labels[0] if labels else "object"
+    boxes_all, scores_all = outputs[spec.boxes_output], outputs[spec.scores_output]
+    iw, ih = spec.anchors.input_width, spec.anchors.input_height
+    rows: list[dict[str, Any]] = []
+    for i, geo in enumerate(geometries):
+        found = decode(boxes_all[i], scores_all[i], spec)
+        boxes = []
+        for f in found:
+            if geo is None:  # tensor input: answer in model-input pixels
+                geo = Geometry(iw, ih, 1.0, 1.0)
+            x0, y0 = geo.to_image(f.xmin * iw, f.ymin * ih)
+            x1, y1 = geo.to_image(f.xmax * iw, f.ymax * ih)
+            kps = []
+            for j, (kx, ky) in enumerate(f.keypoints):
+                px, py = geo.to_image(kx * iw, ky * ih)
+                name = spec.keypoint_names[j] if j < len(spec.keypoint_names) else str(j)
+                kps.append({"name": name, "x": round(px, 1), "y": round(py, 1)})
+            boxes.append(
+                {
+                    "label": label,
+                    "score": round(float(f.score), 4),
+                    "xmin": round(x0, 1),
+                    "ymin": round(y0, 1),
+                    "xmax": round(x1, 1),
+                    "ymax": round(y1, 1),
+                    "keypoints": kps,
+                }
+            )
+        rows.append({"boxes": boxes})
+    return rows
+
+
+def postprocess(
+    manifest: Manifest, outputs: dict[str, np.ndarray], geometries: Sequence[Geometry | None]
+) -> list[dict[str, Any]]:
+    post = manifest.postprocessing
+    if isinstance(post, Classification):
+        return classify(outputs, post, manifest.labels)
+    if isinstance(post, Detection):
+        return detect(outputs, post, manifest.labels, geometries)
+    n = len(geometries)
+    return [{name: arr[i].tolist() for name, arr in outputs.items()} for i in range(n)]
