@@ -23,7 +23,15 @@ from edge_agent.errors import (
 
 logger = logging.getLogger("edge_agent")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_BAD_INPUT, EXIT_PACKAGE = 0, 1, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_BAD_INPUT, EXIT_PACKAGE = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 
 
 def exit_code(exc: EdgeAgentError) -> int:
@@ -89,8 +97,11 @@ def cmd_models_inspect(config: AgentConfig, args: argparse.Namespace) -> int:
 
 def cmd_models_verify(config: AgentConfig, args: argparse.Namespace) -> int:
     store = _engine(config).store
-    targets = [(args.model, v) for v in ([args.version] if args.version else store.versions(args.model))] \
-        if args.model else [(n, v) for n in store.names() for v in store.versions(n)]
+    targets = (
+        [(args.model, v) for v in ([args.version] if args.version else store.versions(args.model))]
+        if args.model
+        else [(n, v) for n in store.names() for v in store.versions(n)]
+    )
     if args.model and not targets:
         store.package_dir(args.model, "")
     failed = 0
@@ -145,12 +156,16 @@ Command = Callable[[AgentConfig, argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-agent", description="Edge inference agent: models served on the device.")
-    p.add_argument("--config", type=Path, help="TOML config file (also EDGE_CONFIG); EDGE_* variables override it")
+    p = argparse.ArgumentParser(
+        prog="edge-agent", description="Edge inference agent: models served on the device."
+    )
+    p.add_argument(
+        "--config", type=Path, help="TOML config file (also EDGE_CONFIG); EDGE_* variables override it"
+    )
     p.add_argument("--model-dir", type=Path, help="model store root (EDGE_MODEL_DIR)")
     p.add_argument("--data-dir", type=Path, help="writable state directory (EDGE_DATA_DIR)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
     def add(parent: Any, name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
@@ -159,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add(sub, "predict", cmd_predict, "Predict offline, without a server: image, JSON array or .npy.")
     sp.add_argument("model", help="model name, e.g. digits_int8")
-    sp.add_argument("input", help="an image (.jpg .png .bmp), a JSON array / {\"data\": ...}, or a .npy file")
+    sp.add_argument("input", help='an image (.jpg .png .bmp), a JSON array / {"data": ...}, or a .npy file')
     sp.add_argument("--version", help="model version (default: the active one)")
     sp.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -169,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "backends", cmd_backends, "Show which inference backends can run here, and why not.")
 
     models = add(sub, "models", lambda c, a: EXIT_USAGE, "Manage the model store.")
-    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION", help="store action")
     sp = add(msub, "list", cmd_models_list, "List models, versions and the active version.")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp = add(msub, "inspect", cmd_models_inspect, "Print a version's manifest.")

@@ -52,7 +52,9 @@ class AgentConfig(BaseModel):
         default=40_000_000, ge=1, description="Images with more pixels are refused before decoding."
     )
     max_batch_rows: int = Field(default=1024, ge=1, description="Largest batch one request may send.")
-    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Logging level.")
+    log_level: str = Field(
+        default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Logging level."
+    )
 
     @property
     def store_state_path(self) -> Path:

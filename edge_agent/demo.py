@@ -31,11 +31,16 @@ def run_demo(engine: Engine, models: list[str] | None = None, out: object = prin
         report = engine.reports.get((name, version))
         m = model.manifest
         acc = f", held-out accuracy {m.metrics.heldout_accuracy:.2%}" if m.metrics else ""
-        say(f"== {name}/{version} ({m.backend}, {m.task}{acc}); loaded + self-test "
-            f"{(time.perf_counter() - t0) * 1000:.0f} ms: {report.message if report else ''}")
+        say(
+            f"== {name}/{version} ({m.backend}, {m.task}{acc}); loaded + self-test "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms: {report.message if report else ''}"
+        )
         samples = engine.store.package_dir(name, version) / "samples"
-        files = sorted(p for p in samples.glob("*") if p.suffix.lower() in SAMPLE_SUFFIXES) \
-            if samples.is_dir() else []
+        files = (
+            sorted(p for p in samples.glob("*") if p.suffix.lower() in SAMPLE_SUFFIXES)
+            if samples.is_dir()
+            else []
+        )
         if not files:
             say("   (no sample inputs)")
         for path in files:

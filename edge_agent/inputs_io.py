@@ -29,7 +29,7 @@ def parse_json_inputs(doc: Any, manifest: Manifest) -> dict[str, Any]:
     if isinstance(data, dict) or not isinstance(data, list):
         raise InvalidInput('expected a JSON array, {"data": [...]} or {"inputs": {name: [...]}}')
     if len(manifest.inputs) != 1:
-        raise InvalidInput(f"{manifest.name} has several inputs; name them with {{\"inputs\": {{...}}}}")
+        raise InvalidInput(f'{manifest.name} has several inputs; name them with {{"inputs": {{...}}}}')
     return {manifest.inputs[0].name: data}
 
 

@@ -10,7 +10,12 @@ MAX_ROWS_SHOWN = 8
 
 
 def prediction_dict(pred: Prediction) -> dict[str, Any]:
-    return {"model": pred.model, "version": pred.version, "results": pred.results, "timings_ms": pred.timings_ms}
+    return {
+        "model": pred.model,
+        "version": pred.version,
+        "results": pred.results,
+        "timings_ms": pred.timings_ms,
+    }
 
 
 def _row_text(row: dict[str, Any]) -> str:
@@ -18,7 +23,8 @@ def _row_text(row: dict[str, Any]) -> str:
         if not row["boxes"]:
             return "no detection"
         return "; ".join(
-            f"{b['label']} {b['score']:.2f} at x {b['xmin']:.0f}-{b['xmax']:.0f}, y {b['ymin']:.0f}-{b['ymax']:.0f}"
+            f"{b['label']} {b['score']:.2f} at x {b['xmin']:.0f}-{b['xmax']:.0f}, "
+            f"y {b['ymin']:.0f}-{b['ymax']:.0f}"
             for b in row["boxes"]
         )
     if "top_k" in row:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import EdgeAgentError, InvalidInput, ModelNotReady
+from edge_agent.errors import EdgeAgentError, InvalidInput, ModelNotFound, ModelNotReady
 from edge_agent.runtime.backends import BackendOptions, LoadedModel
 from edge_agent.runtime.imageio import DEFAULT_MAX_PIXELS
 from edge_agent.runtime.inputs import DEFAULT_MAX_ROWS, validate
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
-    backend: BackendOptions = BackendOptions()
+    backend: BackendOptions = field(default_factory=BackendOptions)
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_rows: int = DEFAULT_MAX_ROWS
 
@@ -85,8 +85,9 @@ class Engine:
         """Load the store's active version; if it fails, the newest earlier one that passes."""
         wanted = self.store.active_version(name)
         candidates = [wanted] + [v for v in reversed(self.store.history(name)) if v != wanted]
-        candidates += [v for v in sorted(self.store.versions(name), key=version_key, reverse=True)
-                       if v not in candidates]
+        candidates += [
+            v for v in sorted(self.store.versions(name), key=version_key, reverse=True) if v not in candidates
+        ]
         first_error: EdgeAgentError | None = None
         for v in candidates:
             try:
@@ -99,7 +100,8 @@ class Engine:
                 self.load_errors[name] = f"active version {wanted} refused ({first_error}); serving {v}"
             self._active[name] = v
             return v
-        assert first_error is not None  # noqa: S101 - candidates is never empty
+        if first_error is None:  # unreachable: active_version raised if there were no versions
+            raise ModelNotFound(f"no model named {name!r}", model=name)
         self.load_errors[name] = first_error.message
         raise first_error
 
@@ -158,12 +160,16 @@ class Engine:
         parts = [model.infer({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, n, limit)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def prepare_images(self, manifest: Manifest, images: Sequence[bytes]) -> tuple[dict[str, np.ndarray], list[Geometry]]:
+    def prepare_images(
+        self, manifest: Manifest, images: Sequence[bytes]
+    ) -> tuple[dict[str, np.ndarray], list[Geometry]]:
         spec = manifest.preprocessing
         if spec is None:
             raise InvalidInput(f"{manifest.name} takes tensors, not images (it has no image preprocessing)")
         if len(manifest.inputs) != 1:
-            raise InvalidInput(f"{manifest.name} has {len(manifest.inputs)} inputs; images feed single-input models")
+            raise InvalidInput(
+                f"{manifest.name} has {len(manifest.inputs)} inputs; images feed single-input models"
+            )
         if len(images) > self.options.max_rows:
             raise InvalidInput(f"{len(images)} images is over the limit of {self.options.max_rows}")
         tensors, geos = [], []
@@ -203,7 +209,12 @@ class Engine:
         t2 = time.perf_counter_ns()
         results = postprocess(m, outputs, geos)
         t3 = time.perf_counter_ns()
-        timings = {"preprocess": _ms(t0, t1), "infer": _ms(t1, t2), "postprocess": _ms(t2, t3), "total": _ms(t0, t3)}
+        timings = {
+            "preprocess": _ms(t0, t1),
+            "infer": _ms(t1, t2),
+            "postprocess": _ms(t2, t3),
+            "total": _ms(t0, t3),
+        }
         return Prediction(m.name, m.version, outputs, results, timings)
 
     def describe(self, name: str) -> dict[str, Any]:

@@ -74,11 +74,14 @@ def _check_one(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
             info = np.finfo(spec.dtype)
             finite = arr[np.isfinite(arr)]
             if finite.size and (finite.max() > info.max or finite.min() < info.min):
-                raise InvalidInput(f"input {spec.name!r} has values out of {spec.dtype} range", input=spec.name)
+                raise InvalidInput(
+                    f"input {spec.name!r} has values out of {spec.dtype} range", input=spec.name
+                )
         arr = arr.astype(spec.dtype)
     if arr.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(arr).all():
-        raise InvalidInput(f"input {spec.name!r} contains NaN or infinity, which this model does not accept",
-                           input=spec.name)
+        raise InvalidInput(
+            f"input {spec.name!r} contains NaN or infinity, which this model does not accept", input=spec.name
+        )
     return np.ascontiguousarray(arr)
 
 
@@ -86,7 +89,9 @@ def _fmt(shape: list[int | None]) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
 
 
-def validate(manifest: Manifest, inputs: Mapping[str, Any], max_rows: int = DEFAULT_MAX_ROWS) -> dict[str, np.ndarray]:
+def validate(
+    manifest: Manifest, inputs: Mapping[str, Any], max_rows: int = DEFAULT_MAX_ROWS
+) -> dict[str, np.ndarray]:
     """Named inputs -> contiguous arrays of the manifest's dtypes, all with one batch size."""
     names = {t.name for t in manifest.inputs}
     unknown = sorted(set(inputs) - names)

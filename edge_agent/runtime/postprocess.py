@@ -18,7 +18,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def classify(outputs: dict[str, np.ndarray], spec: Classification, labels: Sequence[str]) -> list[dict[str, Any]]:
+def classify(
+    outputs: dict[str, np.ndarray], spec: Classification, labels: Sequence[str]
+) -> list[dict[str, Any]]:
     scores = outputs[spec.output]
     if scores.ndim == 1:
         scores = scores[:, None]
@@ -60,12 +62,12 @@ def detect(
     boxes_all, scores_all = outputs[spec.boxes_output], outputs[spec.scores_output]
     iw, ih = spec.anchors.input_width, spec.anchors.input_height
     rows: list[dict[str, Any]] = []
-    for i, geo in enumerate(geometries):
+    identity = Geometry(iw, ih, 1.0, 1.0)  # tensor input: answer in model-input pixels
+    for i, maybe_geo in enumerate(geometries):
+        geo = maybe_geo or identity
         found = decode(boxes_all[i], scores_all[i], spec)
         boxes = []
         for f in found:
-            if geo is None:  # tensor input: answer in model-input pixels
-                geo = Geometry(iw, ih, 1.0, 1.0)
             x0, y0 = geo.to_image(f.xmin * iw, f.ymin * ih)
             x1, y1 = geo.to_image(f.xmax * iw, f.ymax * ih)
             kps = []

@@ -68,9 +68,9 @@ def transform(img: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarray, Geome
         cx, cy = (w - cw) // 2, (h - ch) // 2
         out = cv2.resize(img[cy : cy + ch, cx : cx + cw], (tw, th), interpolation=inter)
         geo = Geometry(w, h, tw / cw, th / ch, crop_x=cx, crop_y=cy)
-    x = out.astype(np.float32)
+    x: np.ndarray = out.astype(np.float32)
     if spec.invert:
-        x = 255.0 - x
+        x = np.float32(255.0) - x
     x = x * np.float32(spec.scale) + np.float32(spec.offset)
     if spec.mean is not None:
         x = x - np.asarray(spec.mean, dtype=np.float32)
@@ -83,6 +83,8 @@ def transform(img: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarray, Geome
     return np.ascontiguousarray(x, dtype=np.float32), geo
 
 
-def preprocess(data: bytes, spec: ImagePreprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Geometry]:
+def preprocess(
+    data: bytes, spec: ImagePreprocess, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, Geometry]:
     img, _ = decode(data, max_pixels)
     return transform(img, spec)

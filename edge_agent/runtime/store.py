@@ -134,7 +134,9 @@ class ModelStore:
         return [v for v in self._read_state().get(name, {}).get("history", []) if v in self.versions(name)]
 
     # -- loading -------------------------------------------------------------
-    def load(self, name: str, version: str | None, options: BackendOptions) -> tuple[LoadedModel, SelfTestReport]:
+    def load(
+        self, name: str, version: str | None, options: BackendOptions
+    ) -> tuple[LoadedModel, SelfTestReport]:
         """Verify, load and self-test one version. Raises; never returns an untested model."""
         m = self.verify(name, version)
         pkg = self.package_dir(m.name, m.version)

@@ -33,7 +33,10 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
+import onnxruntime as ort
+from ai_edge_litert.interpreter import Interpreter
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -69,7 +72,9 @@ TOLERANCE_REASON = (
     "kernel sets, differ by 1e-4 to 3e-4 on x86, and 2e-3 moves a box by 1.6e-5 of the "
     "image, far below anything that changes a detection."
 )
-LICENSE_TEXT = "Apache-2.0 (Google MediaPipe, face_detection_short_range.tflite from the mediapipe 0.10.21 wheel)"
+LICENSE_TEXT = (
+    "Apache-2.0 (Google MediaPipe, face_detection_short_range.tflite from the mediapipe 0.10.21 wheel)"
+)
 KEYPOINTS = ["right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion"]
 SAMPLE_LICENSE = """\
 astronaut.png - 512x512 RGB portrait of NASA astronaut Eileen Collins.
@@ -152,8 +157,6 @@ def extract(wheel: Path, member: str, dest: Path) -> None:
 
 def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
     """Aspect-preserving linear resize into a size x size canvas, centred, black padding."""
-    import cv2
-
     h, w = rgb.shape[:2]
     scale = min(size / w, size / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -165,8 +168,6 @@ def letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(image_path: Path) -> np.ndarray:
-    import cv2
-
     bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"cannot decode {image_path}")
@@ -177,8 +178,6 @@ def preprocess(image_path: Path) -> np.ndarray:
 
 
 def tflite_specs(model: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from ai_edge_litert.interpreter import Interpreter
-
     it = Interpreter(model_path=str(model))
 
     def spec(d: dict[str, object]) -> TensorSpec:
@@ -190,8 +189,6 @@ def tflite_specs(model: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def run_tflite(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter
-
     it = Interpreter(model_path=str(model))
     it.allocate_tensors()
     it.set_tensor(it.get_input_details()[0]["index"], x)
@@ -200,8 +197,6 @@ def run_tflite(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def onnx_specs(model: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     types = {"tensor(float)": "float32"}
 
@@ -213,8 +208,6 @@ def onnx_specs(model: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def run_onnx(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {"input": x}), strict=True))
@@ -419,8 +412,7 @@ def main() -> int:
                 "tf2onnx orders nodes differently run to run; outputs agree within the golden tolerance)."
             ),
             license_file=tmp / "LICENSE",
-            notice=notice
-            + f"Modified: converted from TFLite to ONNX (opset {ONNX_OPSET}) with {versions}; "
+            notice=notice + f"Modified: converted from TFLite to ONNX (opset {ONNX_OPSET}) with {versions}; "
             "fp16 weights were dequantized to fp32. Weights and graph are otherwise unchanged.\n",
             sample=sample,
         )

@@ -38,15 +38,22 @@ def _book_engine(tmp_path: Path) -> Engine:
             "1",
             BOOK / fname,
             {"float_input": rows},
-            {"output_probability": probs, "output_label": np.array([c["label"] for c in cases], dtype=np.int64)},
+            {
+                "output_probability": probs,
+                "output_label": np.array([c["label"] for c in cases], dtype=np.int64),
+            },
             atol=ATOL,
             backend="onnx",
             task="classification",
             inputs=[TensorSpec(name="float_input", dtype="float32", shape=[None, 4])],
             outputs=[
                 TensorSpec(name="output_label", dtype="int64", shape=[None]),
-                TensorSpec(name="output_probability", dtype="float32", shape=[None, len(labels)],
-                           kind="sequence_of_maps"),
+                TensorSpec(
+                    name="output_probability",
+                    dtype="float32",
+                    shape=[None, len(labels)],
+                    kind="sequence_of_maps",
+                ),
             ],
             labels=labels,
             postprocessing=Classification(output="output_probability", label_output="output_label"),
@@ -57,7 +64,9 @@ def _book_engine(tmp_path: Path) -> Engine:
 @pytest.mark.parametrize("case", EXPECTED["cases"], ids=lambda c: f"{c['model']}-{c['input']}")
 def test_one_row_matches_book(tmp_path: Path, case: dict) -> None:
     engine = _book_engine(tmp_path)
-    name = case["model"].removesuffix(".onnx").replace("iris_svc_0_", "book_").replace("iris_svc", "book_iris")
+    name = (
+        case["model"].removesuffix(".onnx").replace("iris_svc_0_", "book_").replace("iris_svc", "book_iris")
+    )
     pred = engine.predict(name, {"float_input": [case["input"]]})
     assert len(pred.results) == 1
     row = pred.results[0]

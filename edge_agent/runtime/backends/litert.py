@@ -77,7 +77,9 @@ class LiteRTModel:
             self._interp = interpreter_cls(model_path=str(path), num_threads=options.intra_op_threads)
             self._interp.allocate_tensors()
         except Exception as exc:
-            raise PackageError(f"{manifest.name}/{manifest.version}: LiteRT cannot load {path.name}: {exc}")
+            raise PackageError(
+                f"{manifest.name}/{manifest.version}: LiteRT cannot load {path.name}: {exc}"
+            ) from None
         self.manifest = manifest
         ins = {d["name"]: _tensor(d) for d in self._interp.get_input_details()}
         outs = {d["name"]: _tensor(d) for d in self._interp.get_output_details()}
@@ -133,7 +135,10 @@ class LiteRTModel:
                         chunk = {k: v[start : start + b] for k, v in inputs.items()}
                         rows = next(iter(chunk.values())).shape[0]
                         if rows < b:  # pad the last slice up to the fixed batch
-                            chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - rows, 0)]) for k, v in chunk.items()}
+                            chunk = {
+                                k: np.concatenate([v, np.repeat(v[-1:], b - rows, 0)])
+                                for k, v in chunk.items()
+                            }
                         parts.append([o[:rows] for o in self._run(chunk, b)])
                     results = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
         except (ValueError, RuntimeError) as exc:

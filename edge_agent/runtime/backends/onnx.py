@@ -46,9 +46,13 @@ class OnnxModel:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:
-            raise PackageError(f"{manifest.name}/{manifest.version}: onnxruntime cannot load {path.name}: {exc}")
+            raise PackageError(
+                f"{manifest.name}/{manifest.version}: onnxruntime cannot load {path.name}: {exc}"
+            ) from None
         self.manifest = manifest
         have_in = {i.name for i in self._session.get_inputs()}
         have_out = {o.name for o in self._session.get_outputs()}
@@ -56,7 +60,8 @@ class OnnxModel:
         missing += [t.name for t in manifest.outputs if t.name not in have_out]
         if missing:
             raise PackageError(
-                f"{manifest.name}/{manifest.version}: manifest names tensors the model does not have: {missing}"
+                f"{manifest.name}/{manifest.version}: "
+                f"manifest names tensors the model does not have: {missing}"
             )
         self._out_names = [t.name for t in manifest.outputs]
         self._maps = {t.name for t in manifest.outputs if t.kind == "sequence_of_maps"}
@@ -85,8 +90,12 @@ class OnnxModel:
         return {
             "runtime": "onnxruntime",
             "providers": self._session.get_providers(),
-            "inputs": [{"name": i.name, "type": i.type, "shape": i.shape} for i in self._session.get_inputs()],
-            "outputs": [{"name": o.name, "type": o.type, "shape": o.shape} for o in self._session.get_outputs()],
+            "inputs": [
+                {"name": i.name, "type": i.type, "shape": i.shape} for i in self._session.get_inputs()
+            ],
+            "outputs": [
+                {"name": o.name, "type": o.type, "shape": o.shape} for o in self._session.get_outputs()
+            ],
         }
 
     def close(self) -> None:

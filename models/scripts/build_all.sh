@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Rebuild every bundled model package from scratch. Each family has its own
+# build venv (model-building tools never enter the runtime dependencies).
+# Seeded and reproducible; not run by the tests.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENVS=${VENVS:-.venv-build}
+build() {  # family
+    local venv="$VENVS/$1"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet -r "models/scripts/requirements-$1.txt"
+    PYTHONPATH=. "$venv/bin/python" "models/scripts/build_$1.py"
+}
+for family in iris digits face; do
+    echo "== building $family"
+    build "$family"
+done
