@@ -46,8 +46,13 @@ def run_demo(engine: Engine, models: list[str] | None = None, out: object = prin
         for path in files:
             try:
                 tensors, images = read_input_file(Path(path), m)
-                pred = engine.predict(name, tensors, images=images)
-                say(render.prediction_text(pred, path.name))
+                first = engine.predict(name, tensors, images=images)
+                pred = engine.predict(name, tensors, images=images)  # warm: imports and caches done
+                say(
+                    render.prediction_text(pred, path.name).replace(
+                        "]\n", f"; first call {first.timings_ms['total']:.1f} ms]\n", 1
+                    )
+                )
             except EdgeAgentError as exc:
                 ok = False
                 say(f"!! {name} <- {path.name}: {exc.message}")
