@@ -1,0 +1,3 @@
+"""Edge inference agent."""
+
+__version__ = "0.1.0"

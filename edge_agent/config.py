@@ -7,6 +7,7 @@ config in one round trip instead of one error per restart.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tomllib
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
 
@@ -30,6 +31,17 @@ def _default_model_dir() -> Path:
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-agent"
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class BatchingOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = Field(default=None, description="Turn dynamic batching on or off.")
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096, description="Rows per runtime call.")
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=1000, description="Wait for more rows.")
 
 
 class AgentConfig(BaseModel):
@@ -56,12 +68,37 @@ class AgentConfig(BaseModel):
         default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Logging level."
     )
 
+    # -- gateway ------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Gateway bind address. Off loopback needs api_token.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Gateway port.")
+    workers: int = Field(default=1, ge=1, le=16, description="Gateway processes sharing the port.")
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required on every non-health endpoint when set."
+    )
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest request body.")
+    request_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Deadline of one request.")
+    default_model: str = Field(default="iris", description="Model behind the book-compatible endpoints.")
+    batching: dict[str, BatchingOverride] = Field(
+        default_factory=dict, description="Per-model batching overrides (else the manifest's)."
+    )
+    preload: bool = Field(default=True, description="Load and self-test every model at start.")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AgentConfig:
+        if self.host not in LOOPBACK_HOSTS and self.api_token is None:
+            raise ValueError(
+                f"host {self.host!r} is not loopback: set api_token (EDGE_API_TOKEN) "
+                "so the API is not open to the network"
+            )
+        return self
+
     @property
     def store_state_path(self) -> Path:
         return self.data_dir / "store-state.json"
 
 
 ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields}
+JSON_FIELDS = frozenset({"batching"})
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -81,7 +118,14 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
             continue
         if key in ENV_VARS:
-            values[ENV_VARS[key]] = raw
+            field_name = ENV_VARS[key]
+            if field_name in JSON_FIELDS:
+                try:
+                    values[field_name] = json.loads(raw)
+                except ValueError as exc:
+                    problems.append(f"{key}: not valid JSON: {exc}")
+            else:
+                values[field_name] = raw
         else:
             problems.append(f"unknown environment variable {key}; known: {', '.join(sorted(ENV_VARS))}")
     try:
@@ -89,8 +133,28 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     except ValidationError as exc:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            if field:
+                problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            else:
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+        host = values.get("host")
+        if (
+            host
+            and host not in LOOPBACK_HOSTS
+            and not values.get("api_token")
+            and "host" not in str(problems)
+        ):
+            problems.append(f"host {host!r} is not loopback: set api_token (EDGE_API_TOKEN)")
         config = None
     if problems or config is None:
         raise ConfigError(problems)
     return config
+
+
+def with_overrides(config: AgentConfig, **updates: Any) -> AgentConfig:
+    """Re-validate ``config`` with command-line overrides (None values ignored)."""
+    values = config.model_dump() | {k: v for k, v in updates.items() if v is not None}
+    try:
+        return AgentConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError([str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]) from None

@@ -24,7 +24,8 @@ class EdgeAgentError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.code, "message": self.message}
+        # "error" holds the message, as the Open Inference Protocol's error body does
+        out: dict[str, Any] = {"error": self.message, "code": self.code}
         if self.details:
             out["details"] = self.details
         return out

@@ -57,6 +57,7 @@ class Engine:
         self._active: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self.reports: dict[tuple[str, str], SelfTestReport] = {}
+        self._unloaded: set[str] = set()
         self._lock = threading.RLock()
 
     # -- lifecycle -------------------------------------------------------------
@@ -107,6 +108,11 @@ class Engine:
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
         with self._lock:
+            if name in self._unloaded:
+                raise ModelNotReady(
+                    f"model {name!r} is unloaded; load it again (POST /v2/repository/models/{name}/load)",
+                    model=name,
+                )
             if version is None:
                 version = self._active.get(name) or self._load_serving(name)
             else:
@@ -126,6 +132,7 @@ class Engine:
         """Load + self-test ``version``; only then make it the serving version."""
         with self._lock:
             self._load(name, version)
+            self._unloaded.discard(name)
             self.store.set_active(name, version)
             self._active[name] = version
             self.load_errors.pop(name, None)
@@ -135,16 +142,33 @@ class Engine:
         with self._lock:
             target = self.store.rollback_target(name)
             self._load(name, target)
+            self._unloaded.discard(name)
             self.store.mark_rolled_back(name, target)
             self._active[name] = target
             return target
 
-    def unload(self, name: str, version: str | None = None) -> None:
+    def unload(self, name: str) -> None:
+        """Drop every loaded version; requests get 503 until ``load``."""
         with self._lock:
-            for key in [k for k in self._loaded if k[0] == name and version in (None, k[1])]:
+            self.store.active_version(name)  # 404 for an unknown model
+            for key in [k for k in self._loaded if k[0] == name]:
                 self._loaded.pop(key).close()
-            if version is None or self._active.get(name) == version:
-                self._active.pop(name, None)
+            self._active.pop(name, None)
+            self._unloaded.add(name)
+
+    def load(self, name: str) -> str:
+        """(Re)load the active version of ``name``; returns the version now serving."""
+        with self._lock:
+            self._unloaded.discard(name)
+            self._active.pop(name, None)
+            return self._load_serving(name)
+
+    def is_ready(self, name: str, version: str | None = None) -> bool:
+        if name in self._unloaded:
+            return False
+        version = version or self._active.get(name)
+        model = self._loaded.get((name, version)) if version else None
+        return model is not None and model.ready
 
     def close(self) -> None:
         for key in list(self._loaded):
@@ -224,7 +248,7 @@ class Engine:
             self.store.package_dir(name, "")  # raises ModelNotFound
         active = self._active.get(name) or self.store.active_version(name)
         m = self.store.manifest(name, active)
-        loaded = (name, active) in self._loaded and self._loaded[(name, active)].ready
+        loaded = self.is_ready(name, active)
         return {
             "name": name,
             "versions": versions,

@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -58,7 +58,9 @@ SEED = 0
 VERSION = "1"
 SCRIPT = "models/scripts/build_digits.py"
 DATASET = "sklearn digits held-out 25% (random_state=0)"
-LICENSE = "Trained here from scikit-learn's bundled digits dataset (BSD-3-Clause); model released under Apache-2.0"
+LICENSE = (
+    "Trained here from scikit-learn's bundled digits dataset (BSD-3-Clause); model released under Apache-2.0"
+)
 LABELS = [str(i) for i in range(10)]
 N_GOLDEN = 8
 N_BATCH = 4
@@ -168,7 +170,7 @@ def train(data: dict[str, np.ndarray]):
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         sched.step()
         if (epoch + 1) % 10 == 0:
             log(f"epoch {epoch + 1}/{EPOCHS} loss {total / len(x):.4f}")
@@ -317,34 +319,45 @@ def make_keras_net(torch_model):
     return km
 
 
-def _concrete_fn(km):
+def _saved_model(km, directory: str) -> None:
+    """Export the Keras net as a SavedModel whose serving signature is input -> logits.
+
+    (TFLiteConverter.from_concrete_functions on a Keras 3 model leaves resource
+    variables unfrozen, so calibration fails with READ_VARIABLE; a SavedModel
+    is frozen properly.)
+    """
+    import keras
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 1, 8, 8], tf.float32, name="input")])
-    def serve(input):  # noqa: A002 - the tensor is called input
-        return {"logits": km(input, training=False)}
-
-    return serve.get_concrete_function()
+    archive = keras.export.ExportArchive()
+    archive.track(km)
+    archive.add_endpoint(
+        "serving_default",
+        lambda input: {"logits": km(input, training=False)},
+        input_signature=[tf.TensorSpec([None, 1, 8, 8], tf.float32, name="input")],
+    )
+    archive.write_out(directory, verbose=False)
 
 
 def convert_tflite(km, path: Path, x_calib: np.ndarray | None) -> None:
     import tensorflow as tf
 
-    fn = _concrete_fn(km)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], km)
-    if x_calib is not None:
+    with tempfile.TemporaryDirectory() as tmp:
+        _saved_model(km, tmp)
+        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if x_calib is not None:
 
-        def representative():
-            for i in range(len(x_calib)):
-                yield [x_calib[i : i + 1]]
+            def representative():
+                for i in range(len(x_calib)):
+                    yield {"input": x_calib[i : i + 1]}
 
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-    tf.random.set_seed(SEED)
-    data = conv.convert()
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = representative
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+        tf.random.set_seed(SEED)
+        data = conv.convert()
     path.write_bytes(_rename_io(data))
 
 
@@ -460,7 +473,9 @@ def write_package(
 ) -> Path:
     pkg = out / name / VERSION
     sha = sha256_file(pkg / model_file.name)
-    golden_sha = save_golden(pkg, {"input": golden_in.astype(np.float32)}, {"logits": golden_out.astype(np.float32)})
+    golden_sha = save_golden(
+        pkg, {"input": golden_in.astype(np.float32)}, {"logits": golden_out.astype(np.float32)}
+    )
     write_samples(pkg, data)
     manifest = Manifest.model_validate(
         {
@@ -557,13 +572,25 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff_vs_torch": float(np.abs(o_logits - t_logits).max()),
     }
     write_package(
-        out, "digits", backend="onnx", model_file=onnx_fp32,
+        out,
+        "digits",
+        backend="onnx",
+        model_file=onnx_fp32,
         description="Small CNN for 8x8 handwritten digits (sklearn digits), ONNX fp32.",
-        golden_in=golden_x, golden_out=run_onnx(onnx_fp32, golden_x), atol=FP32_ATOL, rtol=FP32_RTOL,
-        reason=FP32_REASON, quantization={"scheme": "none"}, accuracy=o_acc, heldout_size=n_te, extra=extra,
-        source=(f"Trained with PyTorch by {SCRIPT} (2x conv3x3 16/32 + ReLU + maxpool, linear 128->10; Adam, "
-                f"{EPOCHS} epochs, seed {SEED}) and exported with torch.onnx.export (dynamo, opset 18, dynamic "
-                f"batch). Built with {versions}."),
+        golden_in=golden_x,
+        golden_out=run_onnx(onnx_fp32, golden_x),
+        atol=FP32_ATOL,
+        rtol=FP32_RTOL,
+        reason=FP32_REASON,
+        quantization={"scheme": "none"},
+        accuracy=o_acc,
+        heldout_size=n_te,
+        extra=extra,
+        source=(
+            f"Trained with PyTorch by {SCRIPT} (2x conv3x3 16/32 + ReLU + maxpool, linear 128->10; Adam, "
+            f"{EPOCHS} epochs, seed {SEED}) and exported with torch.onnx.export (dynamo, opset 18, dynamic "
+            f"batch). Built with {versions}."
+        ),
         data=data,
     )
     report["digits"] = {"accuracy": o_acc, **extra}
@@ -583,19 +610,30 @@ def main(argv: list[str] | None = None) -> int:
         "output_scale": q_scale,
     }
     write_package(
-        out, "digits_int8", backend="onnx", model_file=onnx_int8,
+        out,
+        "digits_int8",
+        backend="onnx",
+        model_file=onnx_int8,
         description="Small CNN for 8x8 handwritten digits, ONNX int8 (static QDQ, per-channel weights).",
-        golden_in=golden_x, golden_out=run_onnx(onnx_int8, golden_x),
-        atol=round(1.5 * q_scale, 6), rtol=0.0,
-        reason=(f"int8 QDQ model: logits come out of a DequantizeLinear with scale {q_scale:.6g}, so they "
-                "move in whole steps of that scale. Integer kernels are exact, but a CPU whose EP fuses the "
-                "QDQ pattern differently (QLinearConv vs float fallback, different requantization rounding) "
-                "can tip one rounding tie; atol = 1.5 output steps allows one step plus float noise."),
+        golden_in=golden_x,
+        golden_out=run_onnx(onnx_int8, golden_x),
+        atol=round(1.5 * q_scale, 6),
+        rtol=0.0,
+        reason=(
+            f"int8 QDQ model: logits come out of a DequantizeLinear with scale {q_scale:.6g}, so they "
+            "move in whole steps of that scale. Integer kernels are exact, but a CPU whose EP fuses the "
+            "QDQ pattern differently (QLinearConv vs float fallback, different requantization rounding) "
+            "can tip one rounding tie; atol = 1.5 output steps allows one step plus float noise."
+        ),
         quantization={"scheme": "int8_static_qdq", "per_channel": True, "calibration": calib_desc},
-        accuracy=q_acc, heldout_size=n_te, extra=extra,
-        source=(f"digits fp32 ONNX quantized by {SCRIPT} with onnxruntime.quantization.quantize_static "
-                "(QuantFormat.QDQ, per_channel=True, int8 activations asymmetric / int8 weights symmetric, "
-                f"MinMax calibration via a CalibrationDataReader) after quant_pre_process. Built with {versions}."),
+        accuracy=q_acc,
+        heldout_size=n_te,
+        extra=extra,
+        source=(
+            f"digits fp32 ONNX quantized by {SCRIPT} with onnxruntime.quantization.quantize_static "
+            "(QuantFormat.QDQ, per_channel=True, int8 activations asymmetric / int8 weights symmetric, "
+            f"MinMax calibration via a CalibrationDataReader) after quant_pre_process. Built with {versions}."
+        ),
         data=data,
     )
     report["digits_int8"] = {"accuracy": q_acc, **extra}
@@ -620,14 +658,27 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff_batch1_vs_batched": float(np.abs(tf_logits - tf_logits_b1).max()),
     }
     write_package(
-        out, "digits_tflite", backend="litert", model_file=tfl_fp32,
+        out,
+        "digits_tflite",
+        backend="litert",
+        model_file=tfl_fp32,
         description="Small CNN for 8x8 handwritten digits, TFLite fp32 (NCHW input like the ONNX variants).",
-        golden_in=golden_x, golden_out=run_tflite(tfl_fp32, golden_x), atol=FP32_ATOL, rtol=FP32_RTOL,
-        reason=FP32_REASON, quantization={"scheme": "none"}, accuracy=tf_acc, heldout_size=n_te, extra=extra,
-        source=(f"The torch net trained by {SCRIPT}, rebuilt in Keras (Permute NCHW->NHWC, same convs, fc weights "
-                "reordered for the NHWC flatten), weights copied, converted with tf.lite.TFLiteConverter "
-                "(from_concrete_functions, batch dimension dynamic); tensors renamed input/logits. "
-                f"Built with {versions}."),
+        golden_in=golden_x,
+        golden_out=run_tflite(tfl_fp32, golden_x),
+        atol=FP32_ATOL,
+        rtol=FP32_RTOL,
+        reason=FP32_REASON,
+        quantization={"scheme": "none"},
+        accuracy=tf_acc,
+        heldout_size=n_te,
+        extra=extra,
+        source=(
+            f"The torch net trained by {SCRIPT}, rebuilt in Keras (Permute NCHW->NHWC, same convs, "
+            "fc weights reordered for the NHWC flatten), weights copied, converted with "
+            "tf.lite.TFLiteConverter (from_saved_model of a keras ExportArchive, batch dimension "
+            "dynamic); tensors renamed input/logits. "
+            f"Built with {versions}."
+        ),
         data=data,
     )
     report["digits_tflite"] = {"accuracy": tf_acc, **extra}
@@ -649,18 +700,27 @@ def main(argv: list[str] | None = None) -> int:
         "agreement_with_onnx_fp32": agree(ti_logits, o_logits),
         "fp32_accuracy": tf_acc,
         "max_abs_diff_vs_fp32": float(np.abs(ti_logits - tf_logits).max()),
-        "max_abs_diff_batch1_vs_batched": float(np.abs(ti_logits - run_tflite(tfl_int8, x_te, batch=1)).max()),
+        "max_abs_diff_batch1_vs_batched": float(np.abs(ti_logits - run_tflite(tfl_int8, x_te, 1)).max()),
     }
     write_package(
-        out, "digits_tflite_int8", backend="litert", model_file=tfl_int8,
-        description=("Small CNN for 8x8 handwritten digits, TFLite full-integer int8 (int8 input/output "
-                     "tensors; the agent quantizes/dequantizes with the recorded scale and zero point)."),
-        golden_in=golden_x, golden_out=run_tflite(tfl_int8, golden_x),
-        atol=round(1.5 * float(out_scale), 6), rtol=0.0,
-        reason=(f"full-integer int8 model: golden logits are the dequantized int8 outputs ((q - zp) * "
-                f"{out_scale:.6g}) for float inputs quantized with the input scale/zero point, so they move in "
-                "whole output steps. Integer kernels (reference vs XNNPACK/NEON, different requantization "
-                "rounding) can tip one rounding tie; atol = 1.5 output steps allows one step plus float noise."),
+        out,
+        "digits_tflite_int8",
+        backend="litert",
+        model_file=tfl_int8,
+        description=(
+            "Small CNN for 8x8 handwritten digits, TFLite full-integer int8 (int8 input/output "
+            "tensors; the agent quantizes/dequantizes with the recorded scale and zero point)."
+        ),
+        golden_in=golden_x,
+        golden_out=run_tflite(tfl_int8, golden_x),
+        atol=round(1.5 * float(out_scale), 6),
+        rtol=0.0,
+        reason=(
+            f"full-integer int8 model: golden logits are the dequantized int8 outputs ((q - zp) * "
+            f"{out_scale:.6g}) for float inputs quantized with the input scale/zero point, so they move in "
+            "whole output steps. Integer kernels (reference vs XNNPACK/NEON, different requantization "
+            "rounding) can tip one rounding tie; atol = 1.5 output steps allows one step plus float noise."
+        ),
         quantization={
             "scheme": "int8_full_integer",
             "per_channel": True,
@@ -670,17 +730,21 @@ def main(argv: list[str] | None = None) -> int:
                 "logits": {"scale": float(out_scale), "zero_point": int(out_zp)},
             },
         },
-        accuracy=ti_acc, heldout_size=n_te, extra=extra,
-        source=(f"The Keras rebuild of the torch net trained by {SCRIPT}, converted with tf.lite.TFLiteConverter: "
-                "Optimize.DEFAULT, representative_dataset = training images, TFLITE_BUILTINS_INT8 only, "
-                "inference_input_type = inference_output_type = int8 (per-channel conv/dense weights); batch "
-                f"dimension dynamic; tensors renamed input/logits. Built with {versions}."),
+        accuracy=ti_acc,
+        heldout_size=n_te,
+        extra=extra,
+        source=(
+            f"The Keras rebuild of the torch net trained by {SCRIPT}, converted with "
+            "tf.lite.TFLiteConverter: "
+            "Optimize.DEFAULT, representative_dataset = training images, TFLITE_BUILTINS_INT8 only, "
+            "inference_input_type = inference_output_type = int8 (per-channel conv/dense weights); batch "
+            f"dimension dynamic; tensors renamed input/logits. Built with {versions}."
+        ),
         data=data,
     )
     report["digits_tflite_int8"] = {"accuracy": ti_acc, **extra}
     log(f"digits_tflite_int8: {report['digits_tflite_int8']}")
 
-    (out / "digits" / VERSION).exists() or sys.exit("digits package missing")
     print(json.dumps({"torch_accuracy": torch_acc, "packages": report}, indent=2))
     failures = []
     if o_acc < 0.97:

@@ -1,0 +1,156 @@
+"""Dynamic micro-batching in front of one loaded model.
+
+Requests for the same model that arrive while the runtime is busy are
+gathered into one runtime call (up to ``max_batch_size`` rows), then the
+outputs are split back. An idle batcher never waits: a request that finds the
+runtime free runs at once, alone. Only when the previous call was itself a
+batch (the model is under load) does the batcher wait up to
+``max_queue_delay`` for more rows. Each request has a deadline; one still
+queued when it passes is answered with ``QueueTimeout`` instead of hanging.
+If a gathered batch fails, each request is retried alone, so one request's
+error stays that request's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.errors import EdgeAgentError, InferenceError
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Tensors], Tensors]
+
+
+class QueueTimeout(EdgeAgentError):
+    status = 504
+    code = "queue_timeout"
+
+
+@dataclass(slots=True)
+class _Item:
+    inputs: Tensors
+    rows: int
+    signature: tuple[tuple[str, tuple[int, ...]], ...]
+    future: asyncio.Future[tuple[Tensors, float]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _signature(inputs: Tensors) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple((k, v.shape[1:]) for k, v in sorted(inputs.items()))
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        max_batch_size: int = 32,
+        max_queue_delay_s: float = 0.002,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self._on_batch = on_batch
+        self._pending: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_batch = 1
+
+    async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
+        """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        rows = int(next(iter(inputs.values())).shape[0])
+        fut: asyncio.Future[tuple[Tensors, float]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Item(inputs, rows, _signature(inputs), fut))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except asyncio.CancelledError:
+            fut.cancel()  # the caller went away
+            raise
+        except TimeoutError:
+            fut.cancel()  # still queued: the loop will skip it; running: its result is dropped
+            raise QueueTimeout(
+                f"no answer within {timeout_s * 1000:.0f} ms: the model is overloaded; retry later",
+                timeout_ms=round(timeout_s * 1000),
+            ) from None
+
+    def _take(self, batch: list[_Item], rows: int) -> int:
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():
+                self._pending.popleft()
+                continue
+            if batch and (item.signature != batch[0].signature or rows + item.rows > self.max_batch_size):
+                break
+            batch.append(self._pending.popleft())
+            rows += item.rows
+        return rows
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch: list[_Item] = []
+            rows = self._take(batch, 0)
+            if self._last_batch > 1 and rows < self.max_batch_size and self.max_queue_delay_s > 0:
+                await asyncio.sleep(self.max_queue_delay_s)
+                rows = self._take(batch, rows)
+            batch = [it for it in batch if not it.future.done()]
+            if not batch:
+                continue
+            self._last_batch = len(batch)
+            await self._execute(batch)
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        if self._on_batch is not None:
+            self._on_batch(sum(it.rows for it in batch))
+        if len(batch) == 1:
+            merged = batch[0].inputs
+        else:
+            merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, merged)
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            for item in batch:  # isolate the failing request(s)
+                try:
+                    out = await loop.run_in_executor(self._executor, self._run, item.inputs)
+                    _resolve(item, out, started)
+                except Exception as item_exc:
+                    _fail(item, item_exc)
+            return
+        offset = 0
+        for item in batch:
+            sliced = {k: v[offset : offset + item.rows] for k, v in outputs.items()}
+            offset += item.rows
+            _resolve(item, sliced, started)
+
+
+def _resolve(item: _Item, outputs: Tensors, started: float) -> None:
+    if not item.future.done():
+        item.future.set_result((outputs, started - item.enqueued))
+
+
+def _fail(item: _Item, exc: Exception) -> None:
+    if item.future.done():
+        return
+    if not isinstance(exc, EdgeAgentError):
+        exc = InferenceError(f"inference failed: {exc}")
+    item.future.set_exception(exc)

@@ -1,0 +1,140 @@
+"""The gateway application: routers, middleware, error translation, metrics.
+
+``create_app(config)`` builds everything; ``app_from_env`` is the factory
+uvicorn calls in each worker process when ``--workers N`` > 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import EdgeAgentError
+from edge_agent.runtime.backends import BackendOptions
+from edge_agent.runtime.engine import Engine, EngineOptions
+from edge_agent.runtime.store import ModelStore
+from edge_agent.serving import book, repository, v1, v2
+from edge_agent.serving.codec import json_response
+from edge_agent.serving.deps import Gateway, gateway
+from edge_agent.serving.metrics import Metrics
+from edge_agent.serving.middleware import BearerAuth, BodyLimit
+from edge_agent.serving.service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+ROUTERS = (book.router, v1.router, v2.router, repository.router)
+
+
+def build_engine(config: AgentConfig) -> Engine:
+    store = ModelStore(config.model_dir, config.store_state_path)
+    return Engine(
+        store,
+        EngineOptions(
+            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
+            max_image_pixels=config.max_image_pixels,
+            max_rows=config.max_batch_rows,
+        ),
+    )
+
+
+def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
+    engine = engine or build_engine(config)
+    metrics = Metrics()
+    gw = Gateway(config, engine, InferenceService(engine, config, metrics), metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.preload:
+            results = await asyncio.get_running_loop().run_in_executor(gw.service.executor, engine.load_all)
+            for name, err in results.items():
+                if err:
+                    logger.error("model %s is not serving: %s", name, err)
+        metrics.models_loaded.set(len(engine.loaded()))
+        gw.ready = True
+        logger.info("gateway ready: %d model versions loaded", len(engine.loaded()))
+        yield
+        gw.ready = False
+        gw.service.close()
+
+    app = FastAPI(
+        title="edge-agent gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="Local HTTP API of the edge inference agent.",
+    )
+    app.state.gateway = gw
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    _install_error_handlers(app, metrics)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    if config.api_token is not None:
+        app.add_middleware(BearerAuth, token=config.api_token.get_secret_value())
+    app.middleware("http")(_count_requests)
+    return app
+
+
+async def _count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+    response: Response = await call_next(request)
+    route = request.scope.get("route")
+    endpoint = getattr(route, "path", "unmatched")
+    model = request.path_params.get("name", "") if hasattr(request, "path_params") else ""
+    gateway(request).metrics.requests.labels(model, endpoint, str(response.status_code)).inc()
+    return response
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def failure(request: Request, code: str) -> None:
+        route = request.scope.get("route")
+        metrics.failures.labels(
+            request.path_params.get("name", ""), getattr(route, "path", "unmatched"), code
+        ).inc()
+
+    @app.exception_handler(EdgeAgentError)
+    async def agent_error(request: Request, exc: EdgeAgentError) -> Response:
+        failure(request, exc.code)
+        status = exc.status if exc.status < 500 or exc.status in (503, 504) else 500
+        if status == 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return json_response(exc.to_dict(), status=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        failure(request, "invalid_request")
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return json_response({"error": "; ".join(problems), "code": "invalid_request"}, status=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return json_response(
+            {"error": str(exc.detail), "code": "http_error"},
+            status=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        failure(request, "internal")
+        logger.exception("%s %s: unexpected error", request.method, request.url.path)
+        return json_response(
+            {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, status=500
+        )
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for multi-worker mode: config from EDGE_* variables."""
+    return create_app(load_config())

@@ -1,0 +1,110 @@
+"""Request bodies -> tensors or images; results -> JSON bytes.
+
+The hot path avoids pydantic and per-element Python work: orjson parses,
+numpy converts nested lists in C, ``.npy`` bodies are read without a copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge_agent.errors import InvalidInput
+from edge_agent.runtime.package import Manifest
+
+NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/jpg")
+JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data, option=JSON_OPTS),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def loads(body: bytes) -> Any:
+    if not body:
+        raise InvalidInput("empty request body: send JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+def b64_image(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a base64 string")
+    try:
+        return base64.b64decode(
+            value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True
+        )
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where} is not valid base64") from None
+
+
+def tensors_from_doc(doc: Any, manifest: Manifest) -> tuple[dict[str, Any] | None, list[bytes] | None]:
+    """JSON forms: {"data": rows} (book), {"inputs": {name: array}}, {"image_data": b64} (book),
+    {"images": [b64, ...]}."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(
+            'expected a JSON object: {"data": [[...]]}, {"inputs": {...}} or {"images": [...]}'
+        )
+    if "image_data" in doc:
+        return None, [b64_image(doc["image_data"], "image_data")]
+    if "images" in doc:
+        imgs = doc["images"]
+        if not isinstance(imgs, list) or not imgs:
+            raise InvalidInput('"images" must be a non-empty list of base64 strings')
+        return None, [b64_image(v, f"images[{i}]") for i, v in enumerate(imgs)]
+    if "inputs" in doc:
+        named = doc["inputs"]
+        if not isinstance(named, dict):
+            raise InvalidInput('"inputs" must map input names to arrays')
+        return dict(named), None
+    if "data" in doc:
+        if len(manifest.inputs) != 1:
+            raise InvalidInput(f'{manifest.name} has several inputs; name them: {{"inputs": {{...}}}}')
+        return {manifest.inputs[0].name: doc["data"]}, None
+    raise InvalidInput('expected "data", "inputs", "image_data" or "images" in the JSON body')
+
+
+def npy_array(body: bytes) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInput(f"body is not a valid .npy array: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        raise InvalidInput("body must hold one .npy array, not an archive")
+    return arr
+
+
+async def read_inputs(
+    request: Request, manifest: Manifest
+) -> tuple[dict[str, Any] | None, list[bytes] | None]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=64, max_fields=64)
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise InvalidInput("multipart body has no file: upload the image as a file field")
+        return None, [await f.read() for f in files]
+    body = await request.body()
+    if ctype in IMAGE_TYPES:
+        return None, [body]
+    if ctype in NPY_TYPES:
+        if len(manifest.inputs) != 1:
+            raise InvalidInput(f"{manifest.name} has several inputs; a .npy body feeds single-input models")
+        return {manifest.inputs[0].name: npy_array(body)}, None
+    return tensors_from_doc(loads(body), manifest)

@@ -1,0 +1,52 @@
+"""Shared request-scoped helpers for the routers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from edge_agent.config import AgentConfig
+from edge_agent.runtime.engine import Engine
+from edge_agent.serving.metrics import Metrics
+from edge_agent.serving.service import InferenceService
+
+
+@dataclass(slots=True)
+class Gateway:
+    config: AgentConfig
+    engine: Engine
+    service: InferenceService
+    metrics: Metrics
+    ready: bool = False
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+# Request-body schemas for the OpenAPI document. Bodies are parsed by hand on
+# the hot path (orjson, numpy), so these only describe them to clients and fuzzers.
+TENSOR_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "data": {"type": "array", "items": {}},
+                    "inputs": {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
+                    "image_data": {"type": "string", "format": "byte"},
+                    "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                },
+            }
+        },
+        "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        },
+    },
+}

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the gateway, on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("queue", "preprocess", "infer", "postprocess")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+        PlatformCollector(registry=r)
+        self.requests = Counter(
+            "edge_requests",
+            "Requests handled, by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "edge_request_failures",
+            "Requests that failed, by model, endpoint and error code.",
+            ["model", "endpoint", "code"],
+            registry=r,
+        )
+        self.stage = Histogram(
+            "edge_stage_seconds",
+            "Time per request in each stage.",
+            ["model", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "edge_batch_size",
+            "Rows per runtime call (dynamic batching).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.models_loaded = Gauge("edge_models_loaded", "Model versions loaded in this process.", registry=r)
+        self.cache = Counter(
+            "edge_cache_events", "Cache hits, misses and evictions.", ["cache", "event"], registry=r
+        )
+
+    def observe_stages(self, model: str, timings_ms: dict[str, float]) -> None:
+        for stage in STAGES:
+            if stage in timings_ms:
+                self.stage.labels(model, stage).observe(timings_ms[stage] / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
