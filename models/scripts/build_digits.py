@@ -207,6 +207,11 @@ def export_onnx(model, path: Path) -> None:
             external_data=False,
         )
         m = onnx.load(str(tmp_path), load_external_data=True)
+    # The exporter records per-node debug metadata (Python stack traces with absolute
+    # paths and line numbers of this script); drop it so the file depends only on the
+    # weights and graph, not on where or from which revision of the script it was built.
+    for proto in (*m.graph.node, *m.graph.value_info, *m.graph.input, *m.graph.output, *m.graph.initializer):
+        del proto.metadata_props[:]
     m.producer_name = "edge-agent build_digits.py"
     m.doc_string = "Digits CNN (sklearn 8x8 digits), input float32 [N,1,8,8] in [0,1], output logits [N,10]"
     # One self-contained file: every initializer inline, no external data.

@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_agent.runtime.engine import Engine
-from edge_agent.runtime.package import Classification, TensorSpec
 from edge_agent.runtime.store import ModelStore
-from tests.conftest import DATA
-from tests.helpers import make_package
+from tests.helpers import EXPECTED, book_name, make_book_store
 
-BOOK = DATA / "book"
-EXPECTED = json.loads((BOOK / "expected.json").read_text())
 ATOL = 1e-5
 LABELS = {
     "iris_svc.onnx": ["setosa", "versicolor", "virginica"],
@@ -27,46 +22,14 @@ LABELS = {
 
 
 def _book_engine(tmp_path: Path) -> Engine:
-    root = tmp_path / "store"
-    for fname, labels in LABELS.items():
-        cases = [c for c in EXPECTED["cases"] if c["model"] == fname]
-        rows = np.array([c["input"] for c in cases], dtype=np.float32)
-        probs = np.array([c["probabilities"] for c in cases], dtype=np.float32)
-        make_package(
-            root,
-            fname.removesuffix(".onnx").replace("iris_svc_0_", "book_").replace("iris_svc", "book_iris"),
-            "1",
-            BOOK / fname,
-            {"float_input": rows},
-            {
-                "output_probability": probs,
-                "output_label": np.array([c["label"] for c in cases], dtype=np.int64),
-            },
-            atol=ATOL,
-            backend="onnx",
-            task="classification",
-            inputs=[TensorSpec(name="float_input", dtype="float32", shape=[None, 4])],
-            outputs=[
-                TensorSpec(name="output_label", dtype="int64", shape=[None]),
-                TensorSpec(
-                    name="output_probability",
-                    dtype="float32",
-                    shape=[None, len(labels)],
-                    kind="sequence_of_maps",
-                ),
-            ],
-            labels=labels,
-            postprocessing=Classification(output="output_probability", label_output="output_label"),
-        )
+    root = make_book_store(tmp_path / "store")
     return Engine(ModelStore(root, tmp_path / "state.json"))
 
 
 @pytest.mark.parametrize("case", EXPECTED["cases"], ids=lambda c: f"{c['model']}-{c['input']}")
 def test_one_row_matches_book(tmp_path: Path, case: dict) -> None:
     engine = _book_engine(tmp_path)
-    name = (
-        case["model"].removesuffix(".onnx").replace("iris_svc_0_", "book_").replace("iris_svc", "book_iris")
-    )
+    name = book_name(case["model"])
     pred = engine.predict(name, {"float_input": [case["input"]]})
     assert len(pred.results) == 1
     row = pred.results[0]
