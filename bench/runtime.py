@@ -564,8 +564,8 @@ def table_lines(rows: Sequence[Row]) -> list[str]:
 
 def footnotes(rows: Sequence[Row], cfg: Budget, quick: bool) -> list[str]:
     ok = [r for r in rows if r.error is None]
-    calls_b1 = sorted({r.batch1["raw"]["calls"] for r in ok})
-    calls_b32 = sorted({r.batch32["raw"]["calls"] for r in ok})
+    calls_b1 = sorted({int(r.batch1["raw"]["calls"]) for r in ok})
+    calls_b32 = sorted({int(r.batch32["raw"]["calls"]) for r in ok})
 
     def span(v: list[int]) -> str:
         return "-" if not v else (str(v[0]) if v[0] == v[-1] else f"{v[0]}-{v[-1]}")

@@ -21,7 +21,7 @@ def _python() -> str:
 def _models() -> list[str]:
     """iris and face when bundled (one ONNX ZipMap model, one fixed-batch LiteRT detector)."""
     bundled = ModelStore(ROOT / "models", Path("/nonexistent/store-state.json")).names()
-    wanted = [m for m in ("iris", "face") if m in bundled]
+    wanted: list[str] = [m for m in ("iris", "face") if m in bundled]
     return wanted or bundled[:2]
 
 

@@ -54,6 +54,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw.service.start()
         if config.preload:
             results = await asyncio.get_running_loop().run_in_executor(gw.service.executor, engine.load_all)
             for name, err in results.items():

@@ -34,10 +34,18 @@ class InferenceService:
         self.engine = engine
         self.config = config
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(
-            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer"
-        )
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self.executor = self._new_executor()
+
+    @staticmethod
+    def _new_executor() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
+
+    def start(self) -> None:
+        """Called on each application start: batchers belong to one event loop."""
+        self._batchers.clear()
+        if getattr(self.executor, "_shutdown", False):
+            self.executor = self._new_executor()
 
     def batching(self, name: str, manifest_batching: Batching) -> Batching:
         override = self.config.batching.get(name)
@@ -119,4 +127,5 @@ class InferenceService:
         return Prediction(m.name, version, outputs, results, timings)
 
     def close(self) -> None:
+        self._batchers.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)

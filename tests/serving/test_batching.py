@@ -42,7 +42,9 @@ def test_500_concurrent_requests_each_get_their_own_answer(gateway: Gateway) -> 
     responses = asyncio.run(
         _fire(f"{gateway.url}/v1/models/digits/predict", [{"data": x[i : i + 1].tolist()} for i in range(N)])
     )
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:3]
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][
+        :3
+    ]
     pkg = MODELS / "digits" / "1"
     sess = ort.InferenceSession(str(pkg / read_manifest(pkg).file), providers=["CPUExecutionProvider"])
     logits = sess.run(["logits"], {"input": x})[0]
@@ -71,5 +73,6 @@ def test_batched_iris_rows_match_single_rows(gateway: Gateway) -> None:
         assert r.status_code == 200
         doc = r.json()
         assert doc["results"][0]["index"] == int(labels[i])
-        np.testing.assert_allclose(doc["outputs"]["output_probability"][0], [probs[i][k] for k in range(3)],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            doc["outputs"]["output_probability"][0], [probs[i][k] for k in range(3)], atol=1e-6
+        )

@@ -35,8 +35,9 @@ def test_classification_book_iris_binary_default(gateway: Gateway) -> None:
     inp = triton.InferInput("float_input", list(rows.shape), "FP32")
     inp.set_data_from_numpy(rows)  # binary_data=True by default
     res = c.infer("book_iris", [inp])
-    np.testing.assert_allclose(res.as_numpy("output_probability"), [x["probabilities"] for x in cases],
-                               atol=EXPECTED["atol"])
+    np.testing.assert_allclose(
+        res.as_numpy("output_probability"), [x["probabilities"] for x in cases], atol=EXPECTED["atol"]
+    )
     assert res.as_numpy("output_label").tolist() == [x["label"] for x in cases]
 
 
@@ -75,5 +76,6 @@ def test_json_mode_client_also_works(gateway: Gateway) -> None:
     inp.set_data_from_numpy(rows, binary_data=False)
     out = triton.InferRequestedOutput("output_probability", binary_data=False)
     res = c.infer("book_iris", [inp], outputs=[out])
-    np.testing.assert_allclose(res.as_numpy("output_probability")[0], EXPECTED["cases"][0]["probabilities"],
-                               atol=EXPECTED["atol"])
+    np.testing.assert_allclose(
+        res.as_numpy("output_probability")[0], EXPECTED["cases"][0]["probabilities"], atol=EXPECTED["atol"]
+    )
