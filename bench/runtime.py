@@ -269,49 +269,40 @@ def make_raw(manifest: Manifest, pkg: Path, threads: int) -> RawRunner:
 # -- timing ------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Samples:
-    raw_ns: np.ndarray
-    agent_ns: np.ndarray
+    ns: list[np.ndarray]  # one array per call, in the order given
     rounds: int
     block: int
 
 
-def measure(raw: Call, agent: Call, budget_s: float, cfg: Budget) -> Samples:
-    """Time ``raw`` and ``agent`` alternately: rounds of a raw block then an agent block.
+def measure(calls_: Sequence[Call], budget_s: float, cfg: Budget) -> Samples:
+    """Time the calls alternately: rounds of a block of each call in turn (A A A B B B C C C ...).
 
-    The warm-up (which also settles arena allocation and LiteRT resizes) estimates the cost of a
-    pair of calls; the number of calls is then what fits ``budget_s``, within the budget's limits.
+    The warm-up (which also settles arena allocation and LiteRT resizes) estimates the cost of one
+    call of each; the number of calls is then what fits ``budget_s``, within the budget's limits.
     """
     clock = time.perf_counter_ns
-    est_raw: list[int] = []
-    est_agent: list[int] = []
+    est: list[list[int]] = [[] for _ in calls_]
     stop = clock() + int(cfg.warmup_s * 1e9)
-    while len(est_raw) < cfg.min_warmup or clock() < stop:
-        t0 = clock()
-        raw()
-        t1 = clock()
-        agent()
-        t2 = clock()
-        est_raw.append(t1 - t0)
-        est_agent.append(t2 - t1)
-    pair_ns = max(1.0, float(np.median(est_raw) + np.median(est_agent)))
-    calls = min(cfg.max_calls, max(cfg.min_calls, int(budget_s * 1e9 / pair_ns)))
+    while len(est[0]) < cfg.min_warmup or clock() < stop:
+        for i, call in enumerate(calls_):
+            t0 = clock()
+            call()
+            est[i].append(clock() - t0)
+    round_ns = max(1.0, float(sum(np.median(e) for e in est)))
+    calls = min(cfg.max_calls, max(cfg.min_calls, int(budget_s * 1e9 / round_ns)))
     block = max(1, min(25, calls // 20))
     rounds = math.ceil(calls / block)
-    raw_ns = np.empty(rounds * block, dtype=np.int64)
-    agent_ns = np.empty(rounds * block, dtype=np.int64)
+    ns = [np.empty(rounds * block, dtype=np.int64) for _ in calls_]
     gc.collect()
     k = 0
     for _ in range(rounds):
-        for j in range(k, k + block):
-            t0 = clock()
-            raw()
-            raw_ns[j] = clock() - t0
-        for j in range(k, k + block):
-            t0 = clock()
-            agent()
-            agent_ns[j] = clock() - t0
+        for call, out in zip(calls_, ns, strict=True):
+            for j in range(k, k + block):
+                t0 = clock()
+                call()
+                out[j] = clock() - t0
         k += block
-    return Samples(raw_ns, agent_ns, rounds, block)
+    return Samples(ns, rounds, block)
 
 
 def _stats(ns: np.ndarray, rows: int) -> dict[str, float]:
@@ -345,6 +336,7 @@ class Row:
     batch32: dict[str, dict[str, float]] = field(default_factory=dict)
     overhead_b1: float = 0.0
     overhead_b32: float = 0.0
+    answers_b32: float = 0.0
     max_abs_diff: float = 0.0
     agrees: bool = True
     error: str | None = None
@@ -375,6 +367,9 @@ def bench_model(engine: Engine, name: str, threads: int, cfg: Budget, rng: np.ra
         feeds = dict(inputs)
 
         def agent_call(feeds: dict[str, np.ndarray] = feeds) -> object:
+            return engine.predict(name, feeds, answers=False)
+
+        def answers_call(feeds: dict[str, np.ndarray] = feeds) -> object:
             return engine.predict(name, feeds)
 
         # Same inputs, same answers? (Checked once, untimed.)
@@ -385,13 +380,15 @@ def bench_model(engine: Engine, name: str, threads: int, cfg: Budget, rng: np.ra
             diff = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)), initial=0.0))
             worst = max(worst, diff)
             agrees = agrees and have.shape == want.shape and diff <= max(m.golden.atol, 1e-6) * 10
-        samples = measure(raw_call, agent_call, budget, cfg)
-        slot["raw"] = _stats(samples.raw_ns, n)
-        slot["agent"] = _stats(samples.agent_ns, n)
+        samples = measure([raw_call, agent_call, answers_call], budget, cfg)
+        slot["raw"] = _stats(samples.ns[0], n)
+        slot["agent"] = _stats(samples.ns[1], n)
+        slot["answers"] = _stats(samples.ns[2], n)
         slot["rounds"] = {"rounds": samples.rounds, "block": samples.block}
     row.max_abs_diff, row.agrees = worst, agrees
     row.overhead_b1 = row.batch1["agent"]["p50_ms"] / row.batch1["raw"]["p50_ms"]
     row.overhead_b32 = row.batch32["agent"]["p50_ms"] / row.batch32["raw"]["p50_ms"]
+    row.answers_b32 = row.batch32["answers"]["p50_ms"] / row.batch32["raw"]["p50_ms"]
     return row
 
 
@@ -522,11 +519,12 @@ def table_lines(rows: Sequence[Row]) -> list[str]:
         "b32 raw rows/s",
         "b32 agent rows/s",
         "b32 agent/raw",
+        "b32 +answers/raw",
     ]
     body: list[list[str]] = []
     for r in rows:
         if r.error is not None:
-            body.append([r.name, r.backend or "-", "-", "-", *(["error"] * 7)])
+            body.append([r.name, r.backend or "-", "-", "-", *(["error"] * 8)])
             continue
         acc = "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}% (n={r.heldout_size})"
         ratio = f"{r.overhead_b32:.2f}"
@@ -546,6 +544,7 @@ def table_lines(rows: Sequence[Row]) -> list[str]:
                 f"{b32['raw']['rows_per_s']:,.0f}",
                 f"{b32['agent']['rows_per_s']:,.0f}",
                 ratio,
+                f"{r.answers_b32:.2f}",
             ]
         )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
@@ -573,9 +572,11 @@ def footnotes(rows: Sequence[Row], cfg: Budget, quick: bool) -> list[str]:
     lines = [
         "",
         f"Raw = the runtime called directly by this script (own session/interpreter, same thread "
-        f"settings); agent = `Engine.predict(name, {{input: x}})` (validation, batch splitting, "
-        f"(de)quantization, post-processing). Same input arrays for both. Calls alternate in rounds "
-        f"(a block of raw calls, then a block of agent calls); batch 1: {span(calls_b1)} calls each, "
+        f"settings); agent = `Engine.predict(name, {{input: x}}, answers=False)`: the runtime layer "
+        f"(validation, batch splitting, (de)quantization, ZipMap to array), output tensors; "
+        f"+answers = `Engine.predict(name, {{input: x}})`, which also builds per-row answers (labels, "
+        f"top-k dicts, decoded boxes). Same input arrays for all. Calls alternate in rounds "
+        f"(a block of raw calls, then agent, then +answers); batch 1: {span(calls_b1)} calls each, "
         f"batch 32: {span(calls_b32)} calls each{' (--quick: numbers are rough)' if quick else ''}. "
         f"rows/s = 32 / median batch-32 call time; agent/raw = ratio of the median batch-32 call "
         f"times, target < {TARGET_OVERHEAD:.2f} (**bold**: missed). Size = the model file alone.",

@@ -46,7 +46,7 @@ class Prediction:
 
 
 def _ms(t0: int, t1: int) -> float:
-    return round((t1 - t0) / 1e6, 3)
+    return (t1 - t0) / 1e6
 
 
 class Engine:
@@ -216,7 +216,13 @@ class Engine:
         *,
         images: Sequence[bytes] | None = None,
         version: str | None = None,
+        answers: bool = True,
     ) -> Prediction:
+        """Validate or preprocess, infer, and (``answers=True``) post-process.
+
+        ``answers=False`` returns the raw output tensors only (``results`` empty):
+        what a caller that wants tensors, such as the v2 protocol, needs.
+        """
         t0 = time.perf_counter_ns()
         model = self.model(name, version)
         m = model.manifest
@@ -231,7 +237,7 @@ class Engine:
         t1 = time.perf_counter_ns()
         outputs = self.infer(model, tensors)
         t2 = time.perf_counter_ns()
-        results = postprocess(m, outputs, geos)
+        results = postprocess(m, outputs, geos) if answers else []
         t3 = time.perf_counter_ns()
         timings = {
             "preprocess": _ms(t0, t1),

@@ -42,6 +42,9 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     return arr
 
 
+_DTYPES = {name: np.dtype(name) for name in _SAFE_CASTS}
+
+
 def _check_one(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
     want_ndim = len(spec.shape)
     if arr.ndim == want_ndim - 1:  # one sample without its batch dimension
@@ -62,7 +65,7 @@ def _check_one(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
                 expected=spec.shape,
                 got=list(arr.shape),
             )
-    if arr.dtype.name != spec.dtype:
+    if arr.dtype != _DTYPES[spec.dtype]:  # (dtype.name is slow: compare dtype objects)
         if arr.dtype.kind not in _SAFE_CASTS[spec.dtype]:
             raise InvalidInput(
                 f"input {spec.name!r} has dtype {arr.dtype.name}, expected {spec.dtype}",

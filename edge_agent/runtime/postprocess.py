@@ -21,30 +21,32 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def classify(
     outputs: dict[str, np.ndarray], spec: Classification, labels: Sequence[str]
 ) -> list[dict[str, Any]]:
+    """One dict per row: best label, its score, the top-k and every probability.
+
+    Vectorised: numpy does the sorting and gathering, Python only builds the dicts.
+    """
     scores = outputs[spec.output]
     if scores.ndim == 1:
         scores = scores[:, None]
     probs = softmax(scores.astype(np.float32)) if spec.apply_softmax else scores
-    k = min(spec.top_k, probs.shape[1])
+    n, c = probs.shape
+    k = min(spec.top_k, c)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    best = order[:, 0]
-    if spec.label_output is not None:
-        best = outputs[spec.label_output].astype(np.int64).reshape(-1)
-    nlab = len(labels)
+    best = (
+        order[:, 0] if spec.label_output is None else outputs[spec.label_output].astype(np.int64).reshape(-1)
+    )
+    names = [*labels, *(str(j) for j in range(len(labels), c))]
+    prob_rows = probs.tolist()
     rows: list[dict[str, Any]] = []
-    prob_list = probs.tolist()
-    for i, idx in enumerate(best.tolist()):
-        row_p = prob_list[i]
+    for idx, p, top in zip(best.tolist(), prob_rows, order.tolist(), strict=True):
+        ok = 0 <= idx < c
         rows.append(
             {
-                "label": labels[idx] if 0 <= idx < nlab else str(idx),
+                "label": names[idx] if ok else str(idx),
                 "index": idx,
-                "score": row_p[idx] if 0 <= idx < len(row_p) else None,
-                "top_k": [
-                    {"label": labels[j] if j < nlab else str(j), "index": j, "score": row_p[j]}
-                    for j in order[i].tolist()
-                ],
-                "probabilities": row_p,
+                "score": p[idx] if ok else None,
+                "top_k": [{"label": names[j], "index": j, "score": p[j]} for j in top],
+                "probabilities": p,
             }
         )
     return rows
