@@ -29,7 +29,7 @@ def classify(
     if scores.ndim == 1:
         scores = scores[:, None]
     probs = softmax(scores.astype(np.float32)) if spec.apply_softmax else scores
-    n, c = probs.shape
+    c = probs.shape[1]
     k = min(spec.top_k, c)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     best = (
