@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import render
-from edge_agent.config import AgentConfig, load_config, with_overrides
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import (
     ConfigError,
     EdgeAgentError,
@@ -20,6 +20,7 @@ from edge_agent.errors import (
     ModelNotFound,
     PackageError,
 )
+from edge_agent.roles import add_role_commands
 
 logger = logging.getLogger("edge_agent")
 
@@ -143,13 +144,6 @@ def cmd_models_rollback(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_serve(config: AgentConfig, args: argparse.Namespace) -> int:
-    from edge_agent.serving.server import serve
-
-    serve(with_overrides(config, host=args.host, port=args.port, workers=args.workers))
-    return EXIT_OK
-
-
 def cmd_backends(config: AgentConfig, args: argparse.Namespace) -> int:
     from edge_agent.runtime.backends import availability
 
@@ -188,12 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "demo", cmd_demo, "Predict on every bundled model's sample inputs, with timings.")
     sp.add_argument("models", nargs="*", help="only these models (default: all)")
 
-    sp = add(sub, "serve", cmd_serve, "Run the local HTTP gateway (web single, synchronous, v1 and v2 APIs).")
-    sp.add_argument("--host", help="bind address (EDGE_HOST; default 127.0.0.1; off loopback needs a token)")
-    sp.add_argument("--port", type=int, help="port (EDGE_PORT; default 8000)")
-    sp.add_argument(
-        "--workers", type=int, help="gateway processes sharing the port (EDGE_WORKERS; default 1)"
-    )
+    add_role_commands(sub, add)
 
     sp = add(sub, "backends", cmd_backends, "Show which inference backends can run here, and why not.")
 

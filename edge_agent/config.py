@@ -44,6 +44,73 @@ class BatchingOverride(BaseModel):
     max_queue_delay_ms: float | None = Field(default=None, ge=0, le=1000, description="Wait for more rows.")
 
 
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerConfig(_Section):
+    lease_s: float = Field(default=30.0, gt=0, le=3600, description="A claimed job is retried after this.")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Tries before a job is marked failed.")
+
+
+class BatchConfig(_Section):
+    interval_s: float | None = Field(default=60.0, gt=0, description="Run pending items every N seconds.")
+    cron: str | None = Field(default=None, description="Cron expression (5 fields); overrides interval_s.")
+    parallelism: int = Field(default=2, ge=1, le=64, description="Items predicted in parallel.")
+    chunk: int = Field(default=32, ge=1, le=4096, description="Items claimed per step.")
+
+
+class CacheConfig(_Section):
+    prediction_enabled: bool = Field(default=True, description="Prediction cache on or off.")
+    prediction_disabled_models: list[str] = Field(default_factory=list, description="Models never cached.")
+    prediction_max_entries: int = Field(default=10_000, ge=1, description="Most cached predictions.")
+    prediction_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Bytes of cached answers."
+    )
+    prediction_ttl_s: float = Field(
+        default=3600.0, gt=0, description="Age after which an answer is recomputed."
+    )
+    data_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024, description="Bytes of cached tensors.")
+
+
+class ServicesConfig(_Section):
+    """Where the gateway finds the separate processes of prep-pred and microservice."""
+
+    prep_url: str = Field(default="http://127.0.0.1:8010", description="Base URL of the prep role.")
+    prep_port: int = Field(default=8010, ge=0, le=65535, description="Port the prep role listens on.")
+    models: dict[str, str] = Field(
+        default_factory=dict, description="model@NAME roles: model name -> base URL (port taken from it)."
+    )
+    microservice: list[str] = Field(
+        default_factory=lambda: ["iris_setosa", "iris_versicolor", "iris_virginica"],
+        description="One-vs-rest models the microservice pattern fans out to.",
+    )
+    timeout_s: float = Field(default=1.0, gt=0, le=60, description="Per-call timeout of a fan-out.")
+    weak_below: float = Field(default=0.5, ge=0, le=1, description="A winner scoring less is reported weak.")
+    sync_async_fast: str = Field(default="digits_int8", description="Model answering at once (sync-async).")
+    sync_async_accurate: str = Field(default="digits", description="Model answering later (sync-async).")
+
+
+class CameraConfig(_Section):
+    source: str | None = Field(
+        default=None, description="V4L2 index (0), device path, RTSP/HTTP URL or file."
+    )
+    model: str = Field(default="face", description="Model run on each frame.")
+    fps: float = Field(default=2.0, gt=0, le=120, description="Frames inferred per second at most.")
+    thumbnails: bool = Field(default=False, description="Store a small JPEG with each result.")
+    loop: bool = Field(default=False, description="Restart a video file at its end.")
+
+
+class UpConfig(_Section):
+    roles: list[str] = Field(
+        default_factory=lambda: ["serve", "worker", "batch"], description="Roles `edge-agent up` starts."
+    )
+    profile: str = Field(
+        default="multi", pattern=r"^(multi|all-in-one)$", description="multi: one process per role."
+    )
+    restart_backoff_s: float = Field(default=1.0, gt=0, le=60, description="First restart delay.")
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,6 +150,14 @@ class AgentConfig(BaseModel):
     )
     preload: bool = Field(default=True, description="Load and self-test every model at start.")
 
+    # -- other roles (TOML sections; EDGE_<SECTION>__<FIELD> in the environment) ----------
+    worker: WorkerConfig = Field(default_factory=WorkerConfig, description="Asynchronous worker role.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch role.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Prediction and data caches.")
+    services: ServicesConfig = Field(default_factory=ServicesConfig, description="prep-pred, microservice.")
+    camera: CameraConfig = Field(default_factory=CameraConfig, description="Edge-AI camera role.")
+    up: UpConfig = Field(default_factory=UpConfig, description="`edge-agent up` supervisor.")
+
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AgentConfig:
         if self.host not in LOOPBACK_HOSTS and self.api_token is None:
@@ -97,8 +172,21 @@ class AgentConfig(BaseModel):
         return self.data_dir / "store-state.json"
 
 
-ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields}
-JSON_FIELDS = frozenset({"batching"})
+SECTIONS: dict[str, type[BaseModel]] = {
+    "worker": WorkerConfig,
+    "batch": BatchConfig,
+    "cache": CacheConfig,
+    "services": ServicesConfig,
+    "camera": CameraConfig,
+    "up": UpConfig,
+}
+ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields if name not in SECTIONS}
+SECTION_ENV_VARS = {
+    f"{ENV_PREFIX}{section.upper()}__{name.upper()}": (section, name)
+    for section, model in SECTIONS.items()
+    for name in model.model_fields
+}
+JSON_FIELDS = frozenset({"batching", "prediction_disabled_models", "models", "microservice", "roles"})
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -126,8 +214,24 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
                     problems.append(f"{key}: not valid JSON: {exc}")
             else:
                 values[field_name] = raw
+        elif key in SECTION_ENV_VARS:
+            section, name = SECTION_ENV_VARS[key]
+            target = values.setdefault(section, {})
+            if not isinstance(target, dict):
+                problems.append(f"{key}: section {section} is not a table")
+                continue
+            if name in JSON_FIELDS:
+                try:
+                    target[name] = json.loads(raw)
+                except ValueError as exc:
+                    problems.append(f"{key}: not valid JSON: {exc}")
+            else:
+                target[name] = None if raw == "" else raw
         else:
-            problems.append(f"unknown environment variable {key}; known: {', '.join(sorted(ENV_VARS))}")
+            problems.append(
+                f"unknown environment variable {key}; known: "
+                f"{', '.join(sorted([*ENV_VARS, *SECTION_ENV_VARS]))}"
+            )
     try:
         config = AgentConfig.model_validate(values)
     except ValidationError as exc:

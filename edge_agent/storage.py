@@ -1,0 +1,318 @@
+"""The device's SQLite file: the only owner of its schema.
+
+One file in WAL mode shared by every process role (gateway, worker, batch,
+camera, sync). Durability across power loss comes from SQLite itself
+(``synchronous=FULL`` for the rows that must never be lost). Each process
+opens its own ``Storage``; writes that claim work use ``BEGIN IMMEDIATE`` so
+two processes can never claim the same row.
+
+A result is recorded together with its outbox entry in one transaction: a
+result the device has is a result the fleet link will deliver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import EdgeAgentError
+
+DB_NAME = "agent.sqlite3"
+BUSY_TIMEOUT_MS = 10_000
+
+# Each migration moves the schema from version i to i + 1. Append only.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT,
+        payload_kind TEXT NOT NULL CHECK (payload_kind IN ('tensors', 'images')),
+        payload BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        lease_owner TEXT,
+        lease_expires REAL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        result_id TEXT,
+        error TEXT,
+        link TEXT
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, created);
+
+    CREATE TABLE batch_items (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        payload_kind TEXT NOT NULL CHECK (payload_kind IN ('tensors', 'images')),
+        payload BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires REAL,
+        created REAL NOT NULL,
+        finished REAL,
+        run_id TEXT,
+        result_id TEXT,
+        error TEXT
+    );
+    CREATE INDEX batch_items_by_status ON batch_items (status, created);
+
+    CREATE TABLE results (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        ref TEXT,
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        created REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX results_by_created ON results (created);
+    CREATE INDEX results_by_ref ON results (ref);
+
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_sent REAL
+    );
+
+    CREATE TABLE prediction_cache (
+        key TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        value BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        last_used REAL NOT NULL
+    );
+    CREATE INDEX prediction_cache_lru ON prediction_cache (last_used);
+
+    CREATE TABLE data_items (
+        id TEXT PRIMARY KEY,
+        content_type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+
+    CREATE TABLE data_cache (
+        item_id TEXT NOT NULL,
+        prep_key TEXT NOT NULL,
+        tensor BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        last_used REAL NOT NULL,
+        PRIMARY KEY (item_id, prep_key)
+    );
+    CREATE INDEX data_cache_lru ON data_cache (last_used);
+
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+)
+
+
+class StorageError(EdgeAgentError):
+    status = 503
+    code = "storage_error"
+
+
+class NotFound(EdgeAgentError):
+    status = 404
+    code = "not_found"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    source: str
+    ref: str | None
+    model: str
+    version: str
+    created: float
+    body: dict[str, Any]
+
+
+class Storage:
+    """One connection per thread to the device database (sqlite3 objects are not shareable)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    @classmethod
+    def in_dir(cls, data_dir: Path) -> Storage:
+        return cls(Path(data_dir) / DB_NAME)
+
+    # -- connections ---------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open {self.path}: {exc}") from None
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` takes the write lock up front: no lost-update races."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        except sqlite3.Error as exc:
+            raise StorageError(f"database busy or unavailable: {exc}") from None
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StorageError(f"commit failed: {exc}") from None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise StorageError(
+                    f"{self.path} has schema version {version}, newer than this agent knows "
+                    f"({len(MIGRATIONS)}); upgrade the agent"
+                )
+            for i in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[i].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={i + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- results and the outbox ------------------------------------------------
+    def record_result(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        source: str,
+        model: str,
+        version: str,
+        body: dict[str, Any],
+        ref: str | None = None,
+        result_id: str | None = None,
+    ) -> str:
+        """Insert a result and its outbox entry; call inside ``transaction()``."""
+        rid = result_id or new_id()
+        created = now()
+        text = json.dumps(body, separators=(",", ":"))
+        conn.execute(
+            "INSERT INTO results (id, source, ref, model, version, created, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rid, source, ref, model, version, created, text),
+        )
+        envelope = json.dumps(
+            {
+                "id": rid,
+                "source": source,
+                "ref": ref,
+                "model": model,
+                "version": version,
+                "created": created,
+                "body": body,
+            },
+            separators=(",", ":"),
+        )
+        conn.execute(
+            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', ?, ?)",
+            (rid, envelope, created),
+        )
+        return rid
+
+    def result(self, result_id: str) -> Result:
+        row = self.conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no result {result_id!r}")
+        return Result(
+            row["id"],
+            row["source"],
+            row["ref"],
+            row["model"],
+            row["version"],
+            row["created"],
+            json.loads(row["body"]),
+        )
+
+    def results(self, *, source: str | None = None, ref: str | None = None, limit: int = 100) -> list[Result]:
+        sql = "SELECT * FROM results WHERE 1=1"
+        args: list[Any] = []
+        if source is not None:
+            sql += " AND source = ?"
+            args.append(source)
+        if ref is not None:
+            sql += " AND ref = ?"
+            args.append(ref)
+        sql += " ORDER BY created DESC LIMIT ?"
+        args.append(limit)
+        return [
+            Result(
+                r["id"], r["source"], r["ref"], r["model"], r["version"], r["created"], json.loads(r["body"])
+            )
+            for r in self.conn.execute(sql, args)
+        ]
+
+    def outbox_depth(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # -- counters ------------------------------------------------------------------
+    def bump(self, conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def counter(self, name: str) -> int:
+        row = self.conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0

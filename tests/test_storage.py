@@ -1,0 +1,55 @@
+"""The device database: migrations, WAL, results recorded with their outbox entry."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.storage import MIGRATIONS, Storage, StorageError
+from tests.conftest import ROOT
+
+
+def test_fresh_database_is_migrated_and_in_wal_mode(tmp_path: Path) -> None:
+    st = Storage.in_dir(tmp_path)
+    assert st.schema_version == len(MIGRATIONS)
+    assert st.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert Storage.in_dir(tmp_path).schema_version == len(MIGRATIONS)  # idempotent reopen
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    st = Storage.in_dir(tmp_path)
+    st.conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    st.close()
+    with pytest.raises(StorageError, match="newer than this agent knows"):
+        Storage.in_dir(tmp_path)
+
+
+def test_result_and_outbox_entry_are_one_transaction(tmp_path: Path) -> None:
+    st = Storage.in_dir(tmp_path)
+    with st.transaction() as conn:
+        rid = st.record_result(conn, source="sync", model="iris", version="1", body={"label": "setosa"})
+    assert st.result(rid).body == {"label": "setosa"}
+    assert st.outbox_depth() == 1
+    with pytest.raises(RuntimeError), st.transaction() as conn:
+        st.record_result(conn, source="sync", model="iris", version="1", body={"x": 1})
+        raise RuntimeError("power cut")
+    assert st.outbox_depth() == 1 and len(st.results()) == 1
+    with pytest.raises(sqlite3.IntegrityError), st.transaction() as conn:
+        st.record_result(conn, source="sync", model="iris", version="1", body={}, result_id=rid)
+
+
+def test_concurrent_processes_count_exactly(tmp_path: Path) -> None:
+    script = (
+        "import sys; from pathlib import Path; from edge_agent.storage import Storage\n"
+        "st = Storage.in_dir(Path(sys.argv[1]))\n"
+        "for _ in range(200):\n"
+        "    with st.transaction() as c: st.bump(c, 'n')\n"
+    )
+    Storage.in_dir(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT) for _ in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert Storage.in_dir(tmp_path).counter("n") == 800
