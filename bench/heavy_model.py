@@ -21,7 +21,6 @@ a package the model store loads like any other (sha256 checked, golden self-test
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import time
 from collections.abc import Sequence

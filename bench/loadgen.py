@@ -44,7 +44,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import numpy as np
@@ -70,8 +70,7 @@ class Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -132,7 +131,7 @@ def build_request(
 
 
 # -- answer checks --------------------------------------------------------------------------------
-def _close(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> str | None:
+def close_enough(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> str | None:
     if got.shape != want.shape:
         return f"shape {list(got.shape)} != {list(want.shape)}"
     if not np.allclose(got, want, atol=atol, rtol=rtol):
@@ -141,7 +140,7 @@ def _close(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> str |
     return None
 
 
-def _top_class(got: np.ndarray, want: np.ndarray, tol: float) -> str | None:
+def top_class(got: np.ndarray, want: np.ndarray, tol: float) -> str | None:
     g, w = got.reshape(-1), want.reshape(-1)
     gi, wi = int(np.argmax(g)), int(np.argmax(w))
     if gi != wi and w[wi] - w[gi] > 2 * tol:
@@ -201,9 +200,9 @@ def check_answer(kind: str, status: int, body: bytes, ihcl: int | None, exp: dic
         pred = orjson.loads(body)["prediction"]
         for j, (name, want) in enumerate(exp["raw"].items()):
             got = np.asarray(pred[j], dtype=np.float32)
-            problem = _close(got, want, tol, exp["rtol"])
+            problem = close_enough(got, want, tol, exp["rtol"])
             if problem is None and exp.get("classification"):
-                problem = _top_class(got, want, tol)
+                problem = top_class(got, want, tol)
             if problem:
                 return f"output {name}: {problem}"
         return None
@@ -212,9 +211,9 @@ def check_answer(kind: str, status: int, body: bytes, ihcl: int | None, exp: dic
         for name, want in exp["raw"].items():
             if name not in outs:
                 return f"output {name} missing"
-            problem = _close(outs[name], want, tol, exp["rtol"])
+            problem = close_enough(outs[name], want, tol, exp["rtol"])
             if problem is None and exp.get("classification"):
-                problem = _top_class(outs[name], want, tol)
+                problem = top_class(outs[name], want, tol)
             if problem:
                 return f"output {name}: {problem}"
         return None
@@ -223,7 +222,7 @@ def check_answer(kind: str, status: int, body: bytes, ihcl: int | None, exp: dic
         if exp.get("probs") is not None:
             want = exp["probs"]
             got = np.asarray(row["probabilities"], dtype=np.float32)
-            problem = _close(got, want, exp["prob_atol"], 0.0) or _top_class(got, want, exp["prob_atol"])
+            problem = close_enough(got, want, exp["prob_atol"], 0.0) or top_class(got, want, exp["prob_atol"])
             if problem is None and row["index"] != int(np.argmax(got)):
                 problem = f"index {row['index']} is not the top probability"
             return problem
@@ -251,7 +250,7 @@ class CellResult:
     client_cpu: float = 0.0  # cores busy in this process during the window
 
 
-_SAMPLE = re.compile(r'^(edge_batch_size|edge_stage_seconds)_(sum|count)\{([^}]*)\} ([0-9.eE+-]+)$')
+_SAMPLE = re.compile(r"^(edge_batch_size|edge_stage_seconds)_(sum|count)\{([^}]*)\} ([0-9.eE+-]+)$")
 
 
 def parse_metrics(text: str, model: str) -> dict[str, float]:
@@ -345,7 +344,7 @@ async def run_cell(spec: dict[str, Any], concurrency: int) -> CellResult:
             await asyncio.gather(*tasks)
             t_w0 = state["t_first"] or time.perf_counter()
             t_w1 = max((r[1] for r in records), default=t_w0)
-            window = [r for r in records[warm:] if r[1] >= t_w0] if len(records) > warm else []
+            window = records[warm:]  # in completion order: the first `warm` answers are the warm-up
         else:
             await asyncio.sleep(float(spec["warmup_s"]))
             if metrics_path:
@@ -383,8 +382,8 @@ async def run_cell(spec: dict[str, Any], concurrency: int) -> CellResult:
         for key, value in m1.items():
             if key.startswith("stage.") and key.endswith(".sum"):
                 stage = key.split(".")[1]
-                n = value and m1.get(f"stage.{stage}.count", 0.0) - m0.get(f"stage.{stage}.count", 0.0)
-                if n:
+                n = m1.get(f"stage.{stage}.count", 0.0) - m0.get(f"stage.{stage}.count", 0.0)
+                if n > 0:
                     res.stage_ms[stage] = round((value - m0.get(key, 0.0)) / n * 1000.0, 4)
     # check every answer
     kind, expected = spec["check"], spec["expected"]

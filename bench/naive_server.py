@@ -12,8 +12,8 @@ reference answers use the same bare ``InferenceSession.run`` / LiteRT ``invoke``
     python bench/naive_server.py --model models/digits_int8/1/digits_int8.onnx --rank 4 --port 8100
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI must see the real ``Data`` class in
+# the endpoint's signature (it is built at run time for the model's input rank).
 import argparse
 import sys
 import threading

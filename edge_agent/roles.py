@@ -56,6 +56,65 @@ ROLES: dict[str, Role] = {
             ),
             "web single, synchronous, prediction cache, data cache, v2 protocol",
         ),
+        Role(
+            "worker",
+            "edge_agent.workers.worker",
+            "Run queued asynchronous jobs (woken when a job is queued; no polling).",
+            (
+                Arg(("--id",), "worker id (default: hostname-pid)"),
+                Arg(("--once",), "drain the queue, then exit", {"action": "store_true"}),
+            ),
+            "asynchronous, sync-async (slow half)",
+        ),
+        Role(
+            "batch",
+            "edge_agent.workers.batch",
+            "Predict registered batch items on a schedule (interval or cron), in parallel.",
+            (
+                Arg(("--now",), "run the pending items once, then exit", {"action": "store_true"}),
+                Arg(("--progress",), "show a progress bar", {"action": "store_true"}),
+            ),
+            "batch",
+        ),
+        Role(
+            "prep",
+            "edge_agent.services.prep",
+            "Run the preprocessing service (decode, resize, normalise) of the prep-pred pattern.",
+            (Arg(("--port",), "port (default: services.prep_port)", {"type": int}),),
+            "prep-pred (prep half)",
+        ),
+        Role(
+            "model",
+            "edge_agent.services.model_server",
+            "Serve one model as its own small process (model@NAME).",
+            (
+                Arg(("name",), "model name"),
+                Arg(("--port",), "port (default: from services.models[NAME])", {"type": int}),
+            ),
+            "horizontal microservice, prep-pred (pred half)",
+        ),
+        Role(
+            "camera",
+            "edge_agent.workers.camera",
+            "Read camera frames (V4L2, RTSP/HTTP URL or video file), infer, record results.",
+            (
+                Arg(("--source",), "override camera.source"),
+                Arg(("--max-frames",), "stop after this many inferred frames", {"type": int}),
+            ),
+            "edge AI",
+        ),
+        Role(
+            "up",
+            "edge_agent.supervisor",
+            "Start the configured roles as child processes, restart crashed ones, stop all on SIGTERM.",
+            (
+                Arg(
+                    ("--profile",),
+                    "multi (one process per role) or all-in-one",
+                    {"choices": ["multi", "all-in-one"]},
+                ),
+            ),
+        ),
     )
 }
 

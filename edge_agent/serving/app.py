@@ -23,16 +23,27 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.backends import BackendOptions
 from edge_agent.runtime.engine import Engine, EngineOptions
 from edge_agent.runtime.store import ModelStore
-from edge_agent.serving import book, repository, v1, v2
+from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.middleware import BearerAuth, BodyLimit
 from edge_agent.serving.service import InferenceService
+from edge_agent.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (book.router, v1.router, v2.router, repository.router)
+ROUTERS = (
+    book.router,
+    v1.router,
+    v2.router,
+    repository.router,
+    asyncjobs.router,
+    batch.router,
+    caches.router,
+    prep_pred.router,
+    microservice.router,
+)
 
 
 def build_engine(config: AgentConfig) -> Engine:
@@ -50,7 +61,8 @@ def build_engine(config: AgentConfig) -> Engine:
 def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(config)
     metrics = Metrics()
-    gw = Gateway(config, engine, InferenceService(engine, config, metrics), metrics)
+    storage = Storage.in_dir(config.data_dir)
+    gw = Gateway(config, engine, InferenceService(engine, config, metrics), metrics, storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

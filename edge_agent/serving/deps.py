@@ -10,6 +10,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.runtime.engine import Engine
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.service import InferenceService
+from edge_agent.storage import Storage
 
 
 @dataclass(slots=True)
@@ -18,6 +19,7 @@ class Gateway:
     engine: Engine
     service: InferenceService
     metrics: Metrics
+    storage: Storage
     ready: bool = False
 
 
