@@ -1,0 +1,207 @@
+"""The fleet link's wire contract: topics and payloads, the ONE definition
+that the device (``edge_agent.sync``) and the cloud (``cloud_sync``) import.
+
+Every payload is JSON with a schema version ``v``. ``decode`` checks size,
+JSON, version and shape, and that the device named in the payload is the one
+in the topic; it raises ``ProtocolError`` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import EdgeAgentError
+
+SCHEMA_VERSION = 1
+PREFIX = "edge"
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_RESULTS_PER_MESSAGE = 500
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# kind -> topic suffix under edge/{device}/
+TOPICS: dict[str, str] = {
+    "status": "status",
+    "telemetry": "telemetry",
+    "results": "results",
+    "results_ack": "results/ack",
+    "cmd": "cmd",
+    "cmd_reply": "cmd/reply",
+    "models_desired": "models/desired",
+    "models_reported": "models/reported",
+}
+RETAINED = frozenset({"status", "models_desired", "models_reported"})
+DEVICE_TO_CLOUD = frozenset({"status", "telemetry", "results", "cmd_reply", "models_reported"})
+CLOUD_TO_DEVICE = frozenset({"results_ack", "cmd", "models_desired"})
+_SUFFIX_TO_KIND = {v: k for k, v in TOPICS.items()}
+
+
+class ProtocolError(EdgeAgentError):
+    status = 400
+    code = "protocol_error"
+
+
+def topic(device: str, kind: str) -> str:
+    if not DEVICE_RE.match(device):
+        raise ProtocolError(f"invalid device id {device!r}")
+    return f"{PREFIX}/{device}/{TOPICS[kind]}"
+
+
+def subscription(kind: str, device: str = "+") -> str:
+    return f"{PREFIX}/{device}/{TOPICS[kind]}"
+
+
+def parse_topic(name: str) -> tuple[str, str]:
+    """'edge/dev1/results/ack' -> ('dev1', 'results_ack')."""
+    parts = name.split("/", 2)
+    if (
+        len(parts) != 3
+        or parts[0] != PREFIX
+        or not DEVICE_RE.match(parts[1])
+        or parts[2] not in _SUFFIX_TO_KIND
+    ):
+        raise ProtocolError(f"unknown topic {name!r}")
+    return parts[1], _SUFFIX_TO_KIND[parts[2]]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: int = Field(default=SCHEMA_VERSION, description="Schema version of the payload.")
+    device: str = Field(pattern=DEVICE_RE.pattern, description="Device the message is from or for.")
+
+
+class Status(_Msg):
+    state: Literal["online", "offline"]
+    agent_version: str = ""
+    models: dict[str, str] = Field(default_factory=dict, description="model name -> active version")
+    ts: float
+
+
+class Telemetry(_Msg):
+    ts: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ResultRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64)
+    source: str
+    ref: str | None = None
+    model: str
+    version: str
+    created: float
+    body: dict[str, Any]
+
+
+class Results(_Msg):
+    batch: str = Field(min_length=1, max_length=64, description="Id of this message's batch.")
+    results: list[ResultRecord] = Field(max_length=MAX_RESULTS_PER_MESSAGE)
+
+
+class ResultsAck(_Msg):
+    batch: str
+    ids: list[str] = Field(description="Result ids the cloud has stored (now or before).")
+
+
+CommandName = Literal["ping", "status", "list_models", "activate", "rollback", "run_batch", "set_config"]
+
+
+class Command(_Msg):
+    id: str = Field(min_length=1, max_length=64)
+    name: CommandName
+    args: dict[str, Any] = Field(default_factory=dict)
+    ts: float
+
+
+class CommandReply(_Msg):
+    id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    ts: float
+
+
+class SignedModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manifest: dict[str, Any] = Field(description="The model package's manifest.json, as published.")
+    signature: str = Field(description="Ed25519 signature (base64) over the canonical manifest JSON.")
+    key_id: str
+    artifact_url: str = Field(description="Where the package archive can be downloaded (HTTP, resumable).")
+    artifact_sha256: str
+
+
+class ModelsDesired(_Msg):
+    deployment: str
+    models: list[SignedModel]
+    ts: float
+
+
+class UpdateOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deployment: str
+    model: str
+    version: str
+    state: Literal["downloading", "verifying", "active", "failed", "rolled_back"]
+    reason: str | None = None
+    progress: float | None = Field(default=None, ge=0, le=1)
+    ts: float
+
+
+class ModelsReported(_Msg):
+    models: dict[str, str]
+    last_update: UpdateOutcome | None = None
+    ts: float
+
+
+PAYLOADS: dict[str, type[_Msg]] = {
+    "status": Status,
+    "telemetry": Telemetry,
+    "results": Results,
+    "results_ack": ResultsAck,
+    "cmd": Command,
+    "cmd_reply": CommandReply,
+    "models_desired": ModelsDesired,
+    "models_reported": ModelsReported,
+}
+
+
+def encode(msg: _Msg) -> bytes:
+    data = msg.model_dump_json(exclude_none=False).encode()
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {len(data)} bytes is over the limit of {MAX_PAYLOAD_BYTES}")
+    return data
+
+
+def decode(topic_name: str, payload: bytes) -> tuple[str, _Msg]:
+    """(kind, message) from an MQTT message; ProtocolError with the reason if it is not acceptable."""
+    device, kind = parse_topic(topic_name)
+    if not payload and kind in RETAINED:
+        raise ProtocolError(f"empty payload on {topic_name} (a cleared retained message)")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {len(payload)} bytes on {topic_name} is over {MAX_PAYLOAD_BYTES}")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"payload on {topic_name} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"payload on {topic_name} must be a JSON object")
+    version = doc.get("v")
+    if version != SCHEMA_VERSION:
+        raise ProtocolError(
+            f"payload on {topic_name} has schema version {version!r}; this end speaks {SCHEMA_VERSION}"
+        )
+    try:
+        msg = PAYLOADS[kind].model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise ProtocolError(f"invalid {kind} payload on {topic_name}: {problems}") from None
+    if msg.device != device:
+        raise ProtocolError(f"payload names device {msg.device!r} but was published under {device!r}")
+    return kind, msg
