@@ -96,9 +96,14 @@ class CameraConfig(_Section):
         default=None, description="V4L2 index (0), device path, RTSP/HTTP URL or file."
     )
     model: str = Field(default="face", description="Model run on each frame.")
-    fps: float = Field(default=2.0, gt=0, le=120, description="Frames inferred per second at most.")
+    fps: float = Field(default=2.0, gt=0, le=1000, description="Frames inferred per second at most.")
     thumbnails: bool = Field(default=False, description="Store a small JPEG with each result.")
     loop: bool = Field(default=False, description="Restart a video file at its end.")
+    realtime: bool = Field(
+        default=True,
+        description="Play a video file at its own frame rate, dropping stale frames as a camera would; "
+        "false hands every frame to the model as fast as it runs.",
+    )
 
 
 class UpConfig(_Section):

@@ -1,0 +1,313 @@
+"""``edge-agent camera``: the edge-AI pattern.
+
+Frames come from a V4L2 device, an RTSP/HTTP stream or a video file
+(:mod:`edge_agent.workers.frames`, newest frame only). Inference is throttled
+to ``camera.fps`` at most; each inferred frame runs the configured model on
+the decoded frame (no re-encoding) and its result is recorded together with
+its outbox entry in one transaction. Progress goes to ``camera-status.json``
+in the data directory, rewritten atomically about once a second: the role has
+no HTTP server, and a file is what ``bench/`` and an operator can read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import json
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError, EdgeAgentError, InvalidInput
+from edge_agent.runtime.backends import LoadedModel
+from edge_agent.runtime.engine import Engine
+from edge_agent.storage import Storage
+from edge_agent.workers.frames import Frame, FrameReader, parse_source
+
+logger = logging.getLogger(__name__)
+
+STATUS_FILE = "camera-status.json"
+THUMBNAIL_WIDTH = 160
+THUMBNAIL_QUALITY = 70
+MAX_CONSECUTIVE_ERRORS = 10
+FPS_WINDOW_S = 5.0
+
+
+class CameraError(EdgeAgentError):
+    """The camera loop cannot go on (the model fails on every frame)."""
+
+    code = "camera_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraOptions:
+    source: str
+    model: str = "face"
+    fps: float | None = 2.0  # inferred frames per second at most; None: as fast as possible
+    thumbnails: bool = False
+    loop: bool = False
+    realtime: bool = True  # play a file at its own frame rate (False: every frame, no drops)
+    max_frames: int | None = None
+    status_interval_s: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, args: argparse.Namespace) -> CameraOptions:
+        cam = config.camera
+        source = args.source if args.source is not None else cam.source
+        problems = []
+        if not source:
+            problems.append("camera.source: not set; set EDGE_CAMERA__SOURCE or pass --source")
+        if args.max_frames is not None and args.max_frames < 1:
+            problems.append(f"--max-frames: must be at least 1 (got {args.max_frames})")
+        if problems:
+            raise ConfigError(problems)
+        # camera.realtime is a requested config field; until it exists a file plays in real time
+        realtime = bool(cam.realtime)
+        return cls(str(source), cam.model, cam.fps, cam.thumbnails, cam.loop, realtime, args.max_frames)
+
+
+def thumbnail(image: Any, width: int = THUMBNAIL_WIDTH) -> dict[str, Any]:
+    """A small JPEG of a BGR frame, base64 in a JSON-ready dict."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if w > width:
+        image = cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
+    if not ok:
+        raise CameraError("cannot encode a thumbnail")
+    th, tw = image.shape[:2]
+    return {"format": "jpeg", "width": tw, "height": th, "data": base64.b64encode(data.tobytes()).decode()}
+
+
+@dataclass(slots=True)
+class CameraStats:
+    inferred: int = 0
+    failed: int = 0  # frames whose inference or recording failed
+    failed_in_row: int = 0
+    last_result_id: str | None = None
+    last_frame: int | None = None
+    first_at: float | None = None  # monotonic time the first inferred frame was taken
+    last_at: float | None = None  # monotonic time the last inferred frame was taken
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("infer", "record", "age"), 0.0))
+    recent: collections.deque[float] = field(default_factory=collections.deque)
+
+    def fps(self, now: float) -> float:
+        while self.recent and self.recent[0] < now - FPS_WINDOW_S:
+            self.recent.popleft()
+        span = min(FPS_WINDOW_S, now - (self.first_at or now))
+        return len(self.recent) / span if span > 0 else 0.0
+
+    def fps_avg(self) -> float:
+        """Inferred frames per second between the first and the last inferred frame."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return (self.inferred - 1) / (self.last_at - self.first_at)
+
+
+class CameraLoop:
+    """Take the newest frame, infer, record; at most ``options.fps`` times a second."""
+
+    def __init__(self, engine: Engine, storage: Storage, options: CameraOptions, status_path: Path) -> None:
+        self.engine = engine
+        self.storage = storage
+        self.options = options
+        self.status_path = status_path
+        self.source = parse_source(options.source)
+        self.model: LoadedModel = engine.model(options.model)  # loads and self-tests
+        spec = self.model.manifest.preprocessing
+        if spec is None:
+            raise InvalidInput(f"model {options.model!r} takes tensors, not images: it cannot run on frames")
+        self.spec = spec
+        self.run_id = uuid.uuid4().hex
+        self.stats = CameraStats()
+        self.state = "starting"
+        self.started = time.time()
+        self.reader = FrameReader(self.source, realtime=options.realtime, loop=options.loop)
+
+    def run(self, stop: threading.Event) -> str:
+        """Loop until the source ends, ``max_frames`` or ``stop``; returns why it stopped."""
+        self.reader.start()
+        self.state = "running"
+        logger.info(
+            "camera: %s -> %s/%s at %s fps at most (run %s)",
+            self.source.text,
+            self.model.manifest.name,
+            self.model.manifest.version,
+            self.options.fps or "unlimited",
+            self.run_id,
+        )
+        period = 1.0 / self.options.fps if self.options.fps else 0.0
+        next_due = next_status = time.monotonic()
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + self.options.status_interval_s
+                wait = min(next_due, next_status) - now
+                if wait > 0:
+                    stop.wait(wait)  # the throttle: no frame is taken before next_due
+                    continue
+                frame = self.reader.next_frame(timeout=0.25)
+                if frame is None:
+                    if self.reader.finished:
+                        self.state = "ended"
+                        break
+                    continue
+                next_due = time.monotonic() + period
+                self.process(frame)
+                if self.options.max_frames is not None and self.stats.inferred >= self.options.max_frames:
+                    self.state = "max_frames"
+                    break
+            if self.state == "running":
+                self.state = "stopped"
+        except BaseException:
+            self.state = "failed"
+            raise
+        finally:
+            self.reader.close()
+            self.write_status()
+        return self.state
+
+    def process(self, frame: Frame) -> None:
+        from edge_agent.runtime.postprocess import postprocess
+        from edge_agent.runtime.preprocess import transform
+
+        st = self.stats
+        t0, taken = time.monotonic(), time.time()
+        if st.first_at is None:
+            st.first_at = t0
+        try:
+            tensor, geo = transform(frame.image, self.spec)
+            outputs = self.engine.infer(self.model, {self.spec.input: tensor[None]})
+            row = postprocess(self.model.manifest, outputs, [geo])[0]
+            t1 = time.monotonic()
+            body = self.body(frame, row)
+            m = self.model.manifest
+            with self.storage.transaction() as conn:
+                rid = self.storage.record_result(
+                    conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
+                )
+        except EdgeAgentError as exc:
+            st.failed += 1
+            st.failed_in_row += 1
+            logger.error("frame %d: %s", frame.index, exc.message)
+            if st.failed_in_row >= MAX_CONSECUTIVE_ERRORS:
+                raise CameraError(f"{st.failed_in_row} frames in a row failed; last: {exc.message}") from None
+            return
+        t2 = time.monotonic()
+        st.failed_in_row = 0
+        st.inferred += 1
+        st.last_result_id, st.last_frame, st.last_at = rid, frame.index, t0
+        st.recent.append(t2)
+        for key, value in (("infer", t1 - t0), ("record", t2 - t1), ("age", taken - frame.captured)):
+            st.ms[key] += value * 1000
+
+    def body(self, frame: Frame, row: dict[str, Any]) -> dict[str, Any]:
+        h, w = frame.image.shape[:2]
+        body: dict[str, Any] = {
+            **row,
+            "frame": frame.index,
+            "cycle": frame.cycle,
+            "captured": round(frame.captured, 6),
+            "position_ms": None if frame.position_ms is None else round(frame.position_ms, 3),
+            "width": w,
+            "height": h,
+            "camera": self.source.text,
+        }
+        if self.options.thumbnails:
+            body["thumbnail"] = thumbnail(frame.image)
+        return body
+
+    def status(self) -> dict[str, Any]:
+        st, rs, now = self.stats, self.reader.stats, time.monotonic()
+        n = max(st.inferred, 1)
+        return {
+            "pid": os.getpid(),
+            "run": self.run_id,
+            "state": self.state,
+            "source": self.source.text,
+            "model": self.model.manifest.name,
+            "version": self.model.manifest.version,
+            "started": round(self.started, 3),
+            "updated": round(time.time(), 3),
+            "realtime": self.reader.realtime,
+            "fps_limit": self.options.fps,
+            "source_fps": self.reader.source_fps,
+            "frames_read": rs.read,
+            "frames_inferred": st.inferred,
+            "frames_dropped": rs.dropped,
+            "reconnects": rs.reconnects,
+            "cycles": rs.cycles,
+            "frames_failed": st.failed,
+            "connected": self.reader.connected,
+            "fps": round(st.fps(now), 3),
+            "fps_avg": round(st.fps_avg(), 3),
+            "infer_ms_avg": round(st.ms["infer"] / n, 3),
+            "record_ms_avg": round(st.ms["record"] / n, 3),
+            "frame_age_ms_avg": round(st.ms["age"] / n, 3),
+            "last_result_id": st.last_result_id,
+            "last_frame": st.last_frame,
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+
+    def write_status(self) -> None:
+        tmp = self.status_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1))
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            logger.warning("cannot write %s: %s", self.status_path, exc)
+
+
+def run(config: AgentConfig, args: argparse.Namespace) -> int:
+    """The ``camera`` role: exit 0 at the end of a file, after ``--max-frames`` or on SIGTERM."""
+    from edge_agent.runtime.backends import BackendOptions
+    from edge_agent.runtime.engine import EngineOptions
+    from edge_agent.runtime.store import ModelStore
+
+    options = CameraOptions.from_config(config, args)
+    store = ModelStore(config.model_dir, config.store_state_path)
+    engine = Engine(
+        store,
+        EngineOptions(
+            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
+            max_image_pixels=config.max_image_pixels,
+        ),
+    )
+    storage = Storage.in_dir(config.data_dir)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()  # only set a flag: the loop finishes the frame it is recording
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        loop = CameraLoop(engine, storage, options, config.data_dir / STATUS_FILE)
+        reason = loop.run(stop)
+        logger.info(
+            "camera stopped (%s): %d read, %d inferred, %d dropped, %.1f fps",
+            reason,
+            loop.reader.stats.read,
+            loop.stats.inferred,
+            loop.reader.stats.dropped,
+            loop.stats.fps_avg(),
+        )
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        storage.close()
+        engine.close()

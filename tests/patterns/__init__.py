@@ -1,0 +1,1 @@
+"""Tests of the serving patterns that span several process roles."""
