@@ -71,6 +71,8 @@ def test_up_restarts_a_killed_role_and_stops_all_on_sigterm(tmp_path: Path) -> N
         )
         _wait(lambda: _serving(url), 60, "the restarted gateway")
         assert httpx.post(f"{url}/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+        health = httpx.get(f"{url}/health/all").json()
+        assert [(r["role"], r["state"], r["restarts"]) for r in health["roles"]] == [("serve", "running", 1)]
         child_pid = restarted["roles"][0]["pid"]
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=15) == 0

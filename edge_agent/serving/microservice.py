@@ -37,6 +37,7 @@ from edge_agent.services.client import (
 from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import gateway
 from edge_agent.serving.prep_pred import services
+from edge_agent.supervisor import read_status
 
 router = APIRouter(tags=["horizontal microservice"])
 
@@ -157,10 +158,14 @@ async def health_all(request: Request) -> Response:
         if name not in cfg.models:  # in the fan-out list but given no URL: shown, not probed
             entries.append({"name": name, "role": "model", "url": None, "status": "unconfigured"})
     down = [e["name"] for e in entries if e["status"] == "down"]
+    roles = read_status(gw.config.data_dir)  # written by `edge-agent up`, when it runs here
+    if roles is not None:
+        down += [r["role"] for r in roles.get("roles", []) if r.get("state") != "running"]
     body = {
         "status": "ok" if gw.ready and not down else "degraded",
         "gateway": {"status": "up" if gw.ready else "starting", "version": __version__},
         "services": entries,
+        "roles": roles.get("roles", []) if roles is not None else None,
         "down": down,
         "checked_in_ms": round((time.perf_counter() - t0) * 1000.0, 3),
     }
