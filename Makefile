@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/edge-agent --data-dir $(DEMO_STATE) demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check edge_agent tests bench models/scripts
-	$(BIN)/ruff format --check edge_agent tests bench
+	$(BIN)/ruff check edge_agent cloud_sync tests bench models/scripts
+	$(BIN)/ruff format --check edge_agent cloud_sync tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -27,7 +27,7 @@ from edge_agent.serving import asyncjobs, batch, book, caches, microservice, pre
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
 from edge_agent.serving.metrics import Metrics
-from edge_agent.serving.middleware import BearerAuth, BodyLimit
+from edge_agent.serving.middleware import BearerAuth, BodyLimit, CountRequests
 from edge_agent.serving.service import InferenceService
 from edge_agent.storage import Storage
 
@@ -62,7 +62,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(config)
     metrics = Metrics()
     storage = Storage.in_dir(config.data_dir)
-    gw = Gateway(config, engine, InferenceService(engine, config, metrics), metrics, storage)
+    gw = Gateway(config, engine, InferenceService(engine, config, metrics, storage), metrics, storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,17 +97,8 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.api_token is not None:
         app.add_middleware(BearerAuth, token=config.api_token.get_secret_value())
-    app.middleware("http")(_count_requests)
+    app.add_middleware(CountRequests, metrics=metrics)
     return app
-
-
-async def _count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-    response: Response = await call_next(request)
-    route = request.scope.get("route")
-    endpoint = getattr(route, "path", "unmatched")
-    model = request.path_params.get("name", "") if hasattr(request, "path_params") else ""
-    gateway(request).metrics.requests.labels(model, endpoint, str(response.status_code)).inc()
-    return response
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

@@ -1,7 +1,137 @@
-"""Placeholder router, filled in by the pattern's module."""
+"""Data cache and prediction cache patterns.
+
+Data cache: an image is registered once (``POST /data``, id = sha256 of its
+bytes) and predicted on by id; its preprocessed tensor is cached per
+(item, preprocessing), so a repeated prediction skips decode and preprocess.
+Prediction cache: every predict route answers a repeated question from the
+cache (see ``serving/service.py``); here are its statistics and a purge.
+
+``Cache-Control: no-cache`` on a data-item prediction bypasses the prediction
+cache (the data cache still serves): how the two are measured apart.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from typing import Any
 
-router = APIRouter()
+from fastapi import APIRouter
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge_agent.errors import InvalidInput
+from edge_agent.serving.codec import b64_image, json_response, loads
+from edge_agent.serving.deps import Gateway, gateway
+
+router = APIRouter(tags=["data cache, prediction cache"])
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        },
+        "application/json": {
+            "schema": {"type": "object", "properties": {"image_data": {"type": "string", "format": "byte"}}}
+        },
+    },
+}
+
+
+async def _image_body(request: Request) -> bytes:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise InvalidInput("multipart body has no file: upload the image as a file field")
+        return await files[0].read()
+    body = await request.body()
+    if ctype == "application/json":
+        doc = loads(body)
+        if not isinstance(doc, dict) or "image_data" not in doc:
+            raise InvalidInput('expected {"image_data": "<base64 image>"}')
+        return b64_image(doc["image_data"], "image_data")
+    return body
+
+
+@router.post(
+    "/data",
+    status_code=201,
+    summary="Register an image (JPEG, PNG, BMP); answers its id, the sha256 of its bytes",
+    openapi_extra={"requestBody": IMAGE_BODY},
+)
+async def register(request: Request) -> Response:
+    gw = gateway(request)
+    data = await _image_body(request)
+    loop = asyncio.get_running_loop()
+    item_id = await loop.run_in_executor(gw.service.executor, gw.service.data.register, data)
+    item = await loop.run_in_executor(gw.service.executor, gw.service.data.item, item_id)
+    return json_response(item.to_dict(), status=201, headers={"Location": f"/data/{item_id}"})
+
+
+@router.get("/data/{item_id}", summary="A data item's metadata and the tensors cached for it")
+async def describe(item_id: str, request: Request) -> Response:
+    gw = gateway(request)
+    item = await asyncio.get_running_loop().run_in_executor(
+        gw.service.executor, gw.service.data.item, item_id
+    )
+    return json_response(item.to_dict())
+
+
+@router.delete("/data/{item_id}", summary="Delete a data item and its cached tensors")
+async def delete(item_id: str, request: Request) -> Response:
+    gw = gateway(request)
+    await asyncio.get_running_loop().run_in_executor(gw.service.executor, gw.service.data.delete, item_id)
+    return json_response({"id": item_id, "deleted": True})
+
+
+async def _predict(gw: Gateway, request: Request, name: str, version: str | None, item_id: str) -> Response:
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    pred = await gw.service.predict_data(name, item_id, version, cache=not no_cache)
+    body: dict[str, Any] = {
+        "model": pred.model,
+        "version": pred.version,
+        "item": item_id,
+        "results": pred.results,
+        "timings_ms": pred.timings_ms,
+        "cache": pred.cache,
+    }
+    if request.query_params.get("raw", "").lower() in ("1", "true", "yes"):
+        body["outputs"] = pred.outputs
+    return json_response(body)
+
+
+@router.post("/v1/models/{name}/predict/data/{item_id}", summary="Predict on a registered data item")
+async def predict_item(name: str, item_id: str, request: Request) -> Response:
+    return await _predict(gateway(request), request, name, None, item_id)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/predict/data/{item_id}",
+    summary="Predict on a registered data item with one version",
+)
+async def predict_item_version(name: str, version: str, item_id: str, request: Request) -> Response:
+    return await _predict(gateway(request), request, name, version, item_id)
+
+
+@router.get("/cache", summary="Prediction and data cache: size, bounds, settings")
+async def stats(request: Request) -> Response:
+    gw = gateway(request)
+    return json_response(
+        await asyncio.get_running_loop().run_in_executor(gw.service.executor, gw.service.cache_stats)
+    )
+
+
+@router.delete("/cache/prediction", summary="Forget cached predictions (of one model with ?model=NAME)")
+async def purge(request: Request, model: str | None = None) -> Response:
+    gw = gateway(request)
+    cache = gw.service.predictions
+    if cache is not None:
+        cache.purge(model or None)
+        await asyncio.get_running_loop().run_in_executor(gw.service.executor, cache.flush)
+    return json_response({"purged": model or "all"})

@@ -14,6 +14,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_agent.errors import PayloadTooLarge
+from edge_agent.serving.metrics import Metrics
 
 PUBLIC_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/health/live", "/health/ready"})
 
@@ -81,6 +82,34 @@ class BodyLimit:
         except PayloadTooLarge:
             if not started:
                 await _reply(send, 413, message)
+
+
+class CountRequests:
+    """``edge_requests_total`` by model, route and status. Pure ASGI: a ``BaseHTTPMiddleware``
+    streams the request body through extra tasks and memory streams (about 3 ms per 800 kB)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            model = scope.get("path_params", {}).get("name", "")
+            self.metrics.requests.labels(model, endpoint, str(status)).inc()
 
 
 class BearerAuth:

@@ -30,12 +30,14 @@ async def describe(name: str, request: Request) -> Response:
 async def _predict(gw: Gateway, request: Request, name: str, version: str | None, raw: bool) -> Response:
     manifest = gw.engine.model(name, version).manifest
     tensors, images = await read_inputs(request, manifest)
-    pred = await gw.service.predict(name, version, tensors=tensors, images=images)
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    pred = await gw.service.predict(name, version, tensors=tensors, images=images, cache=not no_cache)
     body: dict[str, object] = {
         "model": pred.model,
         "version": pred.version,
         "results": pred.results,
         "timings_ms": pred.timings_ms,
+        "cache": pred.cache,
     }
     if raw:
         body["outputs"] = pred.outputs

@@ -68,7 +68,7 @@ def parse_topic(name: str) -> tuple[str, str]:
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     v: int = Field(default=SCHEMA_VERSION, description="Schema version of the payload.")
     device: str = Field(pattern=DEVICE_RE.pattern, description="Device the message is from or for.")
@@ -87,7 +87,7 @@ class Telemetry(_Msg):
 
 
 class ResultRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(min_length=1, max_length=64)
     source: str
@@ -106,6 +106,10 @@ class Results(_Msg):
 class ResultsAck(_Msg):
     batch: str
     ids: list[str] = Field(description="Result ids the cloud has stored (now or before).")
+    rejected: list[str] = Field(
+        default_factory=list,
+        description="Result ids the cloud will never store (invalid): stop re-sending them.",
+    )
 
 
 CommandName = Literal["ping", "status", "list_models", "activate", "rollback", "run_batch", "set_config"]
@@ -179,7 +183,10 @@ def encode(msg: _Msg) -> bytes:
     return data
 
 
-def decode(topic_name: str, payload: bytes) -> tuple[str, _Msg]:
+Message = _Msg
+
+
+def decode(topic_name: str, payload: bytes) -> tuple[str, Message]:
     """(kind, message) from an MQTT message; ProtocolError with the reason if it is not acceptable."""
     device, kind = parse_topic(topic_name)
     if not payload and kind in RETAINED:
@@ -188,12 +195,12 @@ def decode(topic_name: str, payload: bytes) -> tuple[str, _Msg]:
         raise ProtocolError(f"payload of {len(payload)} bytes on {topic_name} is over {MAX_PAYLOAD_BYTES}")
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"payload on {topic_name} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"payload on {topic_name} must be a JSON object")
     version = doc.get("v")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise ProtocolError(
             f"payload on {topic_name} has schema version {version!r}; this end speaks {SCHEMA_VERSION}"
         )

@@ -1,0 +1,286 @@
+"""The cloud HTTP API: devices, results, telemetry, commands, models, deployments.
+
+A thin layer over :class:`cloud_sync.store.Store` (read by every endpoint) and
+:class:`cloud_sync.mqtt.MqttLink` (used by ``POST /commands`` only). Replies to
+commands are stored by the ingest role; ``GET /commands/{id}?wait=N`` polls the
+store until the reply is there. With ``api_token`` set, every endpoint but
+``/health`` needs ``Authorization: Bearer <token>``. Errors are JSON
+``{"error", "code"}``, mapped from ``CloudSyncError.status`` in one handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from cloud_sync import __version__
+from cloud_sync.config import CloudConfig
+from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, Unauthorized
+from cloud_sync.mqtt import BrokerSettings, MqttLink
+from cloud_sync.store import ResultQuery, Store
+from edge_agent.sync import protocol
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_S = 60.0
+POLL_S = 0.1
+PUBLISH_WAIT_S = 5.0
+MAX_BODY_BYTES = 1024 * 1024
+PUBLIC_PATHS = frozenset({"/health"})
+Row = dict[str, Any]
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = Field(pattern=protocol.DEVICE_RE.pattern, description="Device the command is for.")
+    name: protocol.CommandName = Field(description="What the device should do.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the command.")
+
+
+class Cloud:
+    """What the endpoints share: settings, the store, the MQTT link."""
+
+    def __init__(self, config: CloudConfig, store: Store, link: MqttLink) -> None:
+        self.config, self.store, self.link = config, store, link
+
+
+def _cloud(request: Request) -> Cloud:
+    cloud: Cloud = request.app.state.cloud
+    return cloud
+
+
+CloudDep = Annotated[Cloud, Depends(_cloud)]
+router = APIRouter()
+
+
+# -- devices, results, telemetry -----------------------------------------------------------
+@router.get("/devices", tags=["devices"], summary="Every device the cloud has heard from")
+def list_devices(cloud: CloudDep, online: bool | None = None) -> Row:
+    return {"devices": cloud.store.devices(online)}
+
+
+@router.get("/devices/{device_id}", tags=["devices"], summary="One device and its recent status history")
+def get_device(cloud: CloudDep, device_id: str, history: Annotated[int, Query(ge=0, le=1000)] = 20) -> Row:
+    return cloud.store.device(device_id) | {"status_history": cloud.store.status_history(device_id, history)}
+
+
+@router.get("/results", tags=["results"], summary="Stored results, filtered, newest first, paged")
+def list_results(
+    cloud: CloudDep,
+    device: str | None = None,
+    model: str | None = None,
+    label: str | None = None,
+    since: Annotated[float | None, Query(description="Created at or after (Unix time).")] = None,
+    until: Annotated[float | None, Query(description="Created before (Unix time).")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    order: Literal["desc", "asc"] = "desc",
+) -> Row:
+    q = ResultQuery(device, model, label, since, until, limit, offset, cursor, newest_first=order == "desc")
+    page = cloud.store.results(q)
+    return {"results": page.items, "next_cursor": page.next_cursor}
+
+
+@router.get("/results/{result_id}", tags=["results"], summary="One stored result")
+def get_result(cloud: CloudDep, result_id: str) -> Row:
+    return cloud.store.result(result_id)
+
+
+@router.get("/telemetry", tags=["devices"], summary="A device's telemetry snapshots, newest first")
+def list_telemetry(
+    cloud: CloudDep,
+    device: str,
+    since: float | None = None,
+    until: float | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> Row:
+    return {"device": device, "telemetry": cloud.store.telemetry(device, since, until, limit)}
+
+
+# -- commands ----------------------------------------------------------------------------------
+@router.post("/commands", tags=["commands"], status_code=202, summary="Send a command to a device")
+def post_command(cloud: CloudDep, body: CommandRequest) -> Row:
+    if not cloud.link.connected:
+        raise BrokerError("the API is not connected to the broker; try again shortly")
+    cmd = protocol.Command(
+        device=body.device, id=uuid.uuid4().hex, name=body.name, args=body.args, ts=time.time()
+    )
+    try:
+        payload = protocol.encode(cmd)
+    except protocol.ProtocolError as exc:
+        raise InvalidRequest(exc.message) from None
+    cloud.store.add_command(cmd.id, cmd.device, cmd.name, cmd.args, cmd.ts)
+    topic = protocol.topic(cmd.device, "cmd")
+    try:
+        cloud.link.publish(
+            topic,
+            payload,
+            qos=1,
+            response_topic=protocol.topic(cmd.device, "cmd_reply"),
+            correlation=cmd.id.encode(),
+            expiry_s=cloud.config.command_expiry_s,
+            wait_s=PUBLISH_WAIT_S,
+        )
+    except BrokerError as exc:
+        cloud.store.mark_command(cmd.id, "failed", exc.message)
+        raise
+    cloud.store.mark_command(cmd.id, "sent")
+    logger.info("command %s %s sent to %s", cmd.id, cmd.name, cmd.device)
+    return {"id": cmd.id, "device": cmd.device, "name": cmd.name, "state": "sent", "topic": topic}
+
+
+@router.get("/commands", tags=["commands"], summary="Recent commands, newest first")
+def list_commands(
+    cloud: CloudDep, device: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> Row:
+    return {"commands": cloud.store.commands(device, limit)}
+
+
+@router.get(
+    "/commands/{command_id}", tags=["commands"], summary="A command and its reply (long-poll with wait)"
+)
+async def get_command(
+    cloud: CloudDep,
+    command_id: str,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the reply.")] = 0,
+) -> Row:
+    deadline = time.monotonic() + wait
+    while True:
+        cmd: Row = await run_in_threadpool(cloud.store.command, command_id)
+        if cmd["reply"] is not None or cmd["state"] == "failed" or time.monotonic() >= deadline:
+            return cmd
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+# -- models and deployments (filled by the signed-update tooling) --------------------------------
+@router.get("/models", tags=["models"], summary="Models and how many versions each has")
+def list_models(cloud: CloudDep) -> Row:
+    return {"models": cloud.store.models()}
+
+
+@router.get("/models/{name}", tags=["models"], summary="A model and its versions")
+def get_model(cloud: CloudDep, name: str) -> Row:
+    return cloud.store.model(name)
+
+
+@router.get("/deployments", tags=["deployments"], summary="Deployments, newest first")
+def list_deployments(cloud: CloudDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Row:
+    return {"deployments": cloud.store.deployments(limit)}
+
+
+@router.get("/deployments/{deployment_id}", tags=["deployments"], summary="A deployment and per-device state")
+def get_deployment(cloud: CloudDep, deployment_id: str) -> Row:
+    return cloud.store.deployment(deployment_id)
+
+
+# -- the application -------------------------------------------------------------------------------
+def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLink | None = None) -> FastAPI:
+    store = store or Store(config.db_path)
+    link = link or MqttLink(
+        BrokerSettings.from_config(config), f"cloud-api-{socket.gethostname()[:40]}-{os.getpid()}"
+    )
+    cloud = Cloud(config, store, link)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cloud.link.start(wait_s=None)  # connects (and reconnects) in the background
+        logger.info("cloud API ready (database %s)", config.db_path)
+        yield
+        cloud.link.close()
+        cloud.store.close()
+
+    app = FastAPI(
+        title="cloud-sync API",
+        version=__version__,
+        lifespan=lifespan,
+        description="Fleet state, results and commands of the edge inference agents.",
+    )
+    app.state.cloud = cloud
+
+    @app.get("/health", tags=["operations"], summary="Liveness; no token needed")
+    def health() -> Row:
+        return {
+            "status": "ok",
+            "broker_connected": cloud.link.connected,
+            "schema": cloud.store.schema_version,
+        }
+
+    app.include_router(router)
+    _install_error_handlers(app)
+    app.middleware("http")(_gate)
+    return app
+
+
+async def _gate(request: Request, call_next: Any) -> Response:
+    """Token and body size, checked before any parsing (so no 422 leaks past a missing token)."""
+    token = _cloud(request).config.api_token
+    if token is not None and request.url.path not in PUBLIC_PATHS:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
+            exc = Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+            return JSONResponse(exc.to_dict(), status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit():
+        return _error(400, "invalid Content-Length header", "bad_request")
+    if int(declared) > MAX_BODY_BYTES:
+        return _error(413, f"request body is over {MAX_BODY_BYTES} bytes", "payload_too_large")
+    response: Response = await call_next(request)
+    return response
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CloudSyncError)
+    async def cloud_error(request: Request, exc: CloudSyncError) -> Response:
+        if exc.status >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return _error(422, "; ".join(problems), "invalid_request")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), "http_error", getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("%s %s: unexpected error", request.method, request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}", "internal")
+
+
+def serve(config: CloudConfig) -> None:
+    """Run the API with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=config.api_host,
+        port=config.api_port,
+        log_level=config.log_level.lower(),
+        access_log=config.log_level == "DEBUG",
+    )

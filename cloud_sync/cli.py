@@ -1,0 +1,198 @@
+"""``cloud-sync``: the command line. Each command is a thin wrapper over a
+library call; this module alone turns errors into messages and exit codes.
+
+    python -m cloud_sync.cli ingest        # the ingest role (MQTT -> SQLite)
+    python -m cloud_sync.cli api           # the HTTP API
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cloud_sync.config import CloudConfig, load_config, with_overrides
+from cloud_sync.errors import BrokerError, CloudSyncError, ConfigError, InvalidRequest, NotFound, StoreError
+
+logger = logging.getLogger("cloud_sync")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_STORE, EXIT_BROKER = 0, 1, 2, 3, 4, 5, 6
+EXIT_CODES: tuple[tuple[type[CloudSyncError], int], ...] = (
+    (ConfigError, EXIT_CONFIG),
+    (NotFound, EXIT_NOT_FOUND),
+    (InvalidRequest, EXIT_USAGE),
+    (StoreError, EXIT_STORE),
+    (BrokerError, EXIT_BROKER),
+)
+
+
+def exit_code(exc: CloudSyncError) -> int:
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_ingest(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync import ingest
+
+    config = with_overrides(
+        config,
+        db_path=args.db,
+        ingest_shared=args.shared,
+        ingest_group=args.group,
+        ingest_client_id=args.client_id,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingest.run(config, stop)
+    return EXIT_OK
+
+
+def cmd_api(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.api import serve
+
+    serve(with_overrides(config, db_path=args.db, api_host=args.host, api_port=args.port))
+    return EXIT_OK
+
+
+def cmd_migrate(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.store import Store
+
+    store = Store(args.db or config.db_path)
+    print(f"{store.path}: schema version {store.schema_version}")
+    store.close()
+    return EXIT_OK
+
+
+def cmd_devices(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.store import Store
+
+    store = Store(args.db or config.db_path)
+    devices = store.devices(args.online)
+    store.close()
+    if args.json:
+        _print_json(devices)
+        return EXIT_OK
+    for d in devices:
+        state = "unknown" if d["online"] is None else "online" if d["online"] else "offline"
+        print(f"{d['id']:<32} {state:<8} last seen {d['last_seen']:.0f}  agent {d['agent_version'] or '-'}")
+    return EXIT_OK
+
+
+def cmd_results(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.store import ResultQuery, Store
+
+    store = Store(args.db or config.db_path)
+    q = ResultQuery(
+        args.device, args.model, args.label, args.since, args.until, args.limit, cursor=args.cursor
+    )
+    page = store.results(q)
+    store.close()
+    if args.json:
+        _print_json({"results": page.items, "next_cursor": page.next_cursor})
+        return EXIT_OK
+    for r in page.items:
+        model = f"{r['model']}@{r['version']}"
+        print(f"{r['created']:.3f} {r['device']:<24} {model:<24} {r['label'] or '-':<16} {r['id']}")
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}")
+    return EXIT_OK
+
+
+def cmd_config(config: CloudConfig, args: argparse.Namespace) -> int:
+    _print_json(config.redacted())
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------
+Command = Callable[[CloudConfig, argparse.Namespace], int]
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, help="database file (default: db_path of the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloud-sync", description="The cloud end of the edge agents' fleet link: ingest and API."
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (else CLOUD_CONFIG, else defaults)")
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override log_level"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("ingest", cmd_ingest, "Run the ingest role: store what devices publish, acknowledge results.")
+    _db(p)
+    p.add_argument(
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use an MQTT 5 shared subscription, to run several ingest roles side by side",
+    )
+    p.add_argument("--group", help="shared-subscription group (default: ingest_group)")
+    p.add_argument("--client-id", help="MQTT client id, unique per process (default: ingest_client_id)")
+
+    p = add("api", cmd_api, "Run the HTTP API (devices, results, telemetry, commands, models, deployments).")
+    _db(p)
+    p.add_argument("--host", help="bind address (default: api_host)")
+    p.add_argument("--port", type=int, help="port (default: api_port)")
+
+    _db(add("migrate", cmd_migrate, "Create or upgrade the database schema and print its version."))
+
+    p = add("devices", cmd_devices, "List the devices in the database.")
+    _db(p)
+    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=None, help="only (not) online")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("results", cmd_results, "List stored results, newest first.")
+    _db(p)
+    for flag in ("device", "model", "label"):
+        p.add_argument(f"--{flag}", help=f"only results with this {flag}")
+    p.add_argument("--since", type=float, help="created at or after (Unix time)")
+    p.add_argument("--until", type=float, help="created before (Unix time)")
+    p.add_argument("--limit", type=int, default=20, help="results per page (default 20)")
+    p.add_argument("--cursor", help="next page: the cursor printed by the previous one")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    add("config", cmd_config, "Print the effective configuration (secrets hidden).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.log_level:
+            config = with_overrides(config, log_level=args.log_level)
+        logging.basicConfig(
+            level=config.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        func: Command = args.func
+        return func(config, args)
+    except CloudSyncError as exc:
+        print(f"cloud-sync: {exc.message}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

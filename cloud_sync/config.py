@@ -1,0 +1,195 @@
+"""CloudConfig: a TOML file plus ``CLOUD_*`` environment variables, validated once.
+
+Precedence: defaults < config file (``CLOUD_CONFIG`` or ``--config``) <
+environment. Keys in the TOML file are the field names (``broker_host = ...``);
+each field's variable is ``CLOUD_`` + its name in capitals (``CLOUD_BROKER_HOST``).
+Every problem is reported at once, misspelt ``CLOUD_*`` variables included (a
+``CLOUD_*`` variable close to no setting, such as the Google Cloud SDK's
+``CLOUD_SDK_VERSION``, is another tool's: ignored with a warning).
+Validation does no I/O: certificate and key files are opened when used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from cloud_sync.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "CLOUD_"
+ENV_CONFIG_FILE = "CLOUD_CONFIG"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _default_db_path() -> Path:
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return state / "cloud-sync" / "cloud.sqlite3"
+
+
+def _default_client_id() -> str:
+    return f"cloud-ingest-{socket.gethostname()[:40]}-{os.getpid()}"
+
+
+class CloudConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- broker ---------------------------------------------------------------------
+    broker_host: str = Field(default="127.0.0.1", min_length=1, description="MQTT broker host name.")
+    broker_port: int = Field(default=1883, ge=1, le=65535, description="MQTT broker port (8883 with TLS).")
+    broker_tls: bool = Field(default=False, description="Connect to the broker over TLS.")
+    broker_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signed the broker's certificate (else the system's)."
+    )
+    broker_cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    broker_key_file: Path | None = Field(default=None, description="Private key of the client certificate.")
+    broker_username: str | None = Field(default=None, description="MQTT user name.")
+    broker_password: SecretStr | None = Field(default=None, description="MQTT password (never logged).")
+    broker_keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
+
+    # -- database -------------------------------------------------------------------
+    db_path: Path = Field(default_factory=_default_db_path, description="The cloud SQLite database file.")
+
+    # -- ingest role ------------------------------------------------------------------
+    ingest_shared: bool = Field(
+        default=False,
+        description="Subscribe through an MQTT 5 shared subscription so several ingest roles split the load.",
+    )
+    ingest_group: str = Field(
+        default="cloud-ingest",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Shared-subscription group name ($share/<group>/...).",
+    )
+    ingest_client_id: str = Field(
+        default_factory=_default_client_id,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="MQTT client id of this ingest role; unique per process (default: host and pid).",
+    )
+    ingest_max_batch: int = Field(
+        default=64, ge=1, le=10_000, description="MQTT messages stored per database transaction at most."
+    )
+
+    # -- api role -------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="API bind address. Off loopback needs api_token.")
+    api_port: int = Field(default=8080, ge=0, le=65535, description="API port.")
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required on every endpoint but /health when set."
+    )
+    command_expiry_s: int = Field(
+        default=300, ge=1, le=7 * 24 * 3600, description="Commands undelivered by then are dropped (MQTT 5)."
+    )
+
+    # -- model updates -----------------------------------------------------------------
+    signing_key_path: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) that signs model manifests."
+    )
+
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CloudConfig:
+        problems = cross_checks(dict(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-able values, secrets shown as '***'."""
+        out = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            if out.get(name) is not None:
+                out[name] = "***"
+        return out
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on", "t", "y"}
+    return bool(value)
+
+
+def cross_checks(values: Mapping[str, Any]) -> list[str]:
+    """Problems between fields; works on validated values and on raw ones (file + environment)."""
+    problems = []
+    if (values.get("broker_cert_file") is None) != (values.get("broker_key_file") is None):
+        problems.append("broker_cert_file and broker_key_file go together: set both or neither")
+    tls_files = ("broker_ca_file", "broker_cert_file", "broker_key_file")
+    if not _truthy(values.get("broker_tls")) and any(values.get(f) is not None for f in tls_files):
+        problems.append("broker_ca_file/broker_cert_file/broker_key_file need broker_tls = true")
+    if values.get("broker_password") is not None and values.get("broker_username") is None:
+        problems.append("broker_password is set without broker_username")
+    host = values.get("api_host", "127.0.0.1")
+    if host not in LOOPBACK_HOSTS and values.get("api_token") is None:
+        problems.append(
+            f"api_host {host!r} is not loopback: set api_token (CLOUD_API_TOKEN) "
+            "so the API is not open to the network"
+        )
+    return problems
+
+
+SECRET_FIELDS = ("broker_password", "api_token")
+ENV_VARS: dict[str, str] = {ENV_PREFIX + name.upper(): name for name in CloudConfig.model_fields}
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> CloudConfig:
+    """Build the config; ``ConfigError`` lists every problem found."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    path = path or (Path(env[ENV_CONFIG_FILE]) if env.get(ENV_CONFIG_FILE) else None)
+    if path is not None:
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except OSError as exc:
+            problems.append(f"config file {path}: {exc.strerror}")
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"config file {path}: not valid TOML: {exc}")
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
+            continue
+        if key in ENV_VARS:
+            values[ENV_VARS[key]] = None if raw == "" else raw
+        elif close := difflib.get_close_matches(key, ENV_VARS, n=1, cutoff=0.8):
+            problems.append(f"unknown environment variable {key}; did you mean {close[0]}?")
+        else:  # another tool's variable (CLOUD_SDK_VERSION of the Google Cloud SDK images...)
+            logger.warning("ignoring environment variable %s: not a cloud_sync setting", key)
+    try:
+        config = CloudConfig.model_validate(values)
+    except ValidationError as exc:
+        problems.extend(_describe(exc))
+        problems.extend(p for p in cross_checks(values) if p not in problems)
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def with_overrides(config: CloudConfig, **updates: Any) -> CloudConfig:
+    """Re-validate ``config`` with command-line overrides (``None`` values are ignored)."""
+    values = config.model_dump() | {k: v for k, v in updates.items() if v is not None}
+    try:
+        return CloudConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        if not field:  # the model validator: already a sentence per problem
+            problems.extend(str(err["msg"]).removeprefix("Value error, ").split("; "))
+        elif field in SECRET_FIELDS:
+            problems.append(f"{field}: {err['msg']}")
+        else:
+            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+    return problems

@@ -1,0 +1,234 @@
+"""The ingest role: every device's device->cloud topics -> the cloud database.
+
+paho's network thread only queues what arrives; one writer thread takes up to
+``max_batch`` messages at a time, decodes each with ``protocol.decode`` and
+stores them all in ONE transaction, each message inside its own savepoint (a
+message that cannot be stored is rolled back alone and logged). Only after the
+COMMIT does it publish a ``ResultsAck`` for every results batch and send the
+broker its PUBACKs (manual ack): nothing is acknowledged that is not on disk.
+
+A payload that is malformed, oversized, of another schema version, or names a
+device other than its topic's is rejected with the reason logged; it never
+stops the role. Several ingest roles split the results, telemetry and replies
+through an MQTT 5 shared subscription (``$share/<group>/edge/+/results``);
+retained topics (status, models/reported) are subscribed by every role, since a
+broker sends no retained messages to a shared subscription, and storing them
+is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from cloud_sync.config import CloudConfig
+from cloud_sync.errors import CloudSyncError, Rejected, StoreError
+from cloud_sync.mqtt import BrokerSettings, Message, MqttLink, shared
+from cloud_sync.store import Store
+from edge_agent.sync import protocol
+from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, ResultsAck, Status, Telemetry
+
+logger = logging.getLogger(__name__)
+
+COMMIT_RETRIES = (0.5, 1.0, 2.0)
+STATS_EVERY_S = 30.0
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    rejected: int = 0
+    results_acked: int = 0
+    results_refused: int = 0
+    batches: int = 0
+    dropped: int = 0  # messages given up on after the database failed COMMIT_RETRIES times
+
+    def line(self) -> str:
+        return (
+            f"{self.messages} messages in {self.batches} transactions, {self.rejected} rejected, "
+            f"{self.results_acked} results acked, {self.results_refused} refused, {self.dropped} dropped"
+        )
+
+
+# the type ``protocol.decode`` returns (the protocol module names it privately)
+WireMessage = protocol._Msg
+
+
+class Ingest:
+    def __init__(
+        self, store: Store, link: MqttLink, *, name: str, group: str | None = None, max_batch: int = 64
+    ) -> None:
+        self.store = store
+        self.link = link
+        self.name = name
+        self.group = group
+        self.max_batch = max_batch
+        self.stats = IngestStats()
+        self._queue: queue.Queue[Message] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+
+    def subscriptions(self) -> list[str]:
+        return [
+            shared(protocol.subscription(kind), None if kind in protocol.RETAINED else self.group)
+            for kind in sorted(protocol.DEVICE_TO_CLOUD)
+        ]
+
+    def start(self) -> None:
+        for subscription in self.subscriptions():
+            self.link.subscribe(subscription, self._queue.put, qos=1)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Store and acknowledge what has arrived, then stop the writer."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        logger.info("ingest %s stopped: %s", self.name, self.stats.line())
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        last_report, reported = time.monotonic(), ""
+        while True:
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                first = None
+            if first is not None:
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    self.process(batch)
+                except Exception:  # never let one batch end the role
+                    logger.exception("ingest batch of %d messages failed", len(batch))
+            if time.monotonic() - last_report > STATS_EVERY_S and self.stats.line() != reported:
+                reported = self.stats.line()
+                last_report = time.monotonic()
+                logger.info("ingest %s: %s", self.name, reported)
+
+    def process(self, batch: list[Message]) -> None:
+        """Decode, store in one transaction, then publish results acks and PUBACK the batch."""
+        self.stats.messages += len(batch)
+        try:
+            decoded = [(m, msg) for m in batch if (msg := self._decode(m)) is not None]
+            acks = self._store(decoded) if decoded else []
+            for ack in acks:
+                try:
+                    self.link.publish(protocol.topic(ack.device, "results_ack"), protocol.encode(ack), qos=1)
+                except (CloudSyncError, protocol.ProtocolError) as exc:
+                    logger.warning(
+                        "results ack to %s not sent (the device will re-send): %s", ack.device, exc
+                    )
+        finally:  # always, or the broker's in-flight window for us would close
+            for m in batch:
+                self.link.ack(m)
+
+    def _decode(self, m: Message) -> WireMessage | None:
+        try:
+            kind, msg = protocol.decode(m.topic, m.payload)
+        except protocol.ProtocolError as exc:
+            reason = exc.message
+        except RecursionError:  # json.loads on deeply nested arrays: not a ValueError
+            reason = "payload is nested too deeply to decode"
+        except Exception as exc:  # whatever else a hostile payload finds: reject, never stop
+            reason = f"payload cannot be decoded ({type(exc).__name__})"
+        else:
+            if kind in protocol.DEVICE_TO_CLOUD:
+                return msg
+            reason = f"{kind} messages go from the cloud to devices"
+        self._reject(m, reason)
+        return None
+
+    def _store(self, decoded: list[tuple[Message, WireMessage]]) -> list[ResultsAck]:
+        for attempt, delay in enumerate((*COMMIT_RETRIES, None), start=1):
+            acks: list[ResultsAck] = []
+            refusals: list[tuple[Message, str]] = []
+            try:
+                with self.store.transaction():
+                    for m, msg in decoded:
+                        try:
+                            # a savepoint: a failure rolls back this message only
+                            with self.store.transaction():
+                                ack = self._store_one(m, msg)
+                        except CloudSyncError as exc:
+                            refusals.append((m, exc.message))
+                        except Exception as exc:  # a bug must cost one message, not the batch
+                            logger.exception("storing a message on %s failed", m.topic)
+                            refusals.append((m, f"internal error ({type(exc).__name__})"))
+                        else:
+                            if ack is not None:
+                                acks.append(ack)
+            except StoreError as exc:
+                if delay is None:
+                    logger.error("giving up on %d messages (devices will re-send): %s", len(decoded), exc)
+                    self.stats.dropped += len(decoded)
+                    return []
+                logger.warning("storing %d messages failed (attempt %d): %s", len(decoded), attempt, exc)
+                time.sleep(delay)
+                continue
+            for m, reason in refusals:
+                self._reject(m, reason)
+            self.stats.batches += 1
+            self.stats.results_acked += sum(len(a.ids) for a in acks)
+            return acks
+        return []
+
+    def _store_one(self, m: Message, msg: WireMessage) -> ResultsAck | None:
+        if isinstance(msg, Results):
+            ids, refused = self.store.record_results(msg, m.received, self.name)
+            if refused:
+                self.stats.results_refused += len(refused)
+                logger.warning(
+                    "%d results of batch %s from %s refused (id stored for another device, or a "
+                    "non-finite number): %s",
+                    len(refused),
+                    msg.batch,
+                    msg.device,
+                    refused[:5],
+                )
+            return ResultsAck(device=msg.device, batch=msg.batch, ids=ids)
+        if isinstance(msg, Status):
+            self.store.record_status(msg, m.received)
+        elif isinstance(msg, Telemetry):
+            self.store.record_telemetry(msg, m.received)
+        elif isinstance(msg, CommandReply):
+            self.store.record_reply(msg, m.received)
+        elif isinstance(msg, ModelsReported):
+            self.store.record_reported(msg, m.received)
+        else:
+            raise Rejected(f"no handler for {type(msg).__name__}")
+        return None
+
+    def _reject(self, m: Message, reason: str) -> None:
+        self.stats.rejected += 1
+        logger.warning("rejected message on %.120r (%d bytes): %.300s", m.topic, len(m.payload), reason)
+
+
+def run(config: CloudConfig, stop: threading.Event) -> IngestStats:
+    """The ingest role until ``stop`` is set: connect, subscribe, store, acknowledge."""
+    store = Store(config.db_path)
+    link = MqttLink(BrokerSettings.from_config(config), config.ingest_client_id, manual_ack=True)
+    group = config.ingest_group if config.ingest_shared else None
+    ingest = Ingest(store, link, name=config.ingest_client_id, group=group, max_batch=config.ingest_max_batch)
+    ingest.start()
+    try:
+        link.start(wait_s=15.0)
+        if link.wait_subscribed(10.0):
+            logger.info("ingest %s ready: subscribed to %s", ingest.name, ", ".join(ingest.subscriptions()))
+        else:
+            logger.warning("ingest %s: the broker has not acknowledged every subscription", ingest.name)
+        stop.wait()
+    finally:
+        ingest.stop()
+        link.close()
+        store.close()
+    return ingest.stats

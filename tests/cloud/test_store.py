@@ -1,0 +1,205 @@
+"""The cloud database: schema, idempotent writes, queries. Real SQLite files in tmp dirs."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew
+from cloud_sync.store import ResultQuery, Store, result_label
+from edge_agent.sync import protocol
+from tests.cloud import result_record, results_msg, status_msg
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "cloud.sqlite3")
+    yield s
+    s.close()
+
+
+def test_schema_is_created_once_and_reopening_is_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.sqlite3"
+    first = Store(path)
+    assert first.schema_version == 1
+    tables = set(first.db.table_names())
+    assert {"devices", "status_history", "telemetry", "results", "commands", "command_replies"} <= tables
+    assert {"models", "model_versions", "deployments", "deployment_devices"} <= tables
+    first.close()
+    again = Store(path)
+    assert again.schema_version == 1
+    again.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.sqlite3"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="upgrade cloud_sync"):
+        Store(path)
+
+
+def test_concurrent_opens_migrate_once(tmp_path: Path) -> None:
+    path, errors = tmp_path / "cloud.sqlite3", []
+
+    def open_store() -> None:
+        try:
+            Store(path).close()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert Store(path).schema_version == 1
+
+
+def test_a_redelivered_batch_is_stored_once(store: Store) -> None:
+    msg = results_msg("dev1", [result_record() for _ in range(4)])
+    for _ in range(3):
+        ids, refused = store.record_results(msg, time.time(), "ingest-a")
+        assert ids == [r.id for r in msg.results]
+        assert refused == []
+    assert store.count("results") == 4
+    assert store.device("dev1")["online"] is None  # seen, but no status yet
+
+
+def test_a_result_id_of_another_device_is_refused(store: Store) -> None:
+    record = result_record()
+    store.record_results(results_msg("dev1", [record]), time.time(), "i")
+    mine = result_record()
+    ids, refused = store.record_results(results_msg("dev2", [record, mine]), time.time(), "i")
+    assert ids == [mine.id]
+    assert refused == [record.id]
+    assert store.result(record.id)["device"] == "dev1"
+
+
+def test_a_result_with_a_non_finite_number_is_refused_alone(store: Store) -> None:
+    bad = protocol.ResultRecord(
+        id="bad", source="s", model="m", version="1", created=1.0, body={"x": float("nan")}
+    )
+    good = result_record()
+    ids, refused = store.record_results(results_msg("dev1", [bad, good]), time.time(), "i")
+    assert (ids, refused) == ([good.id], ["bad"])
+
+
+def test_status_history_is_deduplicated_and_the_last_will_wins(store: Store) -> None:
+    will = protocol.Status(device="dev1", state="offline", ts=time.time())  # set at connect time
+    birth = status_msg("dev1")  # published after connecting: a later ts than the will
+    t0 = time.time()
+    store.record_status(birth, t0)
+    store.record_status(birth, t0 + 1)  # a retained copy seen again
+    assert store.device("dev1")["online"] is True
+    store.record_status(will, t0 + 2)  # the broker publishes the will when the socket dies
+    device = store.device("dev1")
+    assert device["online"] is False
+    assert device["agent_version"] == "0.1.0"  # the will does not clobber what the birth said
+    assert [h["state"] for h in store.status_history("dev1")] == ["offline", "online"]
+    store.record_status(birth, t0 + 0.5)  # arrived earlier elsewhere (another ingest): older, ignored
+    assert store.device("dev1")["online"] is False
+
+
+def test_telemetry_is_stored_once_per_timestamp(store: Store) -> None:
+    msg = protocol.Telemetry(device="dev1", ts=time.time(), metrics={"cpu": 0.5})
+    store.record_telemetry(msg, time.time())
+    store.record_telemetry(msg, time.time())
+    rows = store.telemetry("dev1")
+    assert len(rows) == 1
+    assert rows[0]["metrics"] == {"cpu": 0.5}
+    with pytest.raises(ValidationError, match="finite"):  # the wire contract refuses it before the store
+        protocol.Telemetry(device="dev1", ts=1.0, metrics={"x": float("inf")})
+
+
+def test_replies_are_stored_against_their_command(store: Store) -> None:
+    store.record_status(status_msg("dev1"), time.time())
+    store.add_command("c1", "dev1", "ping", {}, time.time())
+    reply = protocol.CommandReply(device="dev1", id="c1", ok=True, result={"pong": 1}, ts=time.time())
+    store.record_reply(reply, time.time())
+    store.record_reply(
+        reply.model_copy(update={"result": {"pong": 2}}), time.time()
+    )  # redelivered: first wins
+    store.mark_command("c1", "sent")  # a late "sent" does not undo "replied"
+    cmd = store.command("c1")
+    assert cmd["state"] == "replied"
+    assert cmd["reply"]["ok"] is True
+    assert cmd["reply"]["result"] == {"pong": 1}
+    with pytest.raises(Rejected, match="unknown command"):
+        store.record_reply(reply.model_copy(update={"id": "nope"}), time.time())
+    store.record_status(status_msg("dev2"), time.time())
+    with pytest.raises(Rejected, match="sent to 'dev1'"):
+        store.record_reply(reply.model_copy(update={"device": "dev2"}), time.time())
+    with pytest.raises(NotFound, match="never sent"):
+        store.add_command("c2", "ghost", "ping", {}, time.time())
+
+
+def test_result_queries_filter_and_page(store: Store) -> None:
+    t0 = 1_700_000_000.0
+    for device in ("dev1", "dev2"):
+        records = [
+            result_record(model=("iris" if i % 2 else "digits"), label=f"l{i % 3}", created=t0 + i)
+            for i in range(15)
+        ]
+        store.record_results(results_msg(device, records), time.time(), "i")
+    assert len(store.results(ResultQuery(limit=1000)).items) == 30
+    assert {r["device"] for r in store.results(ResultQuery(device="dev2", limit=100)).items} == {"dev2"}
+    iris_l1 = store.results(ResultQuery(model="iris", label="l1", limit=100)).items
+    assert iris_l1 and all(r["model"] == "iris" and r["label"] == "l1" for r in iris_l1)
+    window = store.results(ResultQuery(since=t0 + 5, until=t0 + 10, limit=100)).items
+    assert sorted({r["created"] for r in window}) == [t0 + i for i in range(5, 10)]
+    # cursor paging: every row once, newest first, in stable order
+    seen, cursor = [], None
+    while True:
+        page = store.results(ResultQuery(limit=7, cursor=cursor))
+        seen.extend(page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert len(seen) == 30 == len({r["id"] for r in seen})
+    assert [r["created"] for r in seen] == sorted((r["created"] for r in seen), reverse=True)
+    oldest = store.results(ResultQuery(limit=3, newest_first=False)).items
+    assert [r["created"] for r in oldest] == [t0, t0, t0 + 1]
+    assert store.results(ResultQuery(limit=5, offset=25)).items == seen[25:]
+    assert seen[0]["body"]["score"] == 0.9
+    with pytest.raises(InvalidRequest, match="cursor"):
+        store.results(ResultQuery(cursor="garbage!"))
+    with pytest.raises(InvalidRequest, match="not both"):
+        store.results(ResultQuery(cursor=cursor, offset=3))
+
+
+def test_result_label_is_the_primary_label() -> None:
+    assert result_label({"label": "cat"}) == "cat"
+    assert result_label({"predictions": [{"label": "dog"}, {"label": "cat"}]}) == "dog"
+    assert result_label({"boxes": [{"label": "face"}]}) == "face"
+    assert result_label({"boxes": []}) is None
+
+
+def test_models_deployments_and_reported_state(store: Store) -> None:
+    store.add_model_version("iris", "2", {"name": "iris", "version": "2"}, sha256="ab" * 32, created=1.0)
+    assert store.models() == [{"name": "iris", "description": None, "created": 1.0, "versions": 1}]
+    assert store.model("iris")["versions"][0]["manifest"]["version"] == "2"
+    with pytest.raises(NotFound):
+        store.create_deployment("d1", [{"model": "iris", "version": "9"}], ["dev1"], 2.0)
+    store.create_deployment("d1", [{"model": "iris", "version": "2"}], ["dev1"], 2.0)
+    outcome = protocol.UpdateOutcome(deployment="d1", model="iris", version="2", state="active", ts=3.0)
+    reported = protocol.ModelsReported(device="dev1", models={"iris": "2"}, last_update=outcome, ts=3.0)
+    store.record_reported(reported, time.time())
+    store.record_reported(
+        reported.model_copy(update={"ts": 1.0, "models": {"iris": "1"}}), time.time()
+    )  # older
+    assert store.device("dev1")["reported_models"] == {"iris": "2"}
+    deployment = store.deployment("d1")
+    assert deployment["models"] == [{"model": "iris", "version": "2"}]
+    assert [(d["device"], d["state"]) for d in deployment["device_states"]] == [("dev1", "active")]
+    with pytest.raises(NotFound):
+        store.deployment("nope")
