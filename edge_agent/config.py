@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 
@@ -56,8 +64,24 @@ class WorkerConfig(_Section):
 class BatchConfig(_Section):
     interval_s: float | None = Field(default=60.0, gt=0, description="Run pending items every N seconds.")
     cron: str | None = Field(default=None, description="Cron expression (5 fields); overrides interval_s.")
-    parallelism: int = Field(default=2, ge=1, le=64, description="Items predicted in parallel.")
-    chunk: int = Field(default=32, ge=1, le=4096, description="Items claimed per step.")
+    parallelism: int = Field(default=2, ge=1, le=64, description="Chunks predicted at once (threads).")
+    chunk: int = Field(default=32, ge=1, le=4096, description="Items claimed per chunk.")
+    lease_s: float = Field(
+        default=120.0, gt=0, le=86400, description="A claimed item is taken back after this."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Tries before an item is marked failed.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value:
+            from edge_agent.workers.schedule import CronSchedule, ScheduleError  # lazy: no import cycle
+
+            try:
+                CronSchedule.parse(value)
+            except ScheduleError as exc:
+                raise ValueError(exc.reason) from None
+        return value
 
 
 class CacheConfig(_Section):

@@ -1,0 +1,299 @@
+"""The asynchronous job queue, over the ``jobs`` table of the device database.
+
+Life of a job: ``queued`` -> ``running`` (claimed under a lease) -> ``done`` or
+``failed``; a failed attempt goes back to ``queued`` until ``max_attempts``.
+
+- **Atomic claim**: one ``BEGIN IMMEDIATE`` transaction picks the oldest
+  claimable job and marks it running, so two workers never get the same job.
+- **Lease**: a claim holds the job until ``lease_expires``. A worker that dies
+  (``kill -9``, power cut) stops renewing nothing and simply never finishes;
+  once the lease has passed, the next claim puts the job back in the queue (or
+  fails it, when it has had all its attempts: a job that kills its worker
+  every time must not loop for ever).
+- **Exactly once**: a claim's lease token is ``<worker>#<attempt>``. Completion
+  is ``UPDATE ... WHERE lease_owner = <token> AND status = 'running'`` in the
+  same transaction as the result and its outbox entry, and the result's id is
+  the job's id: a worker whose lease was taken over records nothing, and a
+  second result for one job cannot exist.
+- **Retry backoff**: a failed attempt is queued again with ``lease_expires``
+  set to the earliest time it may run (the column means "nobody may take this
+  job before"), so retries are spaced out and workers wait on that deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+
+from edge_agent.errors import InvalidInput
+from edge_agent.storage import NotFound, Storage, new_id, now
+from edge_agent.workers.doorbell import Doorbell
+
+PayloadKind = Literal["tensors", "images"]
+Status = Literal["queued", "running", "done", "failed"]
+
+RETRY_BASE_S = 0.25  # first retry after 0.25 s, then 0.5, 1, ... capped at the lease
+SOURCE_ASYNC = "async"
+SOURCE_SYNC_ASYNC = "sync-async"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+# -- payloads: the request's tensors or image bytes, as one .npz blob -----------------
+def pack_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **{name: np.ascontiguousarray(a) for name, a in tensors.items()})
+    return buf.getvalue()
+
+
+def pack_images(images: Sequence[bytes]) -> bytes:
+    buf = io.BytesIO()
+    arrays = {f"image_{i:05d}": np.frombuffer(data, dtype=np.uint8) for i, data in enumerate(images)}
+    np.savez(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def unpack(kind: str, blob: bytes) -> tuple[dict[str, np.ndarray] | None, list[bytes] | None]:
+    """(tensors, None) or (None, images); InvalidInput if the blob is not a payload."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInput(f"stored job payload is unreadable: {exc}") from None
+    if kind == "images":
+        return None, [arrays[name].tobytes() for name in sorted(arrays)]
+    if kind == "tensors":
+        return arrays, None
+    raise InvalidInput(f"unknown payload kind {kind!r}")
+
+
+# -- jobs ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    model: str
+    version: str | None
+    payload_kind: str
+    payload: bytes
+    status: str
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires: float | None
+    created: float
+    started: float | None
+    finished: float | None
+    result_id: str | None
+    error: str | None
+    link: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @property
+    def worker(self) -> str | None:
+        """The worker that holds (or last held) the job, without the attempt suffix."""
+        return self.lease_owner.rsplit("#", 1)[0] if self.lease_owner else None
+
+    @property
+    def source(self) -> str:
+        return SOURCE_SYNC_ASYNC if self.link else SOURCE_ASYNC
+
+
+_STATE_COLUMNS = ", ".join("x'' AS payload" if f.name == "payload" else f.name for f in fields(Job))
+
+
+def idempotent_id(key: str) -> str:
+    """The job id a client's ``Idempotency-Key`` maps to: a retried submit finds its job."""
+    return hashlib.sha256(b"edge-agent job\0" + key.encode()).hexdigest()[:32]
+
+
+class JobQueue:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        lease_s: float = 30.0,
+        max_attempts: int = 3,
+        doorbell: Doorbell | None = None,
+    ) -> None:
+        self.storage = storage
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.doorbell = doorbell
+
+    # -- producer side ---------------------------------------------------------------
+    def add(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        model: str,
+        version: str | None,
+        kind: PayloadKind,
+        payload: bytes,
+        link: str | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Insert a queued job inside the caller's transaction; call ``notify()`` after commit.
+
+        With an explicit ``job_id`` that already exists, nothing is inserted (idempotent submit).
+        """
+        jid = job_id or new_id()
+        conn.execute(
+            "INSERT INTO jobs (id, model, version, payload_kind, payload, status, max_attempts, created, "
+            "link) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (jid, model, version, kind, payload, self.max_attempts, now(), link),
+        )
+        return jid
+
+    def enqueue(
+        self,
+        *,
+        model: str,
+        version: str | None,
+        kind: PayloadKind,
+        payload: bytes,
+        link: str | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        with self.storage.transaction() as conn:
+            jid = self.add(
+                conn, model=model, version=version, kind=kind, payload=payload, link=link, job_id=job_id
+            )
+        self.notify()
+        return jid
+
+    def notify(self) -> None:
+        """Wake the workers (after the job's transaction committed)."""
+        if self.doorbell is not None:
+            self.doorbell.ring()
+
+    # -- worker side -------------------------------------------------------------------
+    def claim(self, owner: str) -> Job | None:
+        """Take the oldest claimable job under a fresh lease, or None."""
+        with self.storage.transaction() as conn:
+            t = now()
+            self._expire(conn, t)
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' "
+                "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT 1",
+                (t,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
+                "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
+                (owner, t + self.lease_s, t, row["id"]),
+            )
+            return Job.from_row(conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+
+    def _expire(self, conn: sqlite3.Connection, t: float) -> None:
+        """Leases that passed: back to the queue, or failed when out of attempts."""
+        conn.execute(
+            "UPDATE jobs SET status = 'failed', finished = ?, lease_expires = NULL, "
+            "error = 'lease expired on the last attempt (worker died or hung)' "
+            "WHERE status = 'running' AND lease_expires < ? AND attempts >= max_attempts",
+            (t, t),
+        )
+        conn.execute(
+            "UPDATE jobs SET status = 'queued', lease_expires = NULL, "
+            "error = 'lease expired (worker died or hung); retrying' "
+            "WHERE status = 'running' AND lease_expires < ?",
+            (t,),
+        )
+
+    def requeue_expired(self) -> None:
+        with self.storage.transaction() as conn:
+            self._expire(conn, now())
+
+    def complete(self, job: Job, body: dict[str, Any], version: str) -> bool:
+        """Record the result (and its outbox entry) iff ``job``'s lease is still ours.
+
+        A lease that expired but was not claimed again (status back to queued, owner
+        unchanged) still counts: nobody else holds the job, so the work is not wasted.
+        The stored input is dropped once the result is kept (a failed job keeps it).
+        """
+        with self.storage.transaction() as conn:
+            done = conn.execute(
+                "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
+                "error = NULL, payload = x'' "
+                "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
+                (now(), job.id, job.lease_owner),
+            ).rowcount
+            if done != 1:
+                return False  # the lease was taken over: the other claim records the result
+            self.storage.record_result(
+                conn,
+                source=job.source,
+                model=job.model,
+                version=version,
+                body=body,
+                ref=job.link,
+                result_id=job.id,
+            )
+        return True
+
+    def fail(self, job: Job, error: str, *, retry: bool = True) -> Status | None:
+        """Record a failed attempt: queued again (after a backoff) or failed for good.
+
+        Returns the new status, or None when the lease was no longer ours.
+        """
+        t = now()
+        final = not retry or job.attempts >= job.max_attempts
+        with self.storage.transaction() as conn:
+            if final:
+                n = conn.execute(
+                    "UPDATE jobs SET status = 'failed', finished = ?, lease_expires = NULL, error = ? "
+                    "WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                    (t, error, job.id, job.lease_owner),
+                ).rowcount
+            else:
+                backoff = min(self.lease_s, RETRY_BASE_S * 2 ** (job.attempts - 1))
+                n = conn.execute(
+                    "UPDATE jobs SET status = 'queued', lease_expires = ?, error = ? "
+                    "WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                    (t + backoff, error, job.id, job.lease_owner),
+                ).rowcount
+        if n != 1:
+            return None
+        return "failed" if final else "queued"
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a job may become claimable without a ring (lease end, retry time)."""
+        row = self.storage.conn.execute(
+            "SELECT MIN(lease_expires) FROM jobs WHERE status IN ('queued', 'running') "
+            "AND lease_expires IS NOT NULL"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str, *, payload: bool = False) -> Job:
+        """The job's state; its (possibly large) input only with ``payload=True``."""
+        columns = "*" if payload else _STATE_COLUMNS
+        row = self.storage.conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}", job_id=job_id)
+        return Job.from_row(row)
+
+    def result_body(self, job: Job) -> dict[str, Any] | None:
+        if job.result_id is None:
+            return None
+        row = self.storage.conn.execute("SELECT body FROM results WHERE id = ?", (job.result_id,)).fetchone()
+        return None if row is None else dict(json.loads(row["body"]))
+
+    def counts(self) -> dict[str, int]:
+        rows = self.storage.conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        out = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+        out.update({r["status"]: int(r["n"]) for r in rows})
+        return out

@@ -1,0 +1,188 @@
+"""The ``worker`` role: run queued asynchronous jobs, store their results.
+
+The loop: claim a job, run it, record it; when the queue has nothing to
+claim, block in ``select()`` on the doorbell socket until a job is queued, a
+known deadline passes (the earliest lease expiry or retry time, so a job held
+by a dead worker is picked up), or a signal arrives. An idle worker uses no
+CPU. SIGTERM / SIGINT: finish the current job, then exit 0.
+
+Models are loaded lazily, only those the jobs need, at the version each job
+was validated against when it was queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import time
+from types import FrameType
+
+from edge_agent.config import AgentConfig
+from edge_agent.errors import EdgeAgentError, InvalidInput
+from edge_agent.runtime.backends import BackendOptions
+from edge_agent.runtime.engine import Engine, EngineOptions
+from edge_agent.runtime.store import ModelStore
+from edge_agent.storage import Storage, StorageError
+from edge_agent.workers.doorbell import Doorbell
+from edge_agent.workers.jobs import Job, JobQueue, unpack
+
+logger = logging.getLogger(__name__)
+
+DEADLINE_MARGIN_S = 0.005  # wake just after a deadline, so the lease has surely passed
+
+
+def build_engine(config: AgentConfig) -> Engine:
+    return Engine(
+        ModelStore(config.model_dir, config.store_state_path),
+        EngineOptions(
+            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
+            max_image_pixels=config.max_image_pixels,
+            max_rows=config.max_batch_rows,
+        ),
+    )
+
+
+class Worker:
+    def __init__(self, config: AgentConfig, worker_id: str) -> None:
+        self.id = worker_id
+        self.engine = build_engine(config)
+        self.doorbell = Doorbell(config.data_dir)
+        self.queue = JobQueue(
+            Storage.in_dir(config.data_dir),
+            lease_s=config.worker.lease_s,
+            max_attempts=config.worker.max_attempts,
+        )
+        self.stopping = False
+        self.done = 0
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    # -- one job ----------------------------------------------------------------------
+    def run_job(self, job: Job) -> str:
+        """Run one claimed job; returns its new status (or 'lost' if its lease was taken over)."""
+        t0 = time.perf_counter()
+        try:
+            tensors, images = unpack(job.payload_kind, job.payload)
+            pred = self.engine.predict(job.model, tensors, images=images, version=job.version)
+        except InvalidInput as exc:  # the same input fails every time: no retry
+            return self._fail(job, exc.message, retry=False)
+        except EdgeAgentError as exc:  # model missing, corrupt, runtime failure: may pass later
+            return self._fail(job, exc.message, retry=True)
+        except Exception as exc:  # a bug: record it on the job, keep serving the queue
+            logger.exception("job %s (%s): unexpected error", job.id, job.model)
+            return self._fail(job, f"internal error: {type(exc).__name__}: {exc}", retry=True)
+        body = {
+            "model": pred.model,
+            "version": pred.version,
+            "results": pred.results,
+            "timings_ms": pred.timings_ms,
+        }
+        try:
+            recorded = self.queue.complete(job, body, pred.version)
+        except StorageError:
+            raise  # the database is unusable: exit, the supervisor restarts, the lease retries
+        except Exception as exc:  # an answer the result store cannot hold is a bug: keep it visible
+            logger.exception("job %s (%s): cannot record the result", job.id, job.model)
+            return self._fail(
+                job, f"internal error recording the result: {type(exc).__name__}: {exc}", retry=False
+            )
+        if not recorded:
+            logger.warning("job %s: lease lost before completion; result not recorded", job.id)
+            return "lost"
+        logger.info(
+            "job %s done: %s/%s, attempt %d, %.1f ms",
+            job.id,
+            pred.model,
+            pred.version,
+            job.attempts,
+            (time.perf_counter() - t0) * 1000,
+        )
+        self.done += 1
+        return "done"
+
+    def _fail(self, job: Job, error: str, *, retry: bool) -> str:
+        status = self.queue.fail(job, error, retry=retry)
+        logger.warning(
+            "job %s attempt %d/%d: %s -> %s", job.id, job.attempts, job.max_attempts, error, status
+        )
+        return status or "lost"
+
+    # -- the loop ------------------------------------------------------------------------
+    def drain(self) -> int:
+        """Run claimable jobs until none is left (or a stop was asked); returns how many ran."""
+        n = 0
+        while not self.stopping:
+            job = self.queue.claim(self.id)
+            if job is None:
+                break
+            self.run_job(job)
+            n += 1
+        return n
+
+    def serve(self, wake_fd: int | None = None) -> None:
+        """Run jobs as they come until ``stop()``; ``wake_fd`` interrupts the wait (signals)."""
+        also = () if wake_fd is None else (wake_fd,)
+        with self.doorbell.listen(self.id) as bell:  # bound before the first look: no lost ring
+            logger.info("worker %s ready (doorbell %s)", self.id, bell.path)
+            while not self.stopping:
+                bell.drain()
+                self.drain()
+                if self.stopping:
+                    break
+                deadline = self.queue.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.time()) + DEADLINE_MARGIN_S
+                bell.wait(timeout, also)
+                if wake_fd is not None:
+                    _drain_fd(wake_fd)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.doorbell.close()
+        self.queue.storage.close()
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run(config: AgentConfig, args: argparse.Namespace) -> int:
+    worker = Worker(config, getattr(args, "id", None) or default_id())
+    try:
+        if getattr(args, "once", False):
+            n = worker.drain()
+            logger.info("worker %s: queue drained, %d job(s) run", worker.id, n)
+            return 0
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("worker %s: %s, stopping after the current job", worker.id, signal.strsignal(signum))
+            worker.stop()
+
+        old_fd = signal.set_wakeup_fd(w)
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            worker.serve(wake_fd=r)
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            os.close(r)
+            os.close(w)
+        logger.info("worker %s stopped: %d job(s) done", worker.id, worker.done)
+        return 0
+    finally:
+        worker.close()
