@@ -1,0 +1,380 @@
+"""The ``sync`` role: the device end of the fleet link.
+
+One process: paho's network thread receives, a command thread runs commands
+one at a time, and the main thread owns the outbox (drain, acks, bound),
+telemetry and status. The role keeps running while the broker is unreachable:
+the other roles keep recording into the outbox, and it drains when the link is
+back. Birth (``online``) and Last Will (``offline``) go to the retained status
+topic; SIGTERM publishes ``offline`` itself and disconnects cleanly.
+
+Run it as ``edge-agent sync`` or, standalone, ``python -m edge_agent.sync.agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import resource
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, load_config, with_overrides
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.storage import Storage
+from edge_agent.sync.commands import CommandContext, Commands
+from edge_agent.sync.mqtt import Message, MqttError, MqttLink
+from edge_agent.sync.outbox import DROPPED, REJECTED, UNSENDABLE, Outbox
+from edge_agent.sync.protocol import (
+    DEVICE_TO_CLOUD,
+    RETAINED,
+    CommandReply,
+    ModelsDesired,
+    ProtocolError,
+    ResultsAck,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+    topic,
+)
+from edge_agent.sync.protocol import Message as WireMessage
+from edge_agent.sync.settings import ENV_PREFIX, SyncConfig, sync_config, with_changes
+
+logger = logging.getLogger(__name__)
+
+LIMIT_CHECK_S = 1.0  # how often the outbox bound is enforced
+PRUNE_EVERY_S = 3600.0
+COMMAND_QUEUE_LIMIT = 1000
+STOP_GRACE_S = 10.0
+ERROR_BACKOFF_S = 1.0
+MAX_WAIT_S = 0.5  # the loop notices a stop request within this
+
+
+def rss_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, not current
+
+
+class SyncAgent:
+    def __init__(self, config: AgentConfig, settings: SyncConfig, *, drain: bool = False) -> None:
+        self.config = config
+        self.settings = settings
+        self.device = config.device_id
+        self.drain = drain
+        self.storage = Storage.in_dir(config.data_dir)
+        self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
+        ctx = CommandContext(config, self.storage, self.status, self.apply_settings, self._models_changed)
+        self.commands = Commands(ctx, self.device)
+        self.on_models_desired: Callable[[ModelsDesired], None] | None = None  # the OTA module's hook
+        self.rejected = 0
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._command_queue: queue.Queue[Message | None] = queue.Queue()
+        self._stop_requested = False
+        self._started = time.monotonic()
+        self._models = self.active_models()
+        self._published_models: dict[str, str] | None = None
+        self._next_telemetry = time.monotonic() + settings.telemetry_interval_s
+        self._rate_mark = (time.monotonic(), self.outbox.recorded_total(), 0)
+        self.link = MqttLink(
+            settings,
+            self.device,
+            will=self._status_message("offline"),
+            on_connect=lambda present: self._events.put(("connected", present)),
+            on_disconnect=lambda: self._events.put(("disconnected", None)),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+    def run(self) -> int:
+        dev = self.device
+        self.link.subscribe(topic(dev, "results_ack"), lambda m: self._events.put(("ack", m)))
+        self.link.subscribe(topic(dev, "models_desired"), lambda m: self._events.put(("desired", m)))
+        self.link.subscribe(topic(dev, "cmd"), self._enqueue_command)
+        worker = threading.Thread(target=self._command_loop, name="sync-commands", daemon=True)
+        worker.start()
+        self.link.start()
+        try:
+            self._loop()
+        finally:
+            logger.info("stopping: publishing offline status, disconnecting")
+            self._command_queue.put(None)
+            worker.join(STOP_GRACE_S)
+            self.link.stop(last=self._status_message("offline"))
+            self.storage.close()
+            logger.info("sync role stopped; %d entries left in the outbox", self.outbox.depth())
+        return 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe in a signal handler (sets a flag, takes no lock)."""
+        self._stop_requested = True
+
+    def _loop(self) -> None:
+        next_limit = next_prune = 0.0
+        while not self._stop_requested:
+            try:
+                self._handle_events(min(self.settings.poll_interval_s, MAX_WAIT_S))
+                now = time.monotonic()
+                if now >= next_limit:
+                    self.outbox.enforce_limit()
+                    next_limit = now + LIMIT_CHECK_S
+                if self.link.connected:
+                    self.outbox.send_due()
+                if now >= self._next_telemetry:
+                    self._next_telemetry = now + self.settings.telemetry_interval_s
+                    self._telemetry()
+                if now >= next_prune:
+                    self.commands.log.prune(self.settings.command_memory_s)
+                    next_prune = now + PRUNE_EVERY_S
+                if self.drain and self.outbox.inflight_messages == 0 and self.outbox.depth() == 0:
+                    logger.info("outbox drained")
+                    self._stop_requested = True
+            except (EdgeAgentError, sqlite3.Error) as exc:
+                logger.error("sync loop: %s; retrying in %.0f s", exc, ERROR_BACKOFF_S)
+                time.sleep(ERROR_BACKOFF_S)
+
+    # -- events from the network thread ----------------------------------------------------
+    def _handle_events(self, timeout_s: float) -> None:
+        try:
+            events = [self._events.get(timeout=timeout_s)]
+        except queue.Empty:
+            return
+        while len(events) < 10_000:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        acked: list[str] = []
+        refused: list[str] = []
+        for kind, value in events:
+            try:
+                self._handle_event(kind, value, acked, refused)
+            except Exception:  # one bad event must not cost the others (acks lost here are re-sent)
+                logger.exception("handling a %s event failed; the next one is handled", kind)
+        if acked or refused:
+            self.outbox.acknowledge(acked, refused)
+
+    def _handle_event(self, kind: str, value: Any, acked: list[str], refused: list[str]) -> None:
+        if kind == "ack":
+            msg = self._decode(value)
+            if isinstance(msg, ResultsAck):
+                acked.extend(msg.ids)
+                refused.extend(msg.rejected)
+        elif kind == "connected":
+            self.outbox.reset_window(resend_now=not value)
+            self._publish_status()
+            self._next_telemetry = time.monotonic()
+        elif kind == "disconnected":
+            self.outbox.reset_window(resend_now=False)
+        elif kind == "desired":
+            self._desired(value)
+        elif kind == "models":
+            self._models = self.active_models()
+            self._publish_status()
+
+    def _decode(self, message: Message) -> Any:
+        try:
+            return decode(message.topic, message.payload)[1]
+        except ProtocolError as exc:
+            self.rejected += 1
+            cleared = not message.payload  # clearing a retained message publishes an empty one
+            (logger.info if cleared else logger.warning)("rejected message: %s", exc.message[:500])
+            return None
+
+    def _desired(self, message: Message) -> None:
+        msg = self._decode(message)
+        if not isinstance(msg, ModelsDesired):
+            return
+        if self.on_models_desired is None:
+            logger.info(
+                "desired state %s (%d models) received; model updates are not handled by this role yet",
+                msg.deployment,
+                len(msg.models),
+            )
+            return
+        self.on_models_desired(msg)
+
+    def _enqueue_command(self, message: Message) -> None:
+        if self._command_queue.qsize() >= COMMAND_QUEUE_LIMIT:
+            logger.error("%d commands waiting; dropped one on %s", COMMAND_QUEUE_LIMIT, message.topic)
+            return
+        self._command_queue.put(message)
+
+    def _command_loop(self) -> None:
+        while (message := self._command_queue.get()) is not None:
+            try:
+                reply = self.commands.handle(message)
+                if reply is not None:
+                    self._reply(reply, message.correlation_data)
+            except Exception:
+                logger.exception("command handling failed; the next command is handled")
+
+    def _reply(self, reply: CommandReply, correlation: bytes | None) -> None:
+        try:
+            payload = encode(reply)
+        except ProtocolError as exc:
+            payload = encode(
+                reply.model_copy(update={"ok": False, "result": {"code": exc.code}, "error": exc.message})
+            )
+        self.link.publish(topic(self.device, "cmd_reply"), payload, qos=1, correlation_data=correlation)
+
+    # -- publishing ----------------------------------------------------------------
+    def publish(self, kind: str, msg: WireMessage) -> None:
+        """Publish a device -> cloud message of ``kind`` (e.g. the OTA module's ``models_reported``):
+        QoS 1, retained where the contract says so. MqttError when it cannot."""
+        if kind not in DEVICE_TO_CLOUD:
+            raise ProtocolError(f"{kind} messages go from the cloud to devices")
+        self.link.publish(topic(self.device, kind), encode(msg), qos=1, retain=kind in RETAINED)
+
+    def _send_results(self, payload: bytes) -> None:
+        self.link.publish(topic(self.device, "results"), payload, qos=1)
+
+    def _status_message(self, state: str) -> Message:
+        msg = Status(
+            device=self.device, state=state, agent_version=__version__, models=self._models, ts=time.time()
+        )
+        return Message(topic(self.device, "status"), encode(msg), qos=1, retain=True)
+
+    def _publish_status(self) -> None:
+        if not self.link.connected:
+            return
+        m = self._status_message("online")
+        try:
+            self.link.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            self._published_models = dict(self._models)
+        except MqttError as exc:
+            logger.warning("status not published: %s", exc.message)
+
+    def _telemetry(self) -> None:
+        models = self.active_models()
+        if models != self._models or models != self._published_models:
+            self._models = models
+            self._publish_status()
+        if not self.link.connected:
+            return
+        msg = Telemetry(device=self.device, ts=time.time(), metrics=self.metrics())
+        try:
+            self.link.publish(topic(self.device, "telemetry"), encode(msg), qos=0)
+        except MqttError as exc:
+            logger.debug("telemetry not published: %s", exc.message)
+
+    def metrics(self) -> dict[str, float]:
+        now, recorded, delivered = time.monotonic(), self.outbox.recorded_total(), self.outbox.delivered
+        then, recorded0, delivered0 = self._rate_mark
+        self._rate_mark = (now, recorded, delivered)
+        dt = max(now - then, 1e-6)
+        return {
+            "outbox_depth": float(self.outbox.depth()),
+            "outbox_oldest_age_s": self.outbox.oldest_age_s(),
+            "outbox_inflight_messages": float(self.outbox.inflight_messages),
+            "outbox_dropped": float(self.storage.counter(DROPPED)),
+            "outbox_unsendable": float(self.storage.counter(UNSENDABLE)),
+            "outbox_rejected": float(self.storage.counter(REJECTED)),
+            "results_recorded_per_s": (recorded - recorded0) / dt,
+            "results_delivered_per_s": (delivered - delivered0) / dt,
+            "messages_rejected": float(self.rejected + self.commands.rejected),
+            "rss_bytes": float(rss_bytes()),
+            "uptime_s": now - self._started,
+            "models_active": float(len(self._models)),
+        }
+
+    # -- for commands (command thread) ----------------------------------------------------
+    def active_models(self) -> dict[str, str]:
+        from edge_agent.runtime.store import ModelStore  # numpy; no runtime library, no OpenCV
+
+        try:
+            store = ModelStore(self.config.model_dir, self.config.store_state_path)
+            return {name: store.active_version(name) for name in store.names()}
+        except (EdgeAgentError, OSError) as exc:
+            logger.warning("cannot read the model store: %s", exc)
+            return {}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "agent_version": __version__,
+            "uptime_s": time.monotonic() - self._started,
+            "connected": self.link.connected,
+            "outbox_depth": self.outbox.depth(),
+            "outbox_dropped": self.storage.counter(DROPPED),
+            "delivered_since_start": self.outbox.delivered,
+            "models": self.active_models(),
+            "settings": self.settings.model_dump(mode="json", exclude={"password"}),
+        }
+
+    def apply_settings(self, changes: Mapping[str, Any]) -> None:
+        self.settings = with_changes(self.settings, changes)
+        self.outbox.settings = self.settings
+        if "telemetry_interval_s" in changes:
+            self._next_telemetry = time.monotonic() + self.settings.telemetry_interval_s
+        logger.info("settings changed by command: %s", dict(changes))
+
+    def _models_changed(self) -> None:
+        self._events.put(("models", None))
+
+
+# -- entry points -----------------------------------------------------------------------
+def run(config: AgentConfig, args: argparse.Namespace) -> int:
+    """The role: ``edge-agent sync [--broker-host H] [--broker-port P] [--drain]``."""
+    settings = sync_config(config)
+    overrides = {k: v for k in ("broker_host", "broker_port") if (v := getattr(args, k, None)) is not None}
+    if overrides:
+        settings = with_changes(settings, overrides)
+    agent = SyncAgent(config, settings, drain=bool(getattr(args, "drain", False)))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.stop()  # no logging here: a signal handler must not take locks
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return agent.run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edge_agent.sync.agent", description=__doc__)
+    p.add_argument("--config", type=Path, help="TOML config file (also EDGE_CONFIG)")
+    p.add_argument("--data-dir", type=Path, help="writable state directory (EDGE_DATA_DIR)")
+    p.add_argument("--model-dir", type=Path, help="model store root (EDGE_MODEL_DIR)")
+    p.add_argument("--device-id", help="device id (EDGE_DEVICE_ID)")
+    p.add_argument("--broker-host", help="MQTT broker host (EDGE_SYNC__BROKER_HOST)")
+    p.add_argument("--broker-port", type=int, help="MQTT broker port (EDGE_SYNC__BROKER_PORT)")
+    p.add_argument("--drain", action="store_true", help="exit once the outbox is empty and acknowledged")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ)
+    if "sync" not in AgentConfig.model_fields:  # until AgentConfig has the section, sync_config reads them
+        env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
+    try:
+        config = load_config(args.config, env)
+        config = with_overrides(
+            config, data_dir=args.data_dir, model_dir=args.model_dir, device_id=args.device_id
+        )
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else getattr(logging, config.log_level),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return run(config, args)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 3
+    except EdgeAgentError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Signed model updates on the device: ``ModelsDesired`` -> verified, installed, self-tested, active.
+
+For each signed model of a desired state, in this order:
+
+1. the manifest's Ed25519 signature, against the trusted keys (unknown key or
+   bad signature: refused before anything is downloaded);
+2. already active with that manifest, or this deployment already finished
+   here: nothing to do (a desired state delivered twice is applied once);
+3. download over HTTP into ``download_dir``, resuming a partial file
+   (``downloading`` with progress), retried ``attempts`` times;
+4. ``verifying``: the archive's sha256 against ``artifact_sha256``, a safe
+   unpack, the unpacked manifest equal to the signed one, every file's sha256
+   (``ModelStore.install``), installed beside the current version;
+5. activation: load + golden self-test + atomic pointer switch (``Engine.activate``
+   or ``StoreActivator``); ``active``.
+
+Any failure is reported as ``failed`` with its reason and leaves the previous
+version active; a version that failed its self-test is removed again. Every
+step goes to the ``report`` callback as an ``UpdateOutcome``. The last outcome
+per model is kept in ``state_path`` (JSON), so a restart does not redo or undo
+finished work; only a download failure is retried on the next delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urljoin
+
+import httpx
+
+from edge_agent.errors import EdgeAgentError, PackageError
+from edge_agent.runtime.package import Manifest, parse_manifest, read_manifest, sha256_file
+from edge_agent.runtime.store import ModelStore, SelfTestReport, atomic_write
+from edge_agent.sync.archive import unpack
+from edge_agent.sync.download import DownloadError, fetch
+from edge_agent.sync.protocol import ModelsDesired, SignedModel, UpdateOutcome
+from edge_agent.sync.signing import TrustedKeys, load_trusted_keys, verify_manifest
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[UpdateOutcome], None]
+State = Literal["downloading", "verifying", "active", "failed", "rolled_back"]
+FINAL = frozenset({"active", "failed", "rolled_back"})
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_REASON = 500
+
+
+class Activator(Protocol):
+    """What activates and rolls back: ``Engine`` in a serving process, ``StoreActivator`` otherwise."""
+
+    def activate(self, name: str, version: str) -> SelfTestReport: ...
+
+    def rollback(self, name: str) -> str: ...
+
+
+class UpdateRefused(PackageError):
+    """The update's content does not match what was signed."""
+
+    code = "update_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class OtaSettings:
+    trusted_keys: TrustedKeys
+    download_dir: Path
+    state_path: Path
+    base_url: str | None = None  # resolves a relative artifact_url
+    max_artifact_bytes: int = 512 * 1024 * 1024
+    timeout_s: float = 30.0
+    attempts: int = 3
+    retry_delay_s: float = 2.0
+    progress_every_s: float = 1.0
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path, trusted_keys_file: Path, **options: Any) -> OtaSettings:
+        """Settings with ``<data_dir>/downloads`` and ``<data_dir>/ota-state.json``."""
+        keys = load_trusted_keys(trusted_keys_file)
+        return cls(keys, data_dir / "downloads", data_dir / "ota-state.json", **options)
+
+
+class OtaUpdater:
+    def __init__(
+        self,
+        store: ModelStore,
+        activator: Activator,
+        settings: OtaSettings,
+        report: Report,
+        *,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.store = store
+        self.activator = activator
+        self.settings = settings
+        self._report = report
+        self._client = client or httpx.Client(timeout=httpx.Timeout(settings.timeout_s, connect=10.0))
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- the two entry points ------------------------------------------------------------
+    def apply(self, desired: ModelsDesired) -> list[UpdateOutcome]:
+        """Bring every model of ``desired`` to its signed version; one final outcome per model."""
+        with self._lock:
+            return [self._apply_one(desired.deployment, signed) for signed in desired.models]
+
+    def rollback(self, name: str) -> UpdateOutcome:
+        """Switch ``name`` back to its previous version (raises if there is none); reports it."""
+        with self._lock:
+            previous = self.store.active_version(name)
+            target = self.activator.rollback(name)
+            prior = self._ledger().get(name)
+            deployment = str(prior["deployment"]) if prior else "rollback"
+            reason = f"rolled back from {previous} to {target} on command"
+            logger.info("model %s: %s", name, reason)
+            return self._emit(deployment, name, target, "rolled_back", reason, final=True)
+
+    # -- one model -------------------------------------------------------------------------
+    def _apply_one(self, deployment: str, signed: SignedModel) -> UpdateOutcome:
+        name = str(signed.manifest.get("name", "?"))[:64]
+        version = str(signed.manifest.get("version", "?"))[:32]
+        installed_now = False
+        try:
+            verify_manifest(signed.manifest, signed.signature, signed.key_id, self.settings.trusted_keys)
+            manifest = parse_manifest(json.dumps(signed.manifest), where="signed manifest")
+            prior = self._ledger().get(name)
+            if prior and prior["deployment"] == deployment and prior["state"] in FINAL and not prior["retry"]:
+                return self._already_done(deployment, name, prior)
+            installed = version in self.store.versions(name)
+            if installed:
+                if self.store.manifest(name, version) != manifest:
+                    raise UpdateRefused(
+                        f"{name}/{version} is installed with a different manifest; versions are immutable"
+                    )
+                if self.store.active_version(name) == version:
+                    return self._emit(deployment, name, version, "active", "already active", final=True)
+            if name in self.store.names():  # pin the pointer: else the newest version on disk would win
+                self.store.set_active(name, self.store.active_version(name))
+            if not installed:
+                self._fetch_and_install(deployment, signed, manifest)
+                installed_now = True
+            self._emit(deployment, name, version, "verifying", "golden self-test")
+            report = self.activator.activate(name, version)
+            logger.info("model %s: version %s active (%s)", name, version, report.message)
+            return self._emit(deployment, name, version, "active", report.message, final=True)
+        except DownloadError as exc:
+            logger.warning("update of %s/%s: %s", name, version, exc.message)
+            return self._emit(
+                deployment, name, version, "failed", _reason(exc), final=True, retry=exc.retryable
+            )
+        except EdgeAgentError as exc:
+            logger.warning("update of %s/%s refused: %s", name, version, exc.message)
+            if installed_now:
+                self._remove_failed(name, version)
+            return self._emit(deployment, name, version, "failed", _reason(exc), final=True)
+        except Exception as exc:  # a bug costs this update, never the agent
+            logger.exception("update of %s/%s crashed", name, version)
+            if installed_now:
+                self._remove_failed(name, version)
+            reason = f"internal error: {type(exc).__name__}: {exc}"[:MAX_REASON]
+            return self._emit(deployment, name, version, "failed", reason, final=True, retry=True)
+
+    def _fetch_and_install(self, deployment: str, signed: SignedModel, manifest: Manifest) -> None:
+        sha = signed.artifact_sha256.lower()
+        if not SHA256_RE.match(sha):
+            raise UpdateRefused(f"artifact_sha256 {signed.artifact_sha256[:80]!r} is not a sha256")
+        part = self.settings.download_dir / f"{sha}.part"
+        self._download(deployment, manifest, self._url(signed.artifact_url), part, sha)
+        self._emit(deployment, manifest.name, manifest.version, "verifying", "artifact sha256")
+        got = sha256_file(part)
+        if got != sha:
+            part.unlink(missing_ok=True)
+            raise UpdateRefused(
+                f"artifact sha256 is {got[:16]}..., the desired state says {sha[:16]}...; "
+                "the archive is corrupt or was tampered with; discarded"
+            )
+        unpacked = self.settings.download_dir / f"{sha}.unpacked"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        try:
+            unpack(part, unpacked, max_bytes=self.settings.max_artifact_bytes)
+            if read_manifest(unpacked) != manifest:
+                raise UpdateRefused("the archive's manifest.json differs from the signed manifest")
+            self.store.install(unpacked)  # checks every file's sha256 against the manifest
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            part.unlink(missing_ok=True)
+
+    def _download(self, deployment: str, m: Manifest, url: str, part: Path, sha: str) -> None:
+        last = [0.0]
+
+        def progress(have: int, total: int | None) -> None:
+            now = time.monotonic()
+            if total and (now - last[0] >= self.settings.progress_every_s or have == total):
+                last[0] = now
+                self._emit(
+                    deployment, m.name, m.version, "downloading", None, progress=min(have / total, 1.0)
+                )
+
+        self._emit(deployment, m.name, m.version, "downloading", None, progress=0.0)
+        for attempt in range(1, self.settings.attempts + 1):
+            try:
+                got = fetch(
+                    self._client,
+                    url,
+                    part,
+                    max_bytes=self.settings.max_artifact_bytes,
+                    etag=f'"{sha}"',
+                    progress=progress,
+                )
+            except DownloadError as exc:
+                if not exc.retryable or attempt == self.settings.attempts:
+                    raise
+                logger.warning("download attempt %d of %s failed (%s); resuming", attempt, url, exc.message)
+                time.sleep(self.settings.retry_delay_s * attempt)
+                continue
+            logger.info("downloaded %s: %d bytes (%d resumed from disk)", url, got.size, got.resumed_from)
+            return
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _already_done(self, deployment: str, name: str, prior: dict[str, Any]) -> UpdateOutcome:
+        """A deployment delivered again: nothing is redone; the outcome is re-reported if still true."""
+        logger.info("deployment %s of %s already done here (%s)", deployment, name, prior["state"])
+        outcome = UpdateOutcome(
+            deployment=deployment,
+            model=name,
+            version=str(prior["version"]),
+            state=prior["state"],
+            reason=prior["reason"],
+            progress=1.0 if prior["state"] == "active" else None,
+            ts=time.time(),
+        )
+        current = self.store.active_version(name) if name in self.store.names() else None
+        if outcome.state == "failed" or outcome.version == current:
+            self._send(outcome)
+        return outcome
+
+    def _url(self, artifact_url: str) -> str:
+        return urljoin(self.settings.base_url, artifact_url) if self.settings.base_url else artifact_url
+
+    def _remove_failed(self, name: str, version: str) -> None:
+        path = self.store.root / name / version
+        if path.is_dir() and self.store.active_version(name) != version:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _emit(
+        self,
+        deployment: str,
+        name: str,
+        version: str,
+        state: State,
+        reason: str | None,
+        *,
+        progress: float | None = None,
+        final: bool = False,
+        retry: bool = False,
+    ) -> UpdateOutcome:
+        outcome = UpdateOutcome(
+            deployment=deployment,
+            model=name,
+            version=version,
+            state=state,
+            reason=None if reason is None else reason[:MAX_REASON],
+            progress=1.0 if state == "active" else progress,
+            ts=time.time(),
+        )
+        if final:
+            self._record(outcome, retry)
+        self._send(outcome)
+        return outcome
+
+    def _send(self, outcome: UpdateOutcome) -> None:
+        try:
+            self._report(outcome)
+        except Exception:  # a failing publisher must not stop the update
+            logger.exception("reporting %s of %s/%s failed", outcome.state, outcome.model, outcome.version)
+
+    def _ledger(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.settings.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.error("OTA state %s unreadable (%s); starting afresh", self.settings.state_path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _record(self, outcome: UpdateOutcome, retry: bool) -> None:
+        ledger = self._ledger()
+        ledger[outcome.model] = outcome.model_dump(include={"deployment", "version", "state", "reason"}) | {
+            "retry": retry,
+            "ts": outcome.ts,
+        }
+        self.settings.state_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.settings.state_path, json.dumps(ledger, indent=2, sort_keys=True).encode())
+
+
+def _reason(exc: EdgeAgentError) -> str:
+    return f"{exc.code}: {exc.message}"

@@ -1,0 +1,235 @@
+"""Drain the device's SQLite outbox to the cloud, end to end.
+
+An entry leaves the outbox only when a ``ResultsAck`` naming its id arrives:
+a broker's PUBACK only means the broker has the message. Entries are sent in
+``Results`` messages of up to ``batch_size`` results (QoS 1), at most
+``max_inflight_messages`` unacknowledged messages at a time; an entry with no
+ack after ``ack_timeout_s`` is sent again (the cloud stores by result id, so a
+re-send is harmless). ``last_sent`` lives in the outbox row, so a restarted
+agent resumes where the killed one stopped.
+
+The outbox is bounded: ``enforce_limit`` trims it to ``outbox_max_rows``,
+giving up the oldest or the newest entries (``on_full``) and counting them in
+the ``outbox_dropped`` counter. The results themselves stay in ``results``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from edge_agent.storage import Storage
+from edge_agent.sync.protocol import ProtocolError, ResultRecord, Results, encode
+from edge_agent.sync.settings import SyncConfig
+
+logger = logging.getLogger(__name__)
+
+DROPPED = "outbox_dropped"  # counters: entries given up by the on-full policy
+UNSENDABLE = "outbox_unsendable"  # entries that can never be sent (corrupt, or alone over the size limit)
+DELIVERED = "outbox_delivered"  # entries acknowledged by the cloud
+REJECTED = "outbox_rejected"  # entries the cloud says it will never store (ResultsAck.rejected)
+CLOCK_SKEW_S = 60.0  # last_sent further in the future than this: the clock went back, send again
+_SQL_VARS = 500
+
+
+@dataclass(slots=True)
+class _Inflight:
+    ids: set[str]
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    seq: int
+    id: str
+    record: ResultRecord
+
+
+def _chunks(items: Sequence[str], n: int = _SQL_VARS) -> Iterable[Sequence[str]]:
+    return (items[i : i + n] for i in range(0, len(items), n))
+
+
+class Outbox:
+    def __init__(
+        self,
+        storage: Storage,
+        device: str,
+        send: Callable[[bytes], None],
+        settings: SyncConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.device = device
+        self.settings = settings
+        self._send = send
+        self._clock = clock
+        self._inflight: dict[str, _Inflight] = {}
+        self._batch_of: dict[str, str] = {}
+        self.delivered = 0  # acknowledged by the cloud since this process started
+        self.sent = 0  # results sent (re-sends included) since this process started
+
+    # -- reading -----------------------------------------------------------------
+    def depth(self) -> int:
+        return self.storage.outbox_depth()
+
+    def oldest_age_s(self) -> float:
+        row = self.storage.conn.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return max(0.0, self._clock() - float(row[0])) if row else 0.0
+
+    def recorded_total(self) -> int:
+        """Entries ever added to the outbox (SQLite's AUTOINCREMENT high-water mark)."""
+        row = self.storage.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def inflight_messages(self) -> int:
+        return len(self._inflight)
+
+    # -- sending -------------------------------------------------------------------
+    def send_due(self) -> int:
+        """Send new and timed-out entries while the window has room; the number of results sent."""
+        self._expire()
+        room = self.settings.max_inflight_messages - len(self._inflight)
+        if room <= 0:
+            return 0
+        rows = self._claim(room * self.settings.batch_size)
+        if not rows:
+            return 0
+        size = self.settings.batch_size
+        count = 0
+        for i in range(0, len(rows), size):
+            for part in self._encode(rows[i : i + size]):
+                batch_id, payload, ids = part
+                self._send(payload)
+                self._inflight[batch_id] = _Inflight(set(ids), time.monotonic() + self.settings.ack_timeout_s)
+                for rid in ids:
+                    self._batch_of[rid] = batch_id
+                count += len(ids)
+        self.sent += count
+        return count
+
+    def _claim(self, limit: int) -> list[_Row]:
+        """Due entries, oldest first, marked as sent now (a crash after this only delays them).
+
+        This process is the outbox's only sender, so reading before the write transaction is safe."""
+        now = self._clock()
+        found = self.storage.conn.execute(
+            "SELECT seq, id, body FROM outbox WHERE kind = 'result' "
+            "AND (last_sent IS NULL OR last_sent <= ? OR last_sent > ?) ORDER BY seq LIMIT ?",
+            (now - self.settings.ack_timeout_s, now + CLOCK_SKEW_S, limit),
+        ).fetchall()
+        if not found:
+            return []
+        rows, bad = [], []
+        for seq, rid, body in found:
+            try:
+                rows.append(_Row(seq, rid, ResultRecord.model_validate_json(body)))
+            except ValidationError as exc:
+                bad.append((seq, rid, f"corrupt envelope: {exc.errors()[0]['msg']}"))
+        with self.storage.transaction() as conn:
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE seq = ?",
+                [(now, r.seq) for r in rows],
+            )
+            self._give_up(conn, bad)
+        return rows
+
+    def _encode(self, rows: list[_Row]) -> list[tuple[str, bytes, list[str]]]:
+        """One message, or halves of it while it is over the payload limit."""
+        batch_id = uuid.uuid4().hex
+        msg = Results(device=self.device, batch=batch_id, results=[r.record for r in rows])
+        try:
+            return [(batch_id, encode(msg), [r.id for r in rows])]
+        except ProtocolError as exc:
+            if len(rows) == 1:
+                with self.storage.transaction() as conn:
+                    self._give_up(conn, [(rows[0].seq, rows[0].id, exc.message)])
+                return []
+        half = len(rows) // 2
+        return self._encode(rows[:half]) + self._encode(rows[half:])
+
+    def _give_up(self, conn: sqlite3.Connection, bad: list[tuple[int, str, str]]) -> None:
+        if not bad:
+            return
+        for _, rid, reason in bad:
+            logger.error("outbox entry %s can never be sent (%s); removed from the outbox", rid, reason)
+        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in bad])
+        self.storage.bump(conn, UNSENDABLE, len(bad))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for batch_id in [b for b, f in self._inflight.items() if f.deadline <= now]:
+            for rid in self._inflight.pop(batch_id).ids:
+                self._batch_of.pop(rid, None)
+
+    def reset_window(self, resend_now: bool) -> None:
+        """Forget what is in flight; ``resend_now`` also makes every unacknowledged entry due at once
+        (the broker lost our session, so acks that were on their way are gone)."""
+        self._inflight.clear()
+        self._batch_of.clear()
+        if resend_now:
+            with self.storage.transaction() as conn:
+                conn.execute("UPDATE outbox SET last_sent = NULL WHERE last_sent IS NOT NULL")
+
+    # -- acknowledgements ------------------------------------------------------------
+    def acknowledge(self, ids: Sequence[str], rejected: Sequence[str] = ()) -> int:
+        """Remove entries the cloud stored (``ids``) or will never store (``rejected``, counted and
+        logged); the number removed. Ids not in the outbox are ignored."""
+        removed = refused = 0
+        with self.storage.transaction() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                marks = ",".join("?" * len(chunk))
+                removed += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+            for chunk in _chunks(list(dict.fromkeys(rejected))):
+                marks = ",".join("?" * len(chunk))
+                refused += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+            if removed:
+                self.storage.bump(conn, DELIVERED, removed)
+            if refused:
+                self.storage.bump(conn, REJECTED, refused)
+        if refused:
+            logger.warning(
+                "the cloud refused %d results for good (e.g. %s); not sent again", refused, rejected[0]
+            )
+        for rid in [*ids, *rejected]:
+            batch_id = self._batch_of.pop(rid, None)
+            if batch_id is not None and batch_id in self._inflight:
+                flight = self._inflight[batch_id]
+                flight.ids.discard(rid)
+                if not flight.ids:
+                    del self._inflight[batch_id]
+        self.delivered += removed
+        return removed
+
+    # -- bound -------------------------------------------------------------------------
+    def enforce_limit(self) -> int:
+        """Trim the outbox to ``outbox_max_rows`` by the ``on_full`` policy; the number dropped."""
+        limit = self.settings.outbox_max_rows
+        lo, hi = self.storage.conn.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
+        if lo is None or hi - lo + 1 <= limit:  # seq span bounds the row count: the usual, cheap case
+            return 0
+        newest = self.settings.on_full == "refuse_new"
+        with self.storage.transaction() as conn:
+            excess = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) - limit
+            if excess <= 0:
+                return 0
+            conn.execute(
+                f"DELETE FROM outbox WHERE seq IN "
+                f"(SELECT seq FROM outbox ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?)",
+                (excess,),
+            )
+            self.storage.bump(conn, DROPPED, excess)
+        logger.warning(
+            "outbox over %d entries: dropped the %d %s (on_full=%s)",
+            limit,
+            excess,
+            "newest" if newest else "oldest",
+            self.settings.on_full,
+        )
+        return excess

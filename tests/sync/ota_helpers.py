@@ -1,0 +1,108 @@
+"""Real things for the signed-update tests: model package versions made from models/iris/1,
+a device model store, the cloud API as a uvicorn subprocess, signed desired states."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import numpy as np
+
+from edge_agent.runtime.package import read_manifest, save_golden, write_manifest
+from edge_agent.runtime.store import ModelStore
+from edge_agent.sync import protocol
+from tests.cloud import Role, free_port, running, wait_for
+from tests.conftest import MODELS, ROOT
+
+ROW = [[5.1, 3.5, 1.4, 0.2]]
+
+
+def make_version(root: Path, version: str, *, break_golden: bool = False, label: str | None = None) -> Path:
+    """iris/<version>: a copy of iris/1 with its manifest's version changed (and, with
+    ``break_golden``, a golden sample the model cannot reproduce, re-hashed in the manifest)."""
+    pkg = root / "iris" / version
+    shutil.copytree(MODELS / "iris" / "1", pkg, ignore=shutil.ignore_patterns("samples"))
+    m = read_manifest(pkg)
+    m = m.model_copy(update={"version": version, "description": label or m.description})
+    if break_golden:
+        with np.load(pkg / "golden.npz") as g:
+            arrays = {k: g[k] for k in g.files}
+        inputs = {k.removeprefix("input."): v for k, v in arrays.items() if k.startswith("input.")}
+        outputs = {"output_probability": arrays["output.output_probability"] + 0.5}
+        digest = save_golden(pkg, inputs, outputs)
+        m = m.model_copy(update={"golden": m.golden.model_copy(update={"sha256": digest})})
+    write_manifest(pkg, m)
+    return pkg
+
+
+def device_store(root: Path) -> ModelStore:
+    """A fresh device: iris version 1 only, no active pointer written yet."""
+    shutil.copytree(MODELS / "iris" / "1", root / "models" / "iris" / "1")
+    return ModelStore(root / "models", root / "state" / "store-state.json")
+
+
+def flip_member_byte(archive: Path, member: str) -> None:
+    """Flip the last data byte of one member of a tar archive, in place."""
+    with tarfile.open(archive, "r:") as tar:
+        info = tar.getmember(member)
+        offset = info.offset_data + info.size - 1
+    with archive.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x01]))
+
+
+def signed_model(row: dict[str, Any], base_url: str, **changes: Any) -> protocol.SignedModel:
+    signed = protocol.SignedModel(
+        manifest=row["manifest"],
+        signature=row["signature"],
+        key_id=row["key_id"],
+        artifact_url=urljoin(base_url, row["artifact_url"]),
+        artifact_sha256=row["sha256"],
+    )
+    return signed.model_copy(update=changes)
+
+
+def desired(
+    device: str, *models: protocol.SignedModel, deployment: str | None = None
+) -> protocol.ModelsDesired:
+    """A desired state as the device receives it: through the wire encoding and back."""
+    msg = protocol.ModelsDesired(
+        device=device, deployment=deployment or uuid.uuid4().hex, models=list(models), ts=time.time()
+    )
+    _, decoded = protocol.decode(protocol.topic(device, "models_desired"), protocol.encode(msg))
+    assert isinstance(decoded, protocol.ModelsDesired)
+    return decoded
+
+
+def api_env(db: Path, broker_port: int, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_")}
+    env |= {
+        "CLOUD_BROKER_HOST": "127.0.0.1",
+        "CLOUD_BROKER_PORT": str(broker_port),
+        "CLOUD_DB_PATH": str(db),
+        "PYTHONPATH": str(ROOT),
+    }
+    return env | {f"CLOUD_{k.upper()}": v for k, v in settings.items()}
+
+
+@contextmanager
+def cloud_api(db: Path, workdir: Path, broker_port: int | None = None, **settings: str) -> Iterator[str]:
+    """``cloud-sync api`` as a subprocess on a free loopback port; yields its base URL."""
+    port = free_port()
+    env = api_env(db, broker_port or free_port(), **settings)
+    with running(Role(["api", "--port", str(port)], env, workdir / f"api-{port}.log")) as role:
+        role.wait_log("Uvicorn running on")
+        base = f"http://127.0.0.1:{port}/"
+        wait_for(lambda: httpx.get(base + "health", timeout=2).status_code == 200, what="API health")
+        yield base

@@ -1,0 +1,409 @@
+"""Signed model updates on the device, for real: packages made from models/iris/1, published and
+signed by the cloud tooling (the CLI as a subprocess), served by the cloud API (uvicorn
+subprocess) with HTTP Range, downloaded, verified, installed and self-tested by
+``edge_agent.sync.ota`` into a real model store, served by a real Engine."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from cloud_sync.deploy import artifact_path, generate_keys, publish
+from cloud_sync.store import Store
+from edge_agent.runtime.engine import Engine
+from edge_agent.runtime.package import MANIFEST_NAME
+from edge_agent.runtime.store import ModelStore
+from edge_agent.sync import signing
+from edge_agent.sync.archive import ArchiveError, pack, unpack
+from edge_agent.sync.ota import OtaSettings, OtaUpdater
+from edge_agent.sync.ota_runner import OtaRunner, StoreActivator
+from edge_agent.sync.protocol import ModelsDesired, UpdateOutcome
+from tests.conftest import MODELS, ROOT
+from tests.sync.ota_helpers import (
+    ROW,
+    cloud_api,
+    desired,
+    device_store,
+    flip_member_byte,
+    make_version,
+    signed_model,
+)
+
+DEVICE = "dev-ota"
+
+
+@dataclass
+class Cloud:
+    base: str
+    db: Path
+    artifacts: Path
+    rows: dict[str, dict[str, Any]]
+    trusted: Path  # the devices' trusted public key file
+    other_key: Path  # a private key the devices do not trust
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    work = tmp_path_factory.mktemp("ota-cloud")
+    keys = generate_keys(work / "keys" / "signing.pem")
+    other = generate_keys(work / "keys" / "other.pem")
+    db, artifacts = work / "cloud.sqlite3", work / "artifacts"
+    packages = work / "packages"
+    # version 2 published through the real command line
+    make_version(packages, "2")
+    cli = [sys.executable, "-m", "cloud_sync.cli", "models", "publish", str(packages / "iris" / "2")]
+    cli += ["--key", str(keys.private), "--db", str(db), "--artifact-dir", str(artifacts)]
+    done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["key_id"] == keys.key_id
+    assert "PRIVATE KEY" not in done.stdout + done.stderr
+    store = Store(db)
+    make_version(packages, "3", break_golden=True)  # signed, but fails its golden self-test
+    make_version(packages, "4", label="to be tampered with")
+    make_version(packages, "5", label="to be tampered with, sha256 adjusted")
+    for version in ("3", "4", "5"):
+        publish(store, packages / "iris" / version, keys.private, artifacts)
+    rows = {v: store.model_version("iris", v) for v in ("2", "3", "4", "5")}
+    store.close()
+    with cloud_api(db, work) as base:
+        yield Cloud(base, db, artifacts, rows, keys.public, other.private)
+
+
+@dataclass
+class Device:
+    store: ModelStore
+    engine: Engine
+    updater: OtaUpdater
+    outcomes: list[UpdateOutcome]
+    downloads: Path
+
+    def apply(self, msg: ModelsDesired) -> UpdateOutcome:
+        (final,) = self.updater.apply(msg)
+        return final
+
+    def serving(self) -> str:
+        return self.engine.predict("iris", {"float_input": ROW}).version
+
+    def states(self) -> list[str]:
+        return [o.state for o in self.outcomes]
+
+
+def make_device(root: Path, cloud: Cloud, **options: Any) -> Device:
+    store = device_store(root)
+    engine = Engine(store)
+    outcomes: list[UpdateOutcome] = []
+    settings = OtaSettings.in_data_dir(root / "data", cloud.trusted, retry_delay_s=0.05, **options)
+    updater = OtaUpdater(store, engine, settings, outcomes.append)
+    return Device(store, engine, updater, outcomes, settings.download_dir)
+
+
+@pytest.fixture
+def device(tmp_path: Path, cloud: Cloud) -> Iterator[Device]:
+    dev = make_device(tmp_path, cloud)
+    assert dev.serving() == "1"
+    yield dev
+    dev.updater.close()
+    dev.engine.close()
+
+
+def assert_refused(dev: Device, final: UpdateOutcome, code: str, fragment: str) -> None:
+    assert final.state == "failed", final
+    assert final.reason is not None and final.reason.startswith(code), final.reason
+    assert fragment in final.reason, final.reason
+    assert dev.store.active_version("iris") == "1"
+    assert dev.serving() == "1"
+    assert Engine(dev.store).predict("iris", {"float_input": ROW}).version == "1"  # a fresh process too
+    assert dev.store.versions("iris") == ["1"]
+
+
+# -- the happy path, idempotence, rollback ---------------------------------------------------------
+def test_update_downloads_verifies_installs_and_activates(device: Device, cloud: Cloud) -> None:
+    msg = desired(DEVICE, signed_model(cloud.rows["2"], cloud.base))
+    t0 = time.perf_counter()
+    final = device.apply(msg)
+    elapsed = time.perf_counter() - t0
+    assert (final.state, final.version, final.progress) == ("active", "2", 1.0), final
+    assert final.reason == "golden sample reproduced"
+    states = device.states()
+    assert states[0] == "downloading" and device.outcomes[0].progress == 0.0
+    assert device.outcomes[states.index("verifying") - 1].progress == 1.0
+    assert states[-2:] == ["verifying", "active"]
+    assert {o.deployment for o in device.outcomes} == {msg.deployment}
+    assert device.store.versions("iris") == ["1", "2"]  # installed beside the old version
+    assert device.serving() == "2"
+    assert list(device.downloads.iterdir()) == []  # nothing left behind
+    print(
+        f"\nupdate of iris 1 -> 2 (download, verify, install, self-test, activate): {elapsed * 1000:.0f} ms"
+    )
+
+    # the same desired state delivered again: nothing redone, the outcome re-reported
+    device.outcomes.clear()
+    again = device.apply(msg)
+    assert (again.state, again.version) == ("active", "2")
+    assert device.states() == ["active"]
+
+    # rollback on command, reported; the retained desired state does not undo it
+    back = device.updater.rollback("iris")
+    assert (back.state, back.version, back.deployment) == ("rolled_back", "1", msg.deployment)
+    assert device.serving() == "1" and device.store.active_version("iris") == "1"
+    assert device.apply(msg).state == "rolled_back"
+    assert device.serving() == "1"
+
+    # a new deployment of the same version activates it again, without downloading
+    device.outcomes.clear()
+    redo = device.apply(desired(DEVICE, signed_model(cloud.rows["2"], cloud.base)))
+    assert redo.state == "active" and device.serving() == "2"
+    assert "downloading" not in device.states()
+
+
+def test_sync_role_activation_switches_the_store_pointer(tmp_path: Path, cloud: Cloud) -> None:
+    store = device_store(tmp_path)
+    outcomes: list[UpdateOutcome] = []
+    settings = OtaSettings.in_data_dir(tmp_path / "data", cloud.trusted)
+    runner = OtaRunner(OtaUpdater(store, StoreActivator(store), settings, outcomes.append))
+    try:
+        runner.submit(desired(DEVICE, signed_model(cloud.rows["2"], cloud.base)))
+        assert runner.wait_idle(30)
+        assert outcomes[-1].state == "active"
+        assert store.active_version("iris") == "2"
+        gateway = Engine(ModelStore(store.root, store.state_path))  # another process follows the pointer
+        assert gateway.predict("iris", {"float_input": ROW}).version == "2"
+    finally:
+        runner.stop()
+
+
+# -- resume --------------------------------------------------------------------------------------
+class Flaky(BaseHTTPRequestHandler):
+    """Serves one artifact; the first request gets the full Content-Length but only ``cut`` bytes."""
+
+    data = b""
+    cut = 0
+    ranges: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        type(self).ranges.append(rng)
+        if len(type(self).ranges) == 1:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.data)))
+            self.end_headers()
+            self.wfile.write(self.data[: self.cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the link drops mid-transfer
+            return
+        start = int(rng.removeprefix("bytes=").removesuffix("-")) if rng else 0
+        self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+        self.send_header("Content-Length", str(len(self.data) - start))
+        self.end_headers()
+        self.wfile.write(self.data[start:])
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_interrupted_download_resumes_with_a_range_request(device: Device, cloud: Cloud) -> None:
+    row = cloud.rows["2"]
+    data = artifact_path(cloud.artifacts, row["sha256"]).read_bytes()
+    Flaky.data, Flaky.cut, Flaky.ranges = data, len(data) // 3, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        final = device.apply(desired(DEVICE, signed_model(row, base)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert final.state == "active", final
+    assert Flaky.ranges == [None, f"bytes={len(data) // 3}-"]
+    assert device.serving() == "2"
+
+
+def test_partial_file_from_before_a_restart_is_completed_from_the_api(
+    device: Device, cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    row = cloud.rows["2"]
+    data = artifact_path(cloud.artifacts, row["sha256"]).read_bytes()
+    half = len(data) // 2
+    device.downloads.mkdir(parents=True)
+    (device.downloads / f"{row['sha256']}.part").write_bytes(data[:half])
+    with caplog.at_level(logging.INFO, logger="edge_agent.sync"):
+        final = device.apply(desired(DEVICE, signed_model(row, cloud.base)))
+    assert final.state == "active", final
+    assert f"at byte {half} of {len(data)}" in caplog.text
+    assert f"({half} resumed from disk)" in caplog.text
+
+
+def test_api_serves_artifacts_with_http_range(cloud: Cloud) -> None:
+    sha = cloud.rows["2"]["sha256"]
+    data = artifact_path(cloud.artifacts, sha).read_bytes()
+    url = f"{cloud.base}artifacts/{sha}"
+    whole = httpx.get(url)
+    assert (whole.status_code, whole.content, whole.headers["accept-ranges"]) == (200, data, "bytes")
+    assert whole.headers["etag"] == f'"{sha}"'
+    part = httpx.get(url, headers={"Range": "bytes=100-"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+    assert part.content == data[100:]
+    beyond = httpx.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert (beyond.status_code, beyond.headers["content-range"]) == (416, f"bytes */{len(data)}")
+    stale = httpx.get(url, headers={"Range": "bytes=100-", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == data  # a changed artifact is sent whole
+    assert httpx.get(f"{cloud.base}artifacts/{'0' * 64}").status_code == 404
+    assert httpx.get(f"{cloud.base}artifacts/..%2Fcloud.sqlite3").status_code in (404, 422)
+
+
+# -- refusals: each leaves version 1 serving and says why -----------------------------------------
+def test_manifest_signed_by_an_untrusted_key_is_refused_before_download(device: Device, cloud: Cloud) -> None:
+    row = cloud.rows["2"]
+    signature, kid = signing.sign_manifest(row["manifest"], signing.load_private_key(cloud.other_key))
+    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, signature=signature, key_id=kid)))
+    assert_refused(device, final, "signature_unknown_key", f"unknown key '{kid}'")
+    assert device.states() == ["failed"] and not device.downloads.exists()
+
+
+def test_signature_of_another_key_under_the_trusted_key_id_is_refused(device: Device, cloud: Cloud) -> None:
+    row = cloud.rows["2"]
+    signature, _ = signing.sign_manifest(row["manifest"], signing.load_private_key(cloud.other_key))
+    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, signature=signature)))
+    assert_refused(device, final, "signature_invalid", "does not match the manifest")
+    assert not device.downloads.exists()
+
+
+def test_edited_signed_manifest_breaks_the_signature(device: Device, cloud: Cloud) -> None:
+    row = cloud.rows["2"]
+    forged = dict(row["manifest"]) | {"labels": ["setosa", "virginica", "versicolor"]}
+    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, manifest=forged)))
+    assert_refused(device, final, "signature_invalid", "does not match the manifest")
+
+
+def test_wrong_artifact_sha256_is_refused(device: Device, cloud: Cloud) -> None:
+    row = cloud.rows["2"]
+    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, artifact_sha256="ab" * 32)))
+    assert_refused(device, final, "update_refused", "artifact sha256 is")
+    assert "the desired state says abababab" in str(final.reason)
+    assert list(device.downloads.iterdir()) == []  # the wrong bytes are not kept for a resume
+
+
+def test_tampered_artifact_is_refused(device: Device, cloud: Cloud) -> None:
+    row = cloud.rows["4"]
+    flip_member_byte(artifact_path(cloud.artifacts, row["sha256"]), "model.onnx")
+    final = device.apply(desired(DEVICE, signed_model(row, cloud.base)))
+    assert_refused(device, final, "update_refused", "corrupt or was tampered with")
+
+
+def test_tampered_artifact_with_matching_sha256_is_caught_by_the_signed_manifest(
+    device: Device, cloud: Cloud
+) -> None:
+    # whoever can change both the archive and the (unsigned) artifact_sha256 still cannot change
+    # a file: the signed manifest holds every file's sha256
+    row = cloud.rows["5"]
+    path = artifact_path(cloud.artifacts, row["sha256"])
+    flip_member_byte(path, "model.onnx")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    shutil.copy(path, artifact_path(cloud.artifacts, sha))
+    url = f"{cloud.base}artifacts/{sha}"
+    final = device.apply(
+        desired(DEVICE, signed_model(row, cloud.base, artifact_sha256=sha, artifact_url=url))
+    )
+    assert_refused(device, final, "integrity_failed", "model.onnx has sha256")
+
+
+def test_model_failing_its_self_test_is_not_activated(device: Device, cloud: Cloud) -> None:
+    # a fresh device has no active pointer yet: the newest version on disk would win without one
+    final = device.apply(desired(DEVICE, signed_model(cloud.rows["3"], cloud.base)))
+    assert_refused(device, final, "self_test_failed", "iris/3 failed its golden self-test")
+    assert device.states()[-2:] == ["verifying", "failed"]
+
+
+def test_download_failure_is_reported_and_retried_on_the_next_delivery(tmp_path: Path, cloud: Cloud) -> None:
+    dev = make_device(tmp_path, cloud, attempts=2)
+    row = cloud.rows["2"]
+    msg = desired(DEVICE, signed_model(row, "http://127.0.0.1:9/"))  # nothing listens there
+    final = dev.apply(msg)
+    assert final.state == "failed" and str(final.reason).startswith("download_failed"), final
+    assert dev.serving() == "1"
+    fixed = desired(DEVICE, signed_model(row, cloud.base), deployment=msg.deployment)
+    assert dev.apply(fixed).state == "active"
+
+
+# -- the archive format -------------------------------------------------------------------------
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([(_info("/etc/passwd"), b"x")], "not a plain file name"),
+        ([(_info("../escape"), b"x")], "not a plain file name"),
+        ([(_info("sub/manifest.json"), b"x")], "not a plain file name"),
+        ([(_info("link", tarfile.SYMTYPE, "/etc/passwd"), b"")], "not a regular file"),
+        ([(_info("hard", tarfile.LNKTYPE, "manifest.json"), b"")], "not a regular file"),
+        ([(_info("dir", tarfile.DIRTYPE), b"")], "not a regular file"),
+        ([(_info("big"), b"x" * 2048)], "more than 1024 bytes"),
+        ([(_info(f"f{i}"), b"x") for i in range(20)], "more than 16 files"),
+        ([(_info("a"), b"x"), (_info("a"), b"y")], "appears twice"),
+        ([(_info("model.onnx"), b"x")], f"holds no {MANIFEST_NAME}"),
+    ],
+)
+def test_unsafe_archives_are_refused(tmp_path: Path, members: list[Any], reason: str) -> None:
+    archive = _tar(tmp_path / "a.tar", members)
+    with pytest.raises(ArchiveError, match=reason):
+        unpack(archive, tmp_path / "out", max_bytes=1024)
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "escape").exists()
+
+
+def test_packing_is_deterministic_and_round_trips(tmp_path: Path) -> None:
+    one, two = io.BytesIO(), io.BytesIO()
+    assert pack(MODELS / "iris" / "1", one) == ["golden.npz", "manifest.json", "model.onnx"]  # no samples/
+    pack(MODELS / "iris" / "1", two)
+    assert one.getvalue() == two.getvalue()
+    (tmp_path / "a.tar").write_bytes(one.getvalue())
+    unpack(tmp_path / "a.tar", tmp_path / "out", max_bytes=10**6)
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == (
+        MODELS / "iris" / "1" / "model.onnx"
+    ).read_bytes()
+
+
+def test_canonical_json_is_the_signed_form() -> None:
+    assert signing.canonical_json({"b": 1, "a": [1.5, "é", None]}) == b'{"a":[1.5,"\\u00e9",null],"b":1}'
+    with pytest.raises(signing.SignatureError):
+        signing.canonical_json({"x": float("nan")})
+    key = signing.generate_key()
+    manifest = json.loads((MODELS / "iris" / "1" / MANIFEST_NAME).read_text())
+    signature, kid = signing.sign_manifest(manifest, key)
+    trusted = signing.parse_public_keys(signing.public_pem(key.public_key()) * 1)
+    signing.verify_manifest(json.loads(json.dumps(manifest, indent=4)), signature, kid, trusted)
+    with pytest.raises(signing.SignatureError):
+        signing.verify_manifest(manifest | {"version": "9"}, signature, kid, trusted)
+    with pytest.raises(signing.SignatureError, match="base64"):
+        signing.verify_manifest(manifest, "not base64!", kid, trusted)
