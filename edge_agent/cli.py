@@ -48,17 +48,9 @@ def exit_code(exc: EdgeAgentError) -> int:
 
 
 def _engine(config: AgentConfig) -> Any:
-    from edge_agent.runtime.backends import BackendOptions
-    from edge_agent.runtime.engine import Engine, EngineOptions
-    from edge_agent.runtime.store import ModelStore
+    from edge_agent.bootstrap import build_engine
 
-    store = ModelStore(config.model_dir, config.store_state_path)
-    options = EngineOptions(
-        backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
-        max_image_pixels=config.max_image_pixels,
-        max_rows=config.max_batch_rows,
-    )
-    return Engine(store, options)
+    return build_engine(config)
 
 
 # -- commands -------------------------------------------------------------------

@@ -165,6 +165,10 @@ def run(config: AgentConfig, args: argparse.Namespace) -> int:
 
     for spec in config.up.roles:
         role_command(spec)  # every spec checked before anything starts
+    if (args.profile or config.up.profile) == "all-in-one":
+        from edge_agent.allinone import run_all_in_one
+
+        return run_all_in_one(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     env.update(config_to_env(config))
     return Supervisor(config, env).run()

@@ -29,12 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edge_agent.bootstrap import build_engine
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeAgentError, InvalidInput
-from edge_agent.runtime.backends import BackendOptions, LoadedModel, get_backend
-from edge_agent.runtime.engine import Engine, EngineOptions
+from edge_agent.runtime.backends import LoadedModel, get_backend
+from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.inputs import validate
-from edge_agent.runtime.store import ModelStore
 from edge_agent.services import tensorwire
 from edge_agent.services.client import VERSION_MISMATCH
 from edge_agent.serving.middleware import BearerAuth, BodyLimit
@@ -178,15 +178,7 @@ def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``model`` role: ``edge-agent model NAME [--port P]``."""
     name: str = args.name
     port = resolve_port(config, name, args.port)
-    engine = Engine(
-        ModelStore(config.model_dir, config.store_state_path),
-        EngineOptions(
-            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
-            max_image_pixels=config.max_image_pixels,
-            max_rows=config.max_batch_rows,
-        ),
-    )
-    service = ModelService(engine, name)
+    service = ModelService(build_engine(config), name)
     logger.info("model@%s: serving version %s (%s) on port %d", name, service.version, service.backend, port)
     try:
         serve(wrap(create_app(service), config), config, port)

@@ -18,11 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge_agent import __version__
+from edge_agent.bootstrap import build_engine
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import EdgeAgentError
-from edge_agent.runtime.backends import BackendOptions
-from edge_agent.runtime.engine import Engine, EngineOptions
-from edge_agent.runtime.store import ModelStore
+from edge_agent.runtime.engine import Engine
 from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
@@ -44,18 +43,6 @@ ROUTERS = (
     prep_pred.router,
     microservice.router,
 )
-
-
-def build_engine(config: AgentConfig) -> Engine:
-    store = ModelStore(config.model_dir, config.store_state_path)
-    return Engine(
-        store,
-        EngineOptions(
-            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
-            max_image_pixels=config.max_image_pixels,
-            max_rows=config.max_batch_rows,
-        ),
-    )
 
 
 def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:

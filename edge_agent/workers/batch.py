@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from edge_agent.bootstrap import build_engine
 from edge_agent.config import AgentConfig, BatchConfig
 from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.runtime.engine import Engine
@@ -284,19 +285,6 @@ class ProgressBar:
 
 
 # -- the role -----------------------------------------------------------------------
-def build_engine(config: AgentConfig) -> Engine:
-    from edge_agent.runtime.backends import BackendOptions
-    from edge_agent.runtime.engine import EngineOptions
-    from edge_agent.runtime.store import ModelStore
-
-    options = EngineOptions(
-        backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
-        max_image_pixels=config.max_image_pixels,
-        max_rows=config.max_batch_rows,
-    )
-    return Engine(ModelStore(config.model_dir, config.store_state_path), options)
-
-
 def serve(
     runner: BatchRunner,
     schedule: Schedule,

@@ -273,19 +273,10 @@ class CameraLoop:
 
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``camera`` role: exit 0 at the end of a file, after ``--max-frames`` or on SIGTERM."""
-    from edge_agent.runtime.backends import BackendOptions
-    from edge_agent.runtime.engine import EngineOptions
-    from edge_agent.runtime.store import ModelStore
+    from edge_agent.bootstrap import build_engine
 
     options = CameraOptions.from_config(config, args)
-    store = ModelStore(config.model_dir, config.store_state_path)
-    engine = Engine(
-        store,
-        EngineOptions(
-            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
-            max_image_pixels=config.max_image_pixels,
-        ),
-    )
+    engine = build_engine(config)
     storage = Storage.in_dir(config.data_dir)
     stop = threading.Event()
 

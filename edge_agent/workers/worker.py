@@ -20,11 +20,10 @@ import socket
 import time
 from types import FrameType
 
+from edge_agent.bootstrap import build_engine
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError, InvalidInput
-from edge_agent.runtime.backends import BackendOptions
-from edge_agent.runtime.engine import Engine, EngineOptions
-from edge_agent.runtime.store import ModelStore
+from edge_agent.runtime.engine import Engine
 from edge_agent.storage import Storage, StorageError
 from edge_agent.workers.doorbell import Doorbell
 from edge_agent.workers.jobs import Job, JobQueue, unpack
@@ -34,21 +33,11 @@ logger = logging.getLogger(__name__)
 DEADLINE_MARGIN_S = 0.005  # wake just after a deadline, so the lease has surely passed
 
 
-def build_engine(config: AgentConfig) -> Engine:
-    return Engine(
-        ModelStore(config.model_dir, config.store_state_path),
-        EngineOptions(
-            backend=BackendOptions(config.intra_op_threads, config.inter_op_threads),
-            max_image_pixels=config.max_image_pixels,
-            max_rows=config.max_batch_rows,
-        ),
-    )
-
-
 class Worker:
-    def __init__(self, config: AgentConfig, worker_id: str) -> None:
+    def __init__(self, config: AgentConfig, worker_id: str, engine: Engine | None = None) -> None:
         self.id = worker_id
-        self.engine = build_engine(config)
+        self._own_engine = engine is None
+        self.engine = engine or build_engine(config)
         self.doorbell = Doorbell(config.data_dir)
         self.queue = JobQueue(
             Storage.in_dir(config.data_dir),
@@ -140,7 +129,8 @@ class Worker:
                     _drain_fd(wake_fd)
 
     def close(self) -> None:
-        self.engine.close()
+        if self._own_engine:
+            self.engine.close()
         self.doorbell.close()
         self.queue.storage.close()
 
