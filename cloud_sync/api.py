@@ -1,11 +1,14 @@
 """The cloud HTTP API: devices, results, telemetry, commands, models, deployments.
 
-A thin layer over :class:`cloud_sync.store.Store` (read by every endpoint) and
-:class:`cloud_sync.mqtt.MqttLink` (used by ``POST /commands`` only). Replies to
-commands are stored by the ingest role; ``GET /commands/{id}?wait=N`` polls the
-store until the reply is there. With ``api_token`` set, every endpoint but
-``/health`` needs ``Authorization: Bearer <token>``. Errors are JSON
-``{"error", "code"}``, mapped from ``CloudSyncError.status`` in one handler.
+A thin layer over :class:`cloud_sync.store.Store` (read by every endpoint),
+:class:`cloud_sync.mqtt.MqttLink` (used by ``POST /commands`` and ``POST
+/deployments``) and :mod:`cloud_sync.deploy`. Replies to commands are stored by
+the ingest role; ``GET /commands/{id}?wait=N`` polls the store until the reply
+is there. ``GET /artifacts/{sha256}`` serves model package archives with HTTP
+Range support, so devices resume interrupted downloads. With ``api_token`` set,
+every endpoint but ``/health`` and ``/artifacts/`` needs ``Authorization: Bearer
+<token>``. Errors are JSON ``{"error", "code"}``, mapped from
+``CloudSyncError.status`` in one handler.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from cloud_sync import __version__
+from cloud_sync import __version__, deploy
 from cloud_sync.config import CloudConfig
-from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, Unauthorized
+from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound, Unauthorized
 from cloud_sync.mqtt import BrokerSettings, MqttLink
 from cloud_sync.store import ResultQuery, Store
 from edge_agent.sync import protocol
@@ -43,6 +47,10 @@ POLL_S = 0.1
 PUBLISH_WAIT_S = 5.0
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = frozenset({"/health"})
+# Artifacts are public: named by their sha256 (known only from a device's desired state) and
+# verified on the device against a signed manifest; devices hold no API token.
+PUBLIC_PREFIXES = ("/artifacts/",)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Row = dict[str, Any]
 
 
@@ -54,11 +62,29 @@ class CommandRequest(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the command.")
 
 
+class DeploymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, description="Model name.")
+    version: str = Field(min_length=1, description="A published (signed) version of it.")
+    devices: list[str] | None = Field(
+        default=None, min_length=1, max_length=10_000, description="Target devices (or all=true)."
+    )
+    all: bool = Field(default=False, description="Target every device the cloud has heard from.")
+    artifact_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Base URL devices download artifacts from (default: the URL this request used).",
+    )
+    note: str | None = Field(default=None, max_length=1000, description="Free text kept with it.")
+
+
 class Cloud:
-    """What the endpoints share: settings, the store, the MQTT link."""
+    """What the endpoints share: settings, the store, the MQTT link, the artifact directory."""
 
     def __init__(self, config: CloudConfig, store: Store, link: MqttLink) -> None:
         self.config, self.store, self.link = config, store, link
+        self.artifacts = deploy.artifact_dir(config)
 
 
 def _cloud(request: Request) -> Cloud:
@@ -181,14 +207,46 @@ def get_model(cloud: CloudDep, name: str) -> Row:
     return cloud.store.model(name)
 
 
-@router.get("/deployments", tags=["deployments"], summary="Deployments, newest first")
+@router.get("/deployments", tags=["deployments"], summary="Deployments, newest first, with state counts")
 def list_deployments(cloud: CloudDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Row:
-    return {"deployments": cloud.store.deployments(limit)}
+    return {"deployments": [cloud.store.deployment_status(d["id"]) for d in cloud.store.deployments(limit)]}
 
 
 @router.get("/deployments/{deployment_id}", tags=["deployments"], summary="A deployment and per-device state")
 def get_deployment(cloud: CloudDep, deployment_id: str) -> Row:
-    return cloud.store.deployment(deployment_id)
+    return cloud.store.deployment_status(deployment_id)
+
+
+@router.post("/deployments", tags=["deployments"], status_code=201, summary="Deploy a signed model version")
+def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) -> Row:
+    return deploy.deploy(
+        cloud.store,
+        cloud.link,
+        body.model,
+        body.version,
+        devices=body.devices,
+        all_devices=body.all,
+        base_url=body.artifact_base_url or str(request.base_url),
+        note=body.note,
+    )
+
+
+@router.api_route(
+    "/artifacts/{sha256}",
+    methods=["GET", "HEAD"],
+    tags=["models"],
+    summary="A model package archive (HTTP Range: resumable); no token needed",
+    response_model=None,
+)
+def get_artifact(cloud: CloudDep, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)]) -> Response:
+    path = deploy.artifact_path(cloud.artifacts, sha256)
+    if not path.is_file():
+        raise NotFound(f"no artifact {sha256}")
+    return FileResponse(
+        path,
+        media_type="application/x-tar",
+        headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"},
+    )
 
 
 # -- the application -------------------------------------------------------------------------------
@@ -232,7 +290,8 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
 async def _gate(request: Request, call_next: Any) -> Response:
     """Token and body size, checked before any parsing (so no 422 leaks past a missing token)."""
     token = _cloud(request).config.api_token
-    if token is not None and request.url.path not in PUBLIC_PATHS:
+    path = request.url.path
+    if token is not None and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
             exc = Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")

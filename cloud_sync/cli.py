@@ -3,6 +3,8 @@ library call; this module alone turns errors into messages and exit codes.
 
     python -m cloud_sync.cli ingest        # the ingest role (MQTT -> SQLite)
     python -m cloud_sync.cli api           # the HTTP API
+    python -m cloud_sync.cli models publish PACKAGE_DIR --key KEY.pem
+    python -m cloud_sync.cli deploy MODEL VERSION --device DEV --base-url URL
 """
 
 from __future__ import annotations
@@ -109,6 +111,115 @@ def cmd_results(config: CloudConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- signed model updates ---------------------------------------------------------------------
+def cmd_keys_generate(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.deploy import generate_keys
+
+    out = args.out or config.signing_key_path
+    if out is None:
+        raise InvalidRequest("where to write the private key: --out PATH (or set signing_key_path)")
+    keys = generate_keys(out, args.public)
+    print(f"private key: {keys.private} (mode 0600: keep it secret, off the devices)")
+    print(f"public key:  {keys.public} (install it on the devices as their trusted key)")
+    print(f"key id:      {keys.key_id}")
+    return EXIT_OK
+
+
+def cmd_models_publish(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.deploy import artifact_dir, publish
+    from cloud_sync.store import Store
+
+    config = with_overrides(config, db_path=args.db)
+    key = args.key or config.signing_key_path
+    if key is None:
+        raise InvalidRequest("which signing key: --key KEY.pem (or set signing_key_path)")
+    store = Store(config.db_path)
+    try:
+        published = publish(store, args.package_dir, key, artifact_dir(config))  # what the API serves
+    finally:
+        store.close()
+    _print_json(published.to_dict())
+    return EXIT_OK
+
+
+def cmd_models_list(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.store import Store
+
+    store = Store(args.db or config.db_path)
+    models = [store.model(m["name"]) for m in store.models()]
+    store.close()
+    if args.json:
+        _print_json(models)
+        return EXIT_OK
+    for m in models:
+        for v in m["versions"]:
+            signed = f"key {v['key_id']}" if v["signature"] else "unsigned"
+            print(f"{m['name']:<24} {v['version']:<12} {v['sha256'][:16]}  {signed}")
+    return EXIT_OK
+
+
+def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    from cloud_sync.deploy import deploy
+    from cloud_sync.mqtt import BrokerSettings, MqttLink
+    from cloud_sync.store import Store
+
+    store = Store(args.db or config.db_path)
+    link = MqttLink(
+        BrokerSettings.from_config(config), f"cloud-deploy-{socket.gethostname()[:40]}-{os.getpid()}"
+    )
+    try:
+        link.start(wait_s=10.0)
+        status = deploy(
+            store,
+            link,
+            args.model,
+            args.version,
+            devices=args.device,
+            all_devices=args.all,
+            base_url=args.base_url,
+            note=args.note,
+        )
+    finally:
+        link.close()
+        store.close()
+    _print_deployment(status, args.json)
+    return EXIT_OK
+
+
+def cmd_deployments(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.store import Store
+
+    store = Store(args.db or config.db_path)
+    try:
+        if args.id:
+            _print_deployment(store.deployment_status(args.id), args.json)
+            return EXIT_OK
+        items = [store.deployment_status(d["id"]) for d in store.deployments(args.limit)]
+    finally:
+        store.close()
+    if args.json:
+        _print_json(items)
+        return EXIT_OK
+    for d in items:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(d["summary"].items()))
+        print(f"{d['id']}  {d['model']} {d['version']}  created {d['created']:.0f}  {counts}")
+    return EXIT_OK
+
+
+def _print_deployment(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(status)
+        return
+    print(f"deployment {status['id']}: {status['model']} {status['version']}")
+    for d in status["devices"]:
+        progress = "" if d["progress"] is None else f" {d['progress']:.0%}"
+        reason = f"  ({d['reason']})" if d["reason"] else ""
+        print(f"  {d['device']:<32} {d['state']}{progress}{reason}")
+
+
 def cmd_config(config: CloudConfig, args: argparse.Namespace) -> int:
     _print_json(config.redacted())
     return EXIT_OK
@@ -169,6 +280,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="results per page (default 20)")
     p.add_argument("--cursor", help="next page: the cursor printed by the previous one")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("keys", cmd_config, "Manage the Ed25519 key that signs model manifests.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="generate")
+    p = actions.add_parser(
+        "generate", help="write a new key pair", description="Write a new Ed25519 key pair."
+    )
+    p.set_defaults(func=cmd_keys_generate)
+    p.add_argument("--out", type=Path, help="private key file (default: signing_key_path); mode 0600")
+    p.add_argument("--public", type=Path, help="public key file (default: OUT with .pub.pem)")
+
+    p = add("models", cmd_config, "Publish signed model versions; list them.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="publish or list")
+    p = actions.add_parser(
+        "publish",
+        help="pack, store and sign a model package",
+        description="Pack a model package directory into an artifact, sign its manifest, record the version.",
+    )
+    p.set_defaults(func=cmd_models_publish)
+    p.add_argument("package_dir", type=Path, help="the package directory (manifest.json, model, golden)")
+    p.add_argument("--key", type=Path, help="Ed25519 private key, PEM (default: signing_key_path)")
+    _db(p)
+    p = actions.add_parser("list", help="published versions", description="List published model versions.")
+    p.set_defaults(func=cmd_models_list)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _db(p)
+
+    p = add(
+        "deploy", cmd_deploy, "Deploy a published model version to devices (their retained desired state)."
+    )
+    p.add_argument("model", help="model name")
+    p.add_argument("version", help="published version")
+    targets = p.add_mutually_exclusive_group(required=True)
+    targets.add_argument("--device", action="append", help="a target device (repeat for several)")
+    targets.add_argument("--all", action="store_true", help="every device the cloud has heard from")
+    p.add_argument("--base-url", required=True, help="the API's URL as devices reach it (artifact downloads)")
+    p.add_argument("--note", help="free text kept with the deployment")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _db(p)
+
+    p = add("deployments", cmd_deployments, "List deployments, or show one with each device's state.")
+    p.add_argument("id", nargs="?", help="a deployment id: show its devices")
+    p.add_argument("--limit", type=int, default=20, help="deployments listed (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _db(p)
 
     add("config", cmd_config, "Print the effective configuration (secrets hidden).")
     return parser

@@ -13,7 +13,9 @@ stops the role. Several ingest roles split the results, telemetry and replies
 through an MQTT 5 shared subscription (``$share/<group>/edge/+/results``);
 retained topics (status, models/reported) are subscribed by every role, since a
 broker sends no retained messages to a shared subscription, and storing them
-is idempotent.
+is idempotent. A ``models/reported`` outcome also moves the device's state in
+its deployment (``downloading`` with progress ... ``active`` / ``failed`` with
+the reason / ``rolled_back``), newest device timestamp first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 COMMIT_RETRIES = (0.5, 1.0, 2.0)
 STATS_EVERY_S = 30.0
+FINAL_UPDATE_STATES = frozenset({"active", "failed", "rolled_back"})
 
 
 @dataclass
@@ -203,7 +206,18 @@ class Ingest:
         elif isinstance(msg, CommandReply):
             self.store.record_reply(msg, m.received)
         elif isinstance(msg, ModelsReported):
-            self.store.record_reported(msg, m.received)
+            self.store.record_reported(msg, m.received)  # also the device's state in its deployment
+            update = msg.last_update
+            if update is not None and update.state in FINAL_UPDATE_STATES:
+                logger.info(
+                    "deployment %s: %s %s %s %s%s",
+                    update.deployment,
+                    msg.device,
+                    update.model,
+                    update.version,
+                    update.state,
+                    f" ({update.reason[:200]})" if update.reason else "",
+                )
         else:
             raise Rejected(f"no handler for {type(msg).__name__}")
         return None

@@ -31,6 +31,7 @@ from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew, 
 from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
 
 BUSY_TIMEOUT_S = 10.0
+UNFINISHED_STATES = frozenset({"pending", "downloading", "verifying"})
 JSON_COLUMNS = frozenset(
     {"models", "reported_models", "last_update", "metrics", "body", "args", "result", "manifest", "devices"}
 )
@@ -652,6 +653,12 @@ class Store:
         versions = self._query("SELECT * FROM model_versions WHERE model = ? ORDER BY created DESC", [name])
         return rows[0] | {"versions": versions}
 
+    def model_version(self, model: str, version: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM model_versions WHERE model = ? AND version = ?", [model, version])
+        if not rows:
+            raise NotFound(f"no model version {model!r} {version!r}: publish it first")
+        return rows[0]
+
     def create_deployment(
         self,
         deployment_id: str,
@@ -694,3 +701,57 @@ class Store:
             raise NotFound(f"no deployment {deployment_id!r}")
         base = rows[0] if rows else {"id": deployment_id, "state": "unknown"}
         return base | {"device_states": devices}
+
+    def deployment_status(self, deployment_id: str) -> dict[str, Any]:
+        """A deployment with one entry per device: its last reported state, or ``pending`` (nothing
+        reported yet) or ``superseded`` (unfinished here, and a newer deployment targets the device)."""
+        rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
+        if not rows:
+            raise NotFound(f"no deployment {deployment_id!r}")
+        dep = rows[0]
+        reported = {
+            r["device"]: r
+            for r in self._query(
+                "SELECT device, model, version, state, reason, progress, received FROM deployment_devices "
+                "WHERE deployment = ?",
+                [deployment_id],
+            )
+        }
+        newer = {
+            r["device"]: r["deployment"]
+            for r in self._query(
+                "SELECT j.value AS device, d.id AS deployment FROM deployments d, json_each(d.devices) j "
+                "WHERE d.created > ? ORDER BY d.created",
+                [dep["created"]],
+            )
+        }
+        first = dep["models"][0] if dep["models"] else {}
+        devices = []
+        for device in sorted(set(dep["devices"]) | set(reported)):
+            row = reported.get(device)
+            state, reason = (row["state"], row["reason"]) if row else ("pending", None)
+            if state in UNFINISHED_STATES and device in newer:
+                state, reason = "superseded", f"deployment {newer[device]} replaced this one"
+            devices.append(
+                {
+                    "device": device,
+                    "state": state,
+                    "version": row["version"] if row else first.get("version"),
+                    "progress": row["progress"] if row else None,
+                    "reason": reason,
+                    "updated": row["received"] if row else None,
+                }
+            )
+        summary: dict[str, int] = {}
+        for d in devices:
+            summary[d["state"]] = summary.get(d["state"], 0) + 1
+        return {
+            "id": dep["id"],
+            "model": first.get("model"),
+            "version": first.get("version"),
+            "models": dep["models"],
+            "created": dep["created"],
+            "note": dep["note"],
+            "devices": devices,
+            "summary": summary,
+        }

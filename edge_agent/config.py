@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
+from edge_agent.sync.settings import SyncConfig
 
 ENV_PREFIX = "EDGE_"
 ENV_CONFIG_FILE = "EDGE_CONFIG"
@@ -186,6 +187,7 @@ class AgentConfig(BaseModel):
     services: ServicesConfig = Field(default_factory=ServicesConfig, description="prep-pred, microservice.")
     camera: CameraConfig = Field(default_factory=CameraConfig, description="Edge-AI camera role.")
     up: UpConfig = Field(default_factory=UpConfig, description="`edge-agent up` supervisor.")
+    sync: SyncConfig = Field(default_factory=SyncConfig, description="MQTT fleet link (sync role).")
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AgentConfig:
@@ -208,6 +210,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "services": ServicesConfig,
     "camera": CameraConfig,
     "up": UpConfig,
+    "sync": SyncConfig,
 }
 ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields if name not in SECTIONS}
 SECTION_ENV_VARS = {
@@ -291,3 +294,26 @@ def with_overrides(config: AgentConfig, **updates: Any) -> AgentConfig:
         return AgentConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError([str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]) from None
+
+
+def _env_text(value: Any, dumped: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return dumped if isinstance(dumped, str) else json.dumps(dumped)
+
+
+def config_to_env(config: AgentConfig) -> dict[str, str]:
+    """The validated config as ``EDGE_*`` variables (secrets included), for child processes."""
+    env: dict[str, str] = {}
+    dumped = config.model_dump(mode="json")
+    for name in AgentConfig.model_fields:
+        value = getattr(config, name)
+        if name in SECTIONS:
+            for field in SECTIONS[name].model_fields:
+                inner = getattr(value, field)
+                if inner is not None:
+                    key = f"{ENV_PREFIX}{name.upper()}__{field.upper()}"
+                    env[key] = _env_text(inner, dumped[name][field])
+        elif value is not None:
+            env[ENV_PREFIX + name.upper()] = _env_text(value, dumped[name])
+    return env

@@ -104,6 +104,17 @@ ROLES: dict[str, Role] = {
             "edge AI",
         ),
         Role(
+            "sync",
+            "edge_agent.sync.agent",
+            "MQTT fleet link: results out (outbox, end-to-end acks), commands and model updates in.",
+            (
+                Arg(("--broker-host",), "override sync.broker_host"),
+                Arg(("--broker-port",), "override sync.broker_port", {"type": int}),
+                Arg(("--drain",), "exit once the outbox is empty and acknowledged", {"action": "store_true"}),
+            ),
+            "fleet link",
+        ),
+        Role(
             "up",
             "edge_agent.supervisor",
             "Start the configured roles as child processes, restart crashed ones, stop all on SIGTERM.",

@@ -125,6 +125,17 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     );
     """,
+    # 2: commands received over the fleet link, for at-most-once execution
+    """
+    CREATE TABLE IF NOT EXISTS sync_commands (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        received REAL NOT NULL,
+        finished REAL,
+        reply TEXT
+    );
+    CREATE INDEX IF NOT EXISTS sync_commands_by_received ON sync_commands (received);
+    """,
 )
 
 

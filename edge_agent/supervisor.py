@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, config_to_env
 from edge_agent.errors import ConfigError
 from edge_agent.roles import ROLES
 from edge_agent.runtime.store import atomic_write
@@ -161,8 +161,6 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
 
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``up`` role."""
-    from edge_agent.serving.server import config_to_env
-
     for spec in config.up.roles:
         role_command(spec)  # every spec checked before anything starts
     if (args.profile or config.up.profile) == "all-in-one":

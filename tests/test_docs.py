@@ -26,3 +26,12 @@ def test_readme_quick_start_has_exactly_two_commands() -> None:
     block = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     commands = [line for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert [c.split("#")[0].strip() for c in commands] == ["make demo", "make test"]
+
+
+def test_config_survives_the_trip_to_child_processes() -> None:
+    from edge_agent.config import config_to_env, load_config
+
+    config = load_config(env={"EDGE_SYNC__PASSWORD": "pw", "EDGE_API_TOKEN": "t", "EDGE_WORKER__LEASE_S": "7"})
+    env = config_to_env(config)
+    assert env["EDGE_SYNC__PASSWORD"] == "pw" and env["EDGE_API_TOKEN"] == "t"  # secrets passed, not masked
+    assert load_config(env=env) == config

@@ -41,18 +41,6 @@ COMMAND_NAMES: tuple[str, ...] = get_args(CommandName)
 BATCH_TRIGGER = "batch.trigger"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# Until storage.py's migrations take it over, this module creates its one table.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sync_commands (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    received REAL NOT NULL,
-    finished REAL,
-    reply TEXT
-);
-CREATE INDEX IF NOT EXISTS sync_commands_by_received ON sync_commands (received)
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
@@ -206,11 +194,7 @@ class CommandLog:
     """Ids of commands received, with their replies (table ``sync_commands``)."""
 
     def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        with storage.transaction() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        self.storage = storage  # the table is created by storage.py's migrations
 
     def claim(self, cmd: Command) -> CommandReply | None:
         """None if ``cmd`` is new (now claimed); else the reply to send instead of running it again."""

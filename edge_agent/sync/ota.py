@@ -162,6 +162,11 @@ class OtaUpdater:
             if installed_now:
                 self._remove_failed(name, version)
             return self._emit(deployment, name, version, "failed", _reason(exc), final=True)
+        except OSError as exc:  # disk full, permissions: worth another try once fixed
+            logger.error("update of %s/%s: %s", name, version, exc)
+            if installed_now:
+                self._remove_failed(name, version)
+            return self._emit(deployment, name, version, "failed", f"io_error: {exc}", final=True, retry=True)
         except Exception as exc:  # a bug costs this update, never the agent
             logger.exception("update of %s/%s crashed", name, version)
             if installed_now:

@@ -1,9 +1,10 @@
 """What the sync role needs around :class:`edge_agent.sync.ota.OtaUpdater`.
 
 - ``StoreActivator``: activation for a process that serves nothing. It loads
-  and self-tests the version in this process, closes it, and switches the
-  store's pointer (the file every serving role follows), so the sync role
-  keeps no model in memory.
+  and self-tests the version in a short-lived child process (spawned: the sync
+  role itself never imports onnxruntime or LiteRT, memory being the Pi's
+  scarcest resource), then switches the store's pointer (the file every
+  serving role follows).
 - ``OtaRunner``: runs updates on its own thread, so a download never blocks
   the MQTT loop. The desired state is retained: only the latest one matters,
   so a desired state that arrives while another is applied replaces any that
@@ -14,9 +15,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.backends import BackendOptions
 from edge_agent.runtime.store import ModelStore, SelfTestReport
 from edge_agent.sync.ota import OtaUpdater
@@ -25,21 +31,44 @@ from edge_agent.sync.protocol import ModelsDesired, ModelsReported, UpdateOutcom
 logger = logging.getLogger(__name__)
 
 
+def _load_and_test(
+    root: Path, state: Path, name: str, version: str, options: BackendOptions
+) -> SelfTestReport:
+    """Verify, load and self-test one version; raises unless it passed (runs in a child process)."""
+    model, report = ModelStore(root, state).load(name, version, options)
+    model.close()
+    return report
+
+
 class StoreActivator:
-    def __init__(self, store: ModelStore, options: BackendOptions | None = None) -> None:
+    """Load + self-test, then switch the store's pointer. With ``isolate`` (the default) the load
+    runs in a short-lived child process, so the sync role never imports a runtime library."""
+
+    def __init__(
+        self, store: ModelStore, options: BackendOptions | None = None, *, isolate: bool = True
+    ) -> None:
         self.store = store
         self.options = options or BackendOptions()
+        self.isolate = isolate
+
+    def _check(self, name: str, version: str) -> SelfTestReport:
+        args = (self.store.root, self.store.state_path, name, version, self.options)
+        if not self.isolate:
+            return _load_and_test(*args)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                return pool.submit(_load_and_test, *args).result()
+            except BrokenProcessPool:
+                raise EdgeAgentError(f"the self-test of {name}/{version} crashed its process") from None
 
     def activate(self, name: str, version: str) -> SelfTestReport:
-        model, report = self.store.load(name, version, self.options)  # raises unless the self-test passed
-        model.close()
+        report = self._check(name, version)
         self.store.set_active(name, version)
         return report
 
     def rollback(self, name: str) -> str:
         target = self.store.rollback_target(name)
-        model, _ = self.store.load(name, target, self.options)
-        model.close()
+        self._check(name, target)
         self.store.mark_rolled_back(name, target)
         return target
 

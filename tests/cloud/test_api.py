@@ -256,7 +256,8 @@ def test_models_and_deployments_show_what_the_store_has(api: httpx.Client, db: P
     assert api.get("/models/none").status_code == 404
     assert [d["id"] for d in api.get("/deployments").json()["deployments"]] == ["dep-1"]
     dep = api.get("/deployments/dep-1").json()
-    assert (dep["devices"], dep["device_states"]) == (["dev-x"], [])
+    assert (dep["model"], dep["version"], dep["created"]) == ("iris", "3", 6.0)
+    assert [(d["device"], d["state"], d["updated"]) for d in dep["devices"]] == [("dev-x", "pending", None)]
 
 
 # -- configuration and the command line ------------------------------------------------------------------

@@ -68,7 +68,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     # version 2 published through the real command line
     make_version(packages, "2")
     cli = [sys.executable, "-m", "cloud_sync.cli", "models", "publish", str(packages / "iris" / "2")]
-    cli += ["--key", str(keys.private), "--db", str(db), "--artifact-dir", str(artifacts)]
+    cli += ["--key", str(keys.private), "--db", str(db)]  # archives go to artifacts/ beside the db
     done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["key_id"] == keys.key_id
@@ -186,6 +186,44 @@ def test_sync_role_activation_switches_the_store_pointer(tmp_path: Path, cloud: 
         assert gateway.predict("iris", {"float_input": ROW}).version == "2"
     finally:
         runner.stop()
+
+
+SYNC_ROLE = """
+import json, sys
+from pathlib import Path
+from edge_agent.runtime.store import ModelStore
+from edge_agent.sync.ota import OtaSettings, OtaUpdater
+from edge_agent.sync.ota_runner import StoreActivator
+from edge_agent.sync.protocol import ModelsDesired
+root = Path(sys.argv[1])
+store = ModelStore(root / "models", root / "state" / "store-state.json")
+settings = OtaSettings.in_data_dir(root / "data", Path(sys.argv[2]))
+updater = OtaUpdater(store, StoreActivator(store), settings, lambda o: None)
+finals = [updater.apply(ModelsDesired.model_validate_json(arg))[0] for arg in sys.argv[3:]]
+runtimes = sorted(m for m in ("onnxruntime", "ai_edge_litert", "cv2") if m in sys.modules)
+print(json.dumps({"finals": [f.model_dump() for f in finals], "runtimes": runtimes}))
+"""
+
+
+def test_sync_role_self_tests_in_a_child_process(tmp_path: Path, cloud: Cloud) -> None:
+    device_store(tmp_path)
+    msgs = [desired(DEVICE, signed_model(cloud.rows[v], cloud.base)).model_dump_json() for v in ("3", "2")]
+    done = subprocess.run(
+        [sys.executable, "-c", SYNC_ROLE, str(tmp_path), str(cloud.trusted), *msgs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    failed, active = out["finals"]
+    assert failed["state"] == "failed" and failed["reason"].startswith("self_test_failed: iris/3"), failed
+    assert (active["state"], active["version"]) == ("active", "2")
+    assert out["runtimes"] == []  # the runtime ran in the child only
+    assert (
+        ModelStore(tmp_path / "models", tmp_path / "state" / "store-state.json").active_version("iris") == "2"
+    )
 
 
 # -- resume --------------------------------------------------------------------------------------

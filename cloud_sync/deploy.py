@@ -1,0 +1,221 @@
+"""Signed model updates, cloud side: signing keys, publish, deploy, rollout state.
+
+- ``generate_keys``: a new Ed25519 key pair (private PEM mode 0600, public PEM
+  for the devices' trusted-keys file).
+- ``publish``: pack a verified model package into a tar archive named by its
+  sha256 in the artifact directory, sign the manifest, record the version in
+  the store. Versions are immutable: publishing the same version with other
+  content is refused; publishing the same package again changes nothing.
+- ``deploy``: a deployment of one model version to devices (or every known
+  device): the signed model is published as each device's retained
+  ``edge/{device}/models/desired``. Devices report on ``models/reported``; the
+  ingest role stores those outcomes and ``Store.deployment_status`` shows them.
+
+Signing and verifying share ``edge_agent.sync.signing``; the archive format is
+``edge_agent.sync.archive``. Private keys are never logged or printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+from cloud_sync.config import CloudConfig
+from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
+from cloud_sync.mqtt import MqttLink
+from cloud_sync.store import Store
+from edge_agent.errors import EdgeAgentError
+from edge_agent.runtime.package import read_manifest
+from edge_agent.sync import protocol, signing
+from edge_agent.sync.archive import pack
+
+ARTIFACT_SUFFIX = ".tar"
+PUBLISH_WAIT_S = 5.0
+
+
+class SigningKeyError(InvalidRequest):
+    code = "signing_key_invalid"
+
+
+class PackageRejected(InvalidRequest):
+    code = "package_invalid"
+
+
+class VersionConflict(CloudSyncError):
+    status = 409
+    code = "version_conflict"
+
+
+def artifact_dir(config: CloudConfig) -> Path:
+    """Where archives live: ``artifacts/`` beside the database (one place for the CLI and the API)."""
+    return config.db_path.parent / "artifacts"
+
+
+def artifact_path(directory: Path, sha256: str) -> Path:
+    return directory / f"{sha256}{ARTIFACT_SUFFIX}"
+
+
+# -- keys -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeyFiles:
+    private: Path
+    public: Path
+    key_id: str
+
+
+def generate_keys(private: Path, public: Path | None = None) -> KeyFiles:
+    """Write a new key pair; never overwrites a file."""
+    public = public or private.with_name(private.name.removesuffix(".pem") + ".pub.pem")
+    key = signing.generate_key()
+    for path, data, mode in (
+        (private, signing.private_pem(key), 0o600),
+        (public, signing.public_pem(key.public_key()), 0o644),
+    ):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            raise SigningKeyError(f"{path} exists; not overwritten") from None
+        except OSError as exc:
+            raise SigningKeyError(f"cannot create {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    return KeyFiles(private, public, signing.key_id(key.public_key()))
+
+
+# -- publish ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Published:
+    model: str
+    version: str
+    sha256: str
+    size: int
+    key_id: str
+    artifact_url: str
+    signature: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def publish(store: Store, package_dir: Path, key_path: Path, artifacts: Path) -> Published:
+    """Pack, store and sign one package version; record it in the store."""
+    try:
+        key = signing.load_private_key(key_path)
+        manifest = read_manifest(package_dir)
+    except signing.SigningError as exc:
+        raise SigningKeyError(exc.message) from None
+    except EdgeAgentError as exc:
+        raise PackageRejected(exc.message) from None
+    artifacts.mkdir(parents=True, exist_ok=True)
+    sha, size = _pack(package_dir, artifacts)
+    doc = manifest.model_dump(mode="json")
+    signature, kid = signing.sign_manifest(doc, key)
+    try:
+        existing: str | None = store.model_version(manifest.name, manifest.version)["sha256"]
+    except NotFound:
+        existing = None
+    if existing is not None and existing != sha:
+        artifact_path(artifacts, sha).unlink(missing_ok=True)
+        raise VersionConflict(
+            f"{manifest.name} {manifest.version} is already published with other content "
+            f"(sha256 {existing[:16]}...); versions are immutable: publish a new version"
+        )
+    url = f"/artifacts/{sha}"
+    store.add_model_version(
+        manifest.name,
+        manifest.version,
+        doc,
+        sha256=sha,
+        created=time.time(),
+        artifact_url=url,
+        signature=signature,
+        key_id=kid,
+        description=manifest.description or None,
+    )
+    return Published(manifest.name, manifest.version, sha, size, kid, url, signature)
+
+
+def _pack(package_dir: Path, artifacts: Path) -> tuple[str, int]:
+    fd, tmp = tempfile.mkstemp(prefix=".publish.", suffix=ARTIFACT_SUFFIX, dir=artifacts)
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            try:
+                pack(package_dir, fh)
+            except EdgeAgentError as exc:
+                raise PackageRejected(exc.message) from None
+            fh.flush()
+            os.fsync(fh.fileno())
+            size = fh.tell()
+            fh.seek(0)
+            sha = hashlib.file_digest(fh, "sha256").hexdigest()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, artifact_path(artifacts, sha))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return sha, size
+
+
+# -- deploy -----------------------------------------------------------------------------------
+def deploy(
+    store: Store,
+    link: MqttLink,
+    model: str,
+    version: str,
+    *,
+    devices: list[str] | None = None,
+    all_devices: bool = False,
+    base_url: str,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Create a deployment and set every target's retained desired state; returns its status."""
+    row = store.model_version(model, version)
+    if not row.get("signature") or not row.get("key_id"):
+        raise InvalidRequest(f"{model} {version} is not signed: publish it with `cloud-sync models publish`")
+    if all_devices == bool(devices):
+        raise InvalidRequest("name the devices, or deploy to all of them; not both, not neither")
+    targets = sorted({d["id"] for d in store.devices()} if all_devices else set(devices or []))
+    if not targets:
+        raise InvalidRequest("no devices to deploy to: the cloud has heard from none yet")
+    bad = [d for d in targets if not protocol.DEVICE_RE.match(d)]
+    if bad:
+        raise InvalidRequest(f"invalid device ids: {bad[:5]}")
+    if not link.connected:
+        raise BrokerError("not connected to the broker; try again shortly")
+    signed = protocol.SignedModel(
+        manifest=row["manifest"],
+        signature=row["signature"],
+        key_id=row["key_id"],
+        artifact_url=urljoin(base_url, row["artifact_url"]),
+        artifact_sha256=row["sha256"],
+    )
+    deployment_id = uuid.uuid4().hex
+    now = time.time()
+    store.create_deployment(deployment_id, [{"model": model, "version": version}], targets, now, note)
+    failed: list[str] = []
+    for device in targets:
+        msg = protocol.ModelsDesired(device=device, deployment=deployment_id, models=[signed], ts=now)
+        try:
+            payload = protocol.encode(msg)
+            link.publish(
+                protocol.topic(device, "models_desired"), payload, qos=1, retain=True, wait_s=PUBLISH_WAIT_S
+            )
+        except (BrokerError, protocol.ProtocolError) as exc:
+            failed.append(f"{device}: {exc.message}")
+    if failed:
+        raise BrokerError(
+            f"deployment {deployment_id} created, but its desired state was not published to "
+            f"{len(failed)} devices (deploy again): {'; '.join(failed[:5])}",
+            deployment=deployment_id,
+        )
+    return store.deployment_status(deployment_id)
