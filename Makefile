@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STATE ?= var/demo
 
-.PHONY: demo test lint typecheck unit setup models bench clean
+.PHONY: demo demo-models mosquitto test lint typecheck unit setup models bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,22 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+# The main job: a broker, the cloud service and two device agents, sample traffic, a rollout.
+demo: $(STAMP) mosquitto
+	$(BIN)/python demo/fleet.py
+
+# Every bundled model on its sample inputs, offline (no broker, no server).
+demo-models: $(STAMP)
 	$(BIN)/edge-agent --data-dir $(DEMO_STATE) demo
 
+# The MQTT broker from Debian's packages (the tests and the demo start their own on free ports).
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+	  { echo "installing mosquitto (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
 lint: $(STAMP)
-	$(BIN)/ruff check edge_agent cloud_sync tests bench models/scripts
-	$(BIN)/ruff format --check edge_agent cloud_sync tests bench
+	$(BIN)/ruff check edge_agent cloud_sync tests bench demo models/scripts
+	$(BIN)/ruff format --check edge_agent cloud_sync tests bench demo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -29,7 +39,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+test: mosquitto lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/runtime.py

@@ -311,9 +311,11 @@ def config_to_env(config: AgentConfig) -> dict[str, str]:
         if name in SECTIONS:
             for field in SECTIONS[name].model_fields:
                 inner = getattr(value, field)
+                key = f"{ENV_PREFIX}{name.upper()}__{field.upper()}"
                 if inner is not None:
-                    key = f"{ENV_PREFIX}{name.upper()}__{field.upper()}"
                     env[key] = _env_text(inner, dumped[name][field])
+                elif SECTIONS[name].model_fields[field].get_default(call_default_factory=True) is not None:
+                    env[key] = ""  # an explicit "none", e.g. batch.interval_s (run on demand only)
         elif value is not None:
             env[ENV_PREFIX + name.upper()] = _env_text(value, dumped[name])
     return env

@@ -27,6 +27,7 @@ from edge_agent.runtime.preprocess import Geometry, preprocess
 from edge_agent.runtime.store import ModelStore, SelfTestReport, version_key
 
 logger = logging.getLogger(__name__)
+FOLLOW_INTERVAL_S = 1.0  # how often a serving engine looks for versions switched by another process
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ class Engine:
         self.load_errors: dict[str, str] = {}
         self.reports: dict[tuple[str, str], SelfTestReport] = {}
         self._unloaded: set[str] = set()
+        self._state_seen = self._state_stamp()
+        self._next_follow = 0.0
         self._lock = threading.RLock()
 
     # -- lifecycle -------------------------------------------------------------
@@ -114,6 +117,10 @@ class Engine:
                     model=name,
                 )
             if version is None:
+                now = time.monotonic()
+                if now >= self._next_follow:
+                    self._next_follow = now + FOLLOW_INTERVAL_S
+                    self.follow_store()
                 version = self._active.get(name) or self._load_serving(name)
             else:
                 self.store.package_dir(name, version)  # 404s for unknown model / version
@@ -124,6 +131,39 @@ class Engine:
 
     def active_version(self, name: str) -> str | None:
         return self._active.get(name)
+
+    def _state_stamp(self) -> int | None:
+        try:
+            return self.store.state_path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def follow_store(self) -> list[str]:
+        """Serve what another process activated (an over-the-air update, the CLI).
+
+        Cheap when nothing changed (one stat of the store's state file). A version
+        that fails to load or self-test is logged and the current one keeps serving.
+        Returns the models switched."""
+        with self._lock:
+            stamp = self._state_stamp()
+            if stamp == self._state_seen:
+                return []
+            self._state_seen = stamp
+            switched = []
+            for name, serving in list(self._active.items()):
+                try:
+                    wanted = self.store.active_version(name)
+                    if wanted == serving:
+                        continue
+                    self._load(name, wanted)
+                except EdgeAgentError as exc:
+                    logger.error("not following %s to its new active version: %s", name, exc.message)
+                    self.load_errors[name] = exc.message
+                    continue
+                logger.info("following the store: %s %s -> %s", name, serving, wanted)
+                self._active[name] = wanted
+                switched.append(name)
+            return switched
 
     def loaded(self) -> list[tuple[str, str]]:
         return sorted(self._loaded)

@@ -43,6 +43,7 @@ from edge_agent.sync.protocol import (
     ResultsAck,
     Status,
     Telemetry,
+    UpdateOutcome,
     decode,
     encode,
     topic,
@@ -75,9 +76,14 @@ class SyncAgent:
         self.drain = drain
         self.storage = Storage.in_dir(config.data_dir)
         self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
-        ctx = CommandContext(config, self.storage, self.status, self.apply_settings, self._models_changed)
+        self.on_models_desired: Callable[[ModelsDesired], None] | None = None
+        self.ota, self.ota_runner = self._build_ota()
+        if self.ota_runner is not None:
+            self.on_models_desired = self.ota_runner.submit  # returns at once; the latest desired wins
+        ctx = CommandContext(
+            config, self.storage, self.status, self.apply_settings, self._models_changed, ota=self.ota
+        )
         self.commands = Commands(ctx, self.device)
-        self.on_models_desired: Callable[[ModelsDesired], None] | None = None  # the OTA module's hook
         self.rejected = 0
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._command_queue: queue.Queue[Message | None] = queue.Queue()
@@ -110,6 +116,9 @@ class SyncAgent:
             logger.info("stopping: publishing offline status, disconnecting")
             self._command_queue.put(None)
             worker.join(STOP_GRACE_S)
+            if self.ota_runner is not None:
+                self.ota_runner.stop()
+                self.ota.close()
             self.link.stop(last=self._status_message("offline"))
             self.storage.close()
             logger.info("sync role stopped; %d entries left in the outbox", self.outbox.depth())
@@ -321,6 +330,41 @@ class SyncAgent:
 
     def _models_changed(self) -> None:
         self._events.put(("models", None))
+
+    # -- over-the-air model updates ----------------------------------------------------
+    def _build_ota(self) -> tuple[Any, Any]:
+        """The updater and its thread, when a trusted key is configured (else updates are refused)."""
+        keys = self.settings.trusted_keys
+        if keys is None:
+            return None, None
+        from edge_agent.bootstrap import build_store
+        from edge_agent.runtime.backends import BackendOptions
+        from edge_agent.sync.ota import OtaSettings, OtaUpdater
+        from edge_agent.sync.ota_runner import OtaRunner, StoreActivator
+
+        store = build_store(self.config)
+        activator = StoreActivator(
+            store, BackendOptions(self.config.intra_op_threads, self.config.inter_op_threads)
+        )
+        s = self.settings
+        ota_settings = OtaSettings.in_data_dir(
+            Path(self.config.data_dir),
+            keys,
+            base_url=s.artifact_base_url,
+            max_artifact_bytes=s.max_artifact_mb * 1024 * 1024,
+            timeout_s=s.download_timeout_s,
+            attempts=s.download_attempts,
+        )
+        updater = OtaUpdater(store, activator, ota_settings, self._publish_outcome)
+        return updater, OtaRunner(updater)
+
+    def _publish_outcome(self, outcome: UpdateOutcome) -> None:
+        """Runs on the OTA thread: every step of an update goes out on models/reported (retained)."""
+        from edge_agent.sync.ota_runner import reported
+
+        self.publish("models_reported", reported(self.device, self.active_models(), outcome))
+        if outcome.state in ("active", "rolled_back"):
+            self._models_changed()
 
 
 # -- entry points -----------------------------------------------------------------------

@@ -51,6 +51,7 @@ class CommandContext:
     status: Callable[[], dict[str, Any]]
     apply_settings: Callable[[Mapping[str, Any]], None]
     models_changed: Callable[[], None]
+    ota: Any = None  # the OtaUpdater when updates are configured: rollbacks then go through it
 
 
 _A = TypeVar("_A", bound=BaseModel)
@@ -120,25 +121,26 @@ def list_models(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:
 
 def activate(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:
     """Verify and self-test the version in this process, then switch the store's pointer."""
+    from edge_agent.sync.ota_runner import StoreActivator
+
     a = _args(_ActivateArgs, args)
-    store = _store(ctx)
-    model, report = store.load(a.model, a.version, _backend_options(ctx))
-    model.close()
-    store.set_active(a.model, a.version)
+    report = StoreActivator(_store(ctx), _backend_options(ctx)).activate(a.model, a.version)
     ctx.models_changed()
     return {"model": a.model, "version": a.version, "self_test": report.message}
 
 
 def rollback(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:
+    from edge_agent.sync.ota_runner import StoreActivator
+
     a = _args(_ModelArgs, args)
     store = _store(ctx)
     previous = store.active_version(a.model)
-    target = store.rollback_target(a.model)
-    model, report = store.load(a.model, target, _backend_options(ctx))
-    model.close()
-    store.mark_rolled_back(a.model, target)
+    if ctx.ota is not None:  # reported on models/reported too, and remembered by the updater
+        target = ctx.ota.rollback(a.model).version
+    else:
+        target = StoreActivator(store, _backend_options(ctx)).rollback(a.model)
     ctx.models_changed()
-    return {"model": a.model, "version": target, "previous": previous, "self_test": report.message}
+    return {"model": a.model, "version": target, "previous": previous}
 
 
 def run_batch(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:

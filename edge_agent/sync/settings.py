@@ -64,6 +64,15 @@ class SyncConfig(BaseModel):
     command_memory_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="How long executed command ids are remembered."
     )
+    trusted_keys: Path | None = Field(
+        default=None, description="PEM file of the Ed25519 public keys model updates must be signed with."
+    )
+    artifact_base_url: str | None = Field(
+        default=None, description="Base URL of the cloud API for relative artifact URLs."
+    )
+    max_artifact_mb: int = Field(default=512, ge=1, le=65_536, description="Largest model archive accepted.")
+    download_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Timeout of one HTTP read.")
+    download_attempts: int = Field(default=3, ge=1, le=100, description="Tries of one artifact download.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SyncConfig:

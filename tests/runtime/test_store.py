@@ -140,3 +140,24 @@ def test_corrupt_state_file_falls_back_to_newest(make_store) -> None:
     store.state_path.parent.mkdir(parents=True, exist_ok=True)
     store.state_path.write_text("{not json")
     assert store.active_version("iris") == "1"
+
+
+def test_serving_engine_follows_a_version_activated_by_another_process(make_store) -> None:
+    import time
+
+    store = make_store("iris")
+    _add_version(store, "iris", "1", "2")
+    serving = Engine(store)
+    serving.activate("iris", "1")
+    assert serving.predict("iris", {"float_input": ROW}).version == "1"
+    other = Engine(ModelStore(store.root, store.state_path))  # e.g. the sync role applying an update
+    other.activate("iris", "2")
+    time.sleep(1.1)  # the serving engine looks at most once a second
+    assert serving.predict("iris", {"float_input": ROW}).version == "2"
+    # a version corrupted on disk and then activated elsewhere is refused; the current one keeps serving
+    pkg = _add_version(store, "iris", "1", "3")
+    flip_byte(pkg / "model.onnx")
+    store.set_active("iris", "3")  # forced, as a broken tool might
+    time.sleep(1.1)
+    assert serving.predict("iris", {"float_input": ROW}).version == "2"
+    assert "tampered" in (serving.load_errors.get("iris") or "")
