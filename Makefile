@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STATE ?= var/demo
 
-.PHONY: demo demo-models mosquitto test lint typecheck unit setup models bench clean
+.PHONY: demo demo-models mosquitto chromium test lint typecheck unit setup models bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,13 @@ demo: $(STAMP) mosquitto
 demo-models: $(STAMP)
 	$(BIN)/edge-agent --data-dir $(DEMO_STATE) demo
 
-# The MQTT broker from Debian's packages (the tests and the demo start their own on free ports).
+# Debian packages: the MQTT broker (demo and tests start their own on free ports) and
+# Chromium for the dashboard's browser tests (Playwright drives it; no browser download).
 mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
-	  { echo "installing mosquitto (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@bash scripts/sysdeps.sh mosquitto:/usr/sbin/mosquitto
+
+chromium:
+	@bash scripts/sysdeps.sh chromium:/usr/bin/chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge_agent cloud_sync tests bench demo models/scripts
@@ -39,7 +42,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: mosquitto lint typecheck unit
+test: mosquitto chromium lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/runtime.py

@@ -7,14 +7,14 @@ the ingest role; ``GET /commands/{id}?wait=N`` polls the store until the reply
 is there. ``GET /artifacts/{sha256}`` serves model package archives with HTTP
 Range support, so devices resume interrupted downloads. With ``api_token`` set,
 every endpoint but ``/health`` and ``/artifacts/`` needs ``Authorization: Bearer
-<token>``. Errors are JSON ``{"error", "code"}``, mapped from
+<token>``; the dashboard (:mod:`cloud_sync.dashboard`, under ``/dashboard/``) adds a session-cookie
+login that also opens the API (see docs/dashboard.md). Errors are JSON ``{"error", "code"}``, mapped from
 ``CloudSyncError.status`` in one handler.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import socket
@@ -33,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from cloud_sync import __version__, deploy
+from cloud_sync import __version__, dashboard, deploy
 from cloud_sync.config import CloudConfig
-from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound, Unauthorized
+from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import BrokerSettings, MqttLink
 from cloud_sync.store import ResultQuery, Store
 from edge_agent.sync import protocol
@@ -256,12 +256,15 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
         BrokerSettings.from_config(config), f"cloud-api-{socket.gethostname()[:40]}-{os.getpid()}"
     )
     cloud = Cloud(config, store, link)
+    feed: dashboard.Feed | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cloud.link.start(wait_s=None)  # connects (and reconnects) in the background
         logger.info("cloud API ready (database %s)", config.db_path)
         yield
+        if feed is not None:
+            await feed.close()
         cloud.link.close()
         cloud.store.close()
 
@@ -282,20 +285,17 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
         }
 
     app.include_router(router)
+    feed = dashboard.mount(app, config, store, link)
     _install_error_handlers(app)
     app.middleware("http")(_gate)
     return app
 
 
 async def _gate(request: Request, call_next: Any) -> Response:
-    """Token and body size, checked before any parsing (so no 422 leaks past a missing token)."""
-    token = _cloud(request).config.api_token
-    path = request.url.path
-    if token is not None and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
-            exc = Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
-            return JSONResponse(exc.to_dict(), status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
+    """Login (token or session + CSRF) and body size, checked before any parsing (no 422 leaks)."""
+    refused = dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
+    if refused is not None:
+        return refused
     declared = request.headers.get("content-length", "0")
     if not declared.isdigit():
         return _error(400, "invalid Content-Length header", "bad_request")
@@ -342,4 +342,5 @@ def serve(config: CloudConfig) -> None:
         port=config.api_port,
         log_level=config.log_level.lower(),
         access_log=config.log_level == "DEBUG",
+        timeout_graceful_shutdown=3,  # open event streams (dashboard) never end on their own
     )

@@ -84,6 +84,19 @@ class CloudConfig(BaseModel):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token required on every endpoint but /health when set."
     )
+    dashboard_user: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Dashboard login user name."
+    )
+    dashboard_password_hash: SecretStr | None = Field(
+        default=None,
+        description="scrypt hash of the dashboard password (python -m cloud_sync.dashboard.auth).",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None, description="Key signing dashboard session cookies (default: random per process)."
+    )
+    session_max_age_s: int = Field(
+        default=12 * 3600, ge=60, le=30 * 24 * 3600, description="Dashboard sessions expire after this."
+    )
     command_expiry_s: int = Field(
         default=300, ge=1, le=7 * 24 * 3600, description="Commands undelivered by then are dropped (MQTT 5)."
     )
@@ -127,6 +140,8 @@ def cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append("broker_ca_file/broker_cert_file/broker_key_file need broker_tls = true")
     if values.get("broker_password") is not None and values.get("broker_username") is None:
         problems.append("broker_password is set without broker_username")
+    if (values.get("dashboard_user") is None) != (values.get("dashboard_password_hash") is None):
+        problems.append("dashboard_user and dashboard_password_hash go together: set both or neither")
     host = values.get("api_host", "127.0.0.1")
     if host not in LOOPBACK_HOSTS and values.get("api_token") is None:
         problems.append(
@@ -136,7 +151,7 @@ def cross_checks(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-SECRET_FIELDS = ("broker_password", "api_token")
+SECRET_FIELDS = ("broker_password", "api_token", "dashboard_password_hash", "session_secret")
 ENV_VARS: dict[str, str] = {ENV_PREFIX + name.upper(): name for name in CloudConfig.model_fields}
 
 
