@@ -10,7 +10,8 @@ uvloop with httptools' C parser and pre-serialised request bytes, a few tens of
 microseconds of CPU per request, so one core of it outruns one core of server. It can
 run for a fixed time (``warmup_s`` discarded, then ``duration_s`` measured: throughput is
 the answers completed inside the window over its length, latencies are theirs) or for a
-fixed number of requests after a warm-up (``requests``).
+fixed number of requests after a warm-up (``requests``). A slow cell's window is extended
+until it holds 20 answers (30 s at most), so throughput is never counted from a handful.
 
 Every answer, warm-up included, is checked against the raw runtime's answer for its
 input once the cell is over (so checking costs no client time while it is timed): status
@@ -53,6 +54,9 @@ import orjson
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 60.0
 MAX_WRONG_EXAMPLES = 3
+MIN_CPU_WINDOW_S = 0.5
+MIN_WINDOW_ANSWERS = 20  # a measured window lasts until it holds this many answers...
+MAX_WINDOW_EXTENSION_S = 30.0  # ...at most this much longer than asked
 IOU_MIN = 0.9
 SCORE_ATOL = 0.01
 
@@ -247,16 +251,24 @@ class CellResult:
     mean_batch: float | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
     server_cpu: float | None = None  # cores busy in the server process during the window
-    client_cpu: float = 0.0  # cores busy in this process during the window
+    client_cpu: float | None = None  # cores busy in this process during the window
+    other_cpu: float | None = None  # cores busy in every other process during the window (noise)
+    cache_hits: float | None = None  # answers the gateway's prediction cache gave in the window
 
 
 _SAMPLE = re.compile(r"^(edge_batch_size|edge_stage_seconds)_(sum|count)\{([^}]*)\} ([0-9.eE+-]+)$")
+_CACHE_HITS = re.compile(r"^edge_cache_events_total\{([^}]*)\} ([0-9.eE+-]+)$")
 
 
 def parse_metrics(text: str, model: str) -> dict[str, float]:
-    """{"batch_sum", "batch_count", "stage.<name>.sum", "stage.<name>.count"} of one model."""
+    """{"batch_sum", "batch_count", "stage.<name>.sum", "stage.<name>.count", "cache_hits"} of
+    one model (cache hits: of the prediction cache, which has no model label)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
+        hits = _CACHE_HITS.match(line)
+        if hits and 'cache="prediction"' in hits.group(1) and 'event="hit"' in hits.group(1):
+            out["cache_hits"] = float(hits.group(2))
+            continue
         m = _SAMPLE.match(line)
         if not m or f'model="{model}"' not in m.group(3):
             continue
@@ -282,6 +294,29 @@ async def scrape(host: str, port: int, path: str, model: str) -> dict[str, float
     return parse_metrics(body.decode(), model)
 
 
+def cpu_jiffies() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy, total) clock ticks since boot, from /proc/stat."""
+    out: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *vals = line.split()
+                ticks = [int(v) for v in vals[:8]]  # user nice system idle iowait irq softirq steal
+                total = sum(ticks)
+                out[int(name[3:])] = (total - ticks[3] - ticks[4], total)
+    return out
+
+
+def busy_cores(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """Cores busy between two ``cpu_jiffies`` readings (all CPUs together)."""
+    busy = 0.0
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (b1, t1))
+        if t1 > t0:
+            busy += (b1 - b0) / (t1 - t0)
+    return busy
+
+
 def _server_cpu_s(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -293,6 +328,10 @@ def _server_cpu_s(pid: int | None) -> float | None:
 
 
 Record = tuple[float, float, int, int, bytes, int | None]  # start, end, request index, status, body, ihcl
+
+
+def _answered_in(records: list[Record], t0: float) -> int:
+    return sum(1 for r in records if r[1] >= t0)
 
 
 async def run_cell(spec: dict[str, Any], concurrency: int) -> CellResult:
@@ -340,7 +379,7 @@ async def run_cell(spec: dict[str, Any], concurrency: int) -> CellResult:
     tasks = [asyncio.ensure_future(worker(w, c)) for w, c in enumerate(conns)]
     try:
         if count_mode:
-            cpu0, srv0 = time.process_time(), _server_cpu_s(pid)
+            cpu0, srv0, jif0 = time.process_time(), _server_cpu_s(pid), cpu_jiffies()
             await asyncio.gather(*tasks)
             t_w0 = state["t_first"] or time.perf_counter()
             t_w1 = max((r[1] for r in records), default=t_w0)
@@ -349,11 +388,19 @@ async def run_cell(spec: dict[str, Any], concurrency: int) -> CellResult:
             await asyncio.sleep(float(spec["warmup_s"]))
             if metrics_path:
                 m0 = await scrape(host, port, metrics_path, model)
-            cpu0, srv0 = time.process_time(), _server_cpu_s(pid)
+            cpu0, srv0, jif0 = time.process_time(), _server_cpu_s(pid), cpu_jiffies()
             t_w0 = time.perf_counter()
             await asyncio.sleep(float(spec["duration_s"]))
+            # a slow cell (large bodies, high concurrency) gets a longer window: enough answers to count
+            want = MIN_WINDOW_ANSWERS
+            seen, answered = len(records), _answered_in(records, t_w0)
+            extend_until = time.perf_counter() + MAX_WINDOW_EXTENSION_S
+            while answered + len(records) - seen < want and len(failures) < concurrency:
+                if time.perf_counter() > extend_until:
+                    break
+                await asyncio.sleep(0.05)
             t_w1 = time.perf_counter()
-        cpu1, srv1 = time.process_time(), _server_cpu_s(pid)
+        cpu1, srv1, jif1 = time.process_time(), _server_cpu_s(pid), cpu_jiffies()
         if metrics_path:
             m1 = await scrape(host, port, metrics_path, model)
     finally:
@@ -372,10 +419,15 @@ async def run_cell(spec: dict[str, Any], concurrency: int) -> CellResult:
         res.p50_ms = float(np.percentile(lat, 50))
         res.p99_ms = float(np.percentile(lat, 99))
         res.mean_ms = float(lat.mean())
-    res.client_cpu = round((cpu1 - cpu0) / span, 3)
-    if srv0 is not None and srv1 is not None:
-        res.server_cpu = round((srv1 - srv0) / span, 3)
+    if span >= MIN_CPU_WINDOW_S:  # clock ticks are 10 ms: too coarse for a shorter window
+        res.client_cpu = round((cpu1 - cpu0) / span, 3)
+        if srv0 is not None and srv1 is not None:
+            res.server_cpu = round((srv1 - srv0) / span, 3)
+        if jif0 and jif1:
+            others = busy_cores(jif0, jif1) - res.client_cpu - (res.server_cpu or 0.0)
+            res.other_cpu = round(max(0.0, others), 3)
     if metrics_path:
+        res.cache_hits = m1.get("cache_hits", 0.0) - m0.get("cache_hits", 0.0)
         d_count = m1.get("batch_count", 0.0) - m0.get("batch_count", 0.0)
         if d_count > 0:
             res.mean_batch = (m1.get("batch_sum", 0.0) - m0.get("batch_sum", 0.0)) / d_count

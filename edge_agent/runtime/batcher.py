@@ -25,6 +25,7 @@ import numpy as np
 from edge_agent.errors import EdgeAgentError, InferenceError
 
 Tensors = dict[str, np.ndarray]
+IDLE_YIELDS = 3  # event-loop turns without a new request before a gathering batch runs
 RunFn = Callable[[Tensors], Tensors]
 
 
@@ -106,8 +107,17 @@ class Batcher:
             batch: list[_Item] = []
             rows = self._take(batch, 0)
             if self._last_batch > 1 and rows < self.max_batch_size and self.max_queue_delay_s > 0:
-                await asyncio.sleep(self.max_queue_delay_s)
-                rows = self._take(batch, rows)
+                # Under load: gather more, but only while requests keep arriving. Yield to the
+                # event loop (requests being parsed get queued) and stop after a few idle yields
+                # or at the delay, whichever comes first: a fixed sleep would idle the runtime.
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.max_queue_delay_s
+                idle = 0
+                while rows < self.max_batch_size and idle < IDLE_YIELDS and loop.time() < deadline:
+                    await asyncio.sleep(0)
+                    more = self._take(batch, rows)
+                    idle = 0 if more > rows else idle + 1
+                    rows = more
             batch = [it for it in batch if not it.future.done()]
             if not batch:
                 continue

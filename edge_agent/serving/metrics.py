@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -65,15 +67,19 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self._stage_children: dict[str, list[tuple[str, Any]]] = {}
         self.models_loaded = Gauge("edge_models_loaded", "Model versions loaded in this process.", registry=r)
         self.cache = Counter(
             "edge_cache_events", "Cache hits, misses and evictions.", ["cache", "event"], registry=r
         )
 
     def observe_stages(self, model: str, timings_ms: dict[str, float]) -> None:
-        for stage in STAGES:
+        children = self._stage_children.get(model)
+        if children is None:  # labels() costs a lock and a dict lookup: do it once per model
+            children = self._stage_children[model] = [(s, self.stage.labels(model, s)) for s in STAGES]
+        for stage, child in children:
             if stage in timings_ms:
-                self.stage.labels(model, stage).observe(timings_ms[stage] / 1000.0)
+                child.observe(timings_ms[stage] / 1000.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
