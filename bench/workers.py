@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,20 +50,33 @@ def _children(pid: int) -> list[int]:
 
 
 async def _load(url: str, seconds: float, concurrency: int) -> tuple[int, int]:
+    """Closed-loop keep-alive clients on uvloop + httptools (bench/loadgen.py), pre-built requests."""
+    import uvloop
+
+    from bench.loadgen import build_request, connect
+
+    host, port_path = url.removeprefix("http://").split(":", 1)
+    port, path = port_path.split("/", 1)
+    req = build_request(
+        "POST", host, int(port), "/" + path, json.dumps(BODY).encode(), {"Content-Type": "application/json"}
+    )
     ok = wrong = 0
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    conns = [await connect(host, int(port)) for _ in range(concurrency)]
     stop = time.monotonic() + seconds
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=30) as client:
 
-        async def one() -> None:
-            nonlocal ok, wrong
-            while time.monotonic() < stop:
-                r = await client.post(url, json=BODY)
-                if r.status_code == 200 and r.json()["results"][0]["label"] == "setosa":
-                    ok += 1
-                else:
-                    wrong += 1
+    async def one(conn: Any) -> None:
+        nonlocal ok, wrong
+        while time.monotonic() < stop:
+            status, body, _ = await conn.request(req)
+            if status == 200 and json.loads(body)["results"][0]["label"] == "setosa":
+                ok += 1
+            else:
+                wrong += 1
 
-        await asyncio.gather(*(one() for _ in range(concurrency)))
+    await asyncio.gather(*(one(c) for c in conns))
+    for c in conns:
+        c.close()
     return ok, wrong
 
 
@@ -104,7 +118,8 @@ def run_round(work: Path, workers: int, seconds: float, concurrency: int) -> dic
         load = subprocess.run(
             [
                 sys.executable,
-                __file__,
+                "-m",
+                "bench.workers",
                 "--load",
                 f"{url}/v1/models/iris/predict",
                 "--seconds",
@@ -156,8 +171,8 @@ def main() -> int:
             run_round(work, w, args.seconds, args.concurrency) for _ in range(args.rounds) for w in (1, 2)
         ]
         print(
-            "\n| workers | req/s (iris, /v1, c=%d) | wrong | RSS all gateway processes MiB | RSS per worker MiB |"
-            % args.concurrency
+            f"\n| workers | req/s (iris, /v1, c={args.concurrency}) | wrong | RSS of all its processes MiB | "
+            "RSS per worker MiB |"
         )
         print("| ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
