@@ -25,6 +25,7 @@ from edge_agent.runtime.engine import Engine
 from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
+from edge_agent.serving.fastpath import FastPath
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.middleware import BearerAuth, BodyLimit, CountRequests
 from edge_agent.serving.service import InferenceService
@@ -81,6 +82,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
         return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
     _install_error_handlers(app, metrics)
+    app.add_middleware(FastPath)  # innermost of ours: the body limit and the token still apply
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.api_token is not None:
         app.add_middleware(BearerAuth, token=config.api_token.get_secret_value())

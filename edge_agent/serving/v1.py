@@ -27,6 +27,11 @@ async def describe(name: str, request: Request) -> Response:
     return json_response(gateway(request).engine.describe(name))
 
 
+async def predict_fast(gw: Gateway, request: Request, name: str) -> Response:
+    """The fast path's entry (edge_agent/serving/fastpath.py): active version, no raw outputs."""
+    return await _predict(gw, request, name, None, False)
+
+
 async def _predict(gw: Gateway, request: Request, name: str, version: str | None, raw: bool) -> Response:
     manifest = gw.engine.model(name, version).manifest
     tensors, images = await read_inputs(request, manifest)

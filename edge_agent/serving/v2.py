@@ -409,6 +409,11 @@ def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) 
     )
 
 
+async def infer_fast(request: Request, name: str) -> Response:
+    """The fast path's entry (edge_agent/serving/fastpath.py): the active version."""
+    return await _infer(request, name, None)
+
+
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     gw = gateway(request)
     manifest = gw.engine.model(name, version).manifest
