@@ -32,7 +32,12 @@ def test_config_survives_the_trip_to_child_processes() -> None:
     from edge_agent.config import config_to_env, load_config
 
     config = load_config(
-        env={"EDGE_SYNC__PASSWORD": "pw", "EDGE_API_TOKEN": "t", "EDGE_WORKER__LEASE_S": "7", "EDGE_BATCH__INTERVAL_S": ""}
+        env={
+            "EDGE_SYNC__PASSWORD": "pw",
+            "EDGE_API_TOKEN": "t",
+            "EDGE_WORKER__LEASE_S": "7",
+            "EDGE_BATCH__INTERVAL_S": "",
+        }
     )
     assert config.batch.interval_s is None
     env = config_to_env(config)
