@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STATE ?= var/demo
 
-.PHONY: demo demo-models mosquitto chromium test lint typecheck unit setup models bench clean
+.PHONY: demo demo-models mosquitto chromium arm64 test lint typecheck unit setup models bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: mosquitto chromium lint typecheck unit
+
+# The agent on Debian bookworm arm64 under qemu: offline install from aarch64 wheels, golden
+# self-tests of every model on both backends, the gateway over HTTP. Root; ~1 min cached, ~5 min first.
+arm64:
+	bash firmware_images/arm64/check.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/runtime.py
