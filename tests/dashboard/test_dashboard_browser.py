@@ -24,7 +24,14 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_installed() -> None:
+    """Fail (not skip) without Debian's chromium: `make test` installs it."""
+    assert Path(CHROMIUM).exists(), "chromium is missing: run `make test` (apt-get install chromium)"
+
+
 TIMEOUT_MS = 15_000
 
 
