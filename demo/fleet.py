@@ -74,6 +74,7 @@ class Fleet:
         self.broker_port, self.api_port, *ports = free_ports(2 + len(DEVICES))
         self.gateway_ports = dict(zip(DEVICES, ports, strict=True))
         self.api = f"http://127.0.0.1:{self.api_port}"
+        self.cloud_http = httpx.Client(timeout=10)  # the cloud API client (a logged-in one when set)
         self.cloud_env = {
             "CLOUD_BROKER_PORT": str(self.broker_port),
             "CLOUD_DB_PATH": str(work / "cloud" / "cloud.sqlite3"),
@@ -90,6 +91,7 @@ class Fleet:
         self.procs.append((name, proc))
 
     def stop_all(self) -> None:
+        self.cloud_http.close()
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -135,7 +137,7 @@ class Fleet:
         self.cloud("keys", "generate")
         self.spawn("cloud-ingest", [str(BIN / "cloud-sync"), "ingest"], self.cloud_env)
         self.spawn("cloud-api", [str(BIN / "cloud-sync"), "api"], self.cloud_env)
-        wait_for("the cloud API", lambda: httpx.get(f"{self.api}/health").status_code == 200)
+        wait_for("the cloud API", lambda: self.cloud_http.get(f"{self.api}/health").status_code == 200)
         say(f"2. cloud: ingest + API on {self.api}, signing key {self.cloud_env['CLOUD_SIGNING_KEY_PATH']}")
 
     def start_devices(self) -> None:
@@ -168,7 +170,7 @@ class Fleet:
         online = wait_for(
             "both devices online in the cloud",
             lambda: (
-                (d := httpx.get(f"{self.api}/devices").json())
+                (d := self.cloud_http.get(f"{self.api}/devices").json())
                 and sum(x.get("online", False) for x in _items(d)) >= 2
                 and d
             ),
@@ -218,7 +220,11 @@ class Fleet:
     def results_in_cloud(self, expected: int) -> None:
         def stored() -> int:
             return sum(
-                len(_items(httpx.get(f"{self.api}/results", params={"device": d, "limit": 500}).json()))
+                len(
+                    _items(
+                        self.cloud_http.get(f"{self.api}/results", params={"device": d, "limit": 500}).json()
+                    )
+                )
                 for d in DEVICES
             )
 
@@ -243,7 +249,7 @@ class Fleet:
         seen: dict[str, str] = {}
 
         def done() -> bool:
-            doc = httpx.get(f"{self.api}/deployments/{dep}").json()
+            doc = self.cloud_http.get(f"{self.api}/deployments/{dep}").json()
             for row in doc["devices"]:
                 state = row["state"] + (f" ({row['reason']})" if row.get("reason") else "")
                 if seen.get(row["device"]) != state:

@@ -12,13 +12,11 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
-import demo.fleet
 from demo.fleet import DEVICES, MOSQUITTO, ROOT, Fleet
 from tests.dashboard import PASSWORD, PASSWORD_HASH, USER, logged_in
 from tests.dashboard.test_dashboard_browser import ARGS, CHROMIUM
@@ -32,23 +30,6 @@ def _system_packages() -> None:
 
 
 TIMEOUT_MS = 60_000
-
-
-class SessionHttpx:
-    """Stands in for ``httpx`` inside demo.fleet: with a dashboard login configured the API wants a
-    session, and Fleet.start_devices polls ``GET /devices`` with bare ``httpx.get``."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self._client = client
-
-    def get(self, url: str, **kw: Any) -> httpx.Response:
-        return self._client.get(url, **kw)
-
-    def post(self, url: str, **kw: Any) -> httpx.Response:
-        return self._client.post(url, **kw)
-
-    def __getattr__(self, name: str) -> Any:  # TransportError and the rest
-        return getattr(httpx, name)
 
 
 def stage(fleet: Fleet, version: str) -> Path:
@@ -116,7 +97,7 @@ def rollout_row(page: Page, deployment: str, device: str) -> Locator:
     return page.locator(f'#deployments section[data-deployment="{deployment}"] tr[data-device="{device}"]')
 
 
-def test_rollout_from_the_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollout_from_the_dashboard(tmp_path: Path) -> None:
     t0 = time.monotonic()
     work = tmp_path / "fleet"
     (work / "logs").mkdir(parents=True)
@@ -133,7 +114,7 @@ def test_rollout_from_the_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         fleet.start_broker()
         fleet.start_cloud()
         client = logged_in(fleet.api)
-        monkeypatch.setattr(demo.fleet, "httpx", SessionHttpx(client))
+        fleet.cloud_http = client  # with a dashboard login configured, the API wants a session
         fleet.start_devices()
         for port in fleet.gateway_ports.values():
             assert iris_version(port) == "1"
