@@ -4,15 +4,13 @@ and prints a row for each. Never asserts on timings (a benchmark is not a timed 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_runner import run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "patterns.py"
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 TIMEOUT_S = 110
 # first cell of the table -> a phrase one of that section's rows must contain
 ROWS = {
@@ -32,28 +30,8 @@ ROWS = {
 }
 
 
-def _python() -> str:
-    return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
-
-
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """The benchmark in a session of its own: on a timeout the whole group (the benchmark and every
-    role process it started) is killed, so nothing outlives the test."""
-    proc = subprocess.Popen(
-        [_python(), str(SCRIPT), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"benchmark did not finish in {timeout} s:\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_bench(SCRIPT, args, timeout)
 
 
 def test_quick_run_prints_a_row_for_every_section(tmp_path: Path) -> None:

@@ -4,40 +4,18 @@ answer is right. Never asserts on timings (a benchmark is not a timed test)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_runner import run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "serving.py"
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 TIMEOUT_S = 150
 
 
-def _python() -> str:
-    return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
-
-
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run the benchmark in its own process group: on a timeout the whole group (the benchmark,
-    its servers, its load generators) is killed, so nothing outlives the test."""
-    proc = subprocess.Popen(
-        [_python(), str(SCRIPT), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"benchmark did not finish in {TIMEOUT_S} s:\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_bench(SCRIPT, args, TIMEOUT_S)
 
 
 def test_small_subset_runs_every_path_and_answers_right(tmp_path: Path) -> None:

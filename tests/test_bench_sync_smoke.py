@@ -9,15 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.bench_runner import python, run_bench
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "sync.py"
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TIMEOUT_S = 85
 # row key in the JSON -> the start of its first cell in the table
@@ -30,31 +30,15 @@ ROWS = {
     "recovery": "recovery: ",
 }
 
-pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed")
 
-
-def _python() -> str:
-    return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+@pytest.fixture(autouse=True)
+def _mosquitto_installed() -> None:
+    """Fail (not skip) without Debian's mosquitto: `make test` installs it."""
+    assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make test` (apt-get install mosquitto)"
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """The benchmark in a session of its own: on a timeout the whole group (the benchmark and every
-    process it started) is killed, so nothing outlives the test."""
-    proc = subprocess.Popen(
-        [_python(), str(SCRIPT), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"benchmark did not finish in {timeout} s:\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_bench(SCRIPT, args, timeout)
 
 
 def test_quick_run_prints_every_row(tmp_path: Path) -> None:
@@ -104,7 +88,7 @@ def _group_members(pgid: int) -> list[str]:
 def test_sigterm_mid_run_stops_every_process(tmp_path: Path) -> None:
     """A SIGTERM mid-run stops the benchmark and the broker, ingest and sync roles it started."""
     proc = subprocess.Popen(
-        [_python(), str(SCRIPT), "--quick", "--workdir", str(tmp_path)],
+        [python(), str(SCRIPT), "--quick", "--workdir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
