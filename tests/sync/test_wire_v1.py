@@ -1,0 +1,59 @@
+"""The frozen wire contract: every MQTT message kind at schema version 1, as devices in the
+field send and receive it (``tests/sync/wire_v1/*.json``), decoded by today's
+``edge_agent.sync.protocol`` and re-encoded to the same JSON.
+
+A change that fails here would break a deployed device: a renamed, removed or newly required
+field, a new field in a message the device receives (devices refuse unknown fields), a changed
+topic, retained flag or schema version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.sync import protocol as p
+
+SAMPLES_DIR = Path(__file__).parent / "wire_v1"
+SAMPLES = sorted(SAMPLES_DIR.glob("*.json"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def test_there_is_a_frozen_sample_of_every_message_kind() -> None:
+    kinds = {p.parse_topic(load(path)["topic"])[1] for path in SAMPLES}
+    assert kinds == set(p.TOPICS)
+
+
+def test_the_samples_are_schema_version_1_and_this_end_still_speaks_it() -> None:
+    assert p.SCHEMA_VERSION == 1
+    assert {load(path)["payload"]["v"] for path in SAMPLES} == {1}
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[s.stem for s in SAMPLES])
+def test_a_frozen_sample_decodes_and_re_encodes_to_the_same_json(path: Path) -> None:
+    sample = load(path)
+    kind, msg = p.decode(sample["topic"], json.dumps(sample["payload"]).encode())
+    assert isinstance(msg, p.PAYLOADS[kind])
+    assert p.topic(msg.device, kind) == sample["topic"]
+    assert (kind in p.RETAINED) is sample["retained"]
+    expected = sample["payload"] | sample.get("defaults", {})
+    assert json.loads(p.encode(msg)) == expected
+    # and what this end sends, the other end of the same version reads back unchanged
+    assert p.decode(sample["topic"], p.encode(msg)) == (kind, msg)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[s.stem for s in SAMPLES])
+def test_the_samples_leave_nothing_out_but_the_declared_defaults(path: Path) -> None:
+    """A sample without ``defaults`` carries every field, so a field added to the model shows up
+    as a difference above instead of passing silently."""
+    sample = load(path)
+    kind = p.parse_topic(sample["topic"])[1]
+    fields = set(p.PAYLOADS[kind].model_fields)
+    assert set(sample["payload"]) | set(sample.get("defaults", {})) == fields
