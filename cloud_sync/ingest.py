@@ -9,17 +9,25 @@ broker its PUBACKs (manual ack): nothing is acknowledged that is not on disk.
 
 A payload that is malformed, oversized, of another schema version, or names a
 device other than its topic's is rejected with the reason logged; it never
-stops the role. Several ingest roles split the results, telemetry and replies
-through an MQTT 5 shared subscription (``$share/<group>/edge/+/results``);
-retained topics (status, models/reported) are subscribed by every role, since a
-broker sends no retained messages to a shared subscription, and storing them
-is idempotent. A ``models/reported`` outcome also moves the device's state in
-its deployment (``downloading`` with progress ... ``active`` / ``failed`` with
-the reason / ``rolled_back``), newest device timestamp first.
+stops the role. Results the cloud refuses for good are named in the ack's
+``rejected``, so the device stops re-sending them and counts them: an id
+already stored for another device, a non-finite number, and a result that does
+not decode inside a results message whose envelope still names its device and
+ids (its valid results are stored). If the database keeps failing, nothing is
+acknowledged: the devices keep their copies and re-send.
+
+Several ingest roles split the results, telemetry and replies through an MQTT 5
+shared subscription (``$share/<group>/edge/+/results``); retained topics
+(status, models/reported) are subscribed by every role, since a broker sends no
+retained messages to a shared subscription, and storing them is idempotent. A
+``models/reported`` outcome also moves the device's state in its deployment
+(``downloading`` with progress ... ``active`` / ``failed`` with the reason /
+``rolled_back``), newest device timestamp first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -31,7 +39,15 @@ from cloud_sync.errors import CloudSyncError, Rejected, StoreError
 from cloud_sync.mqtt import BrokerSettings, Message, MqttLink, shared
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
-from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, ResultsAck, Status, Telemetry
+from edge_agent.sync.protocol import (
+    CommandReply,
+    ModelsReported,
+    ResultRecord,
+    Results,
+    ResultsAck,
+    Status,
+    Telemetry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +74,44 @@ class IngestStats:
 
 # the type ``protocol.decode`` returns (the protocol module names it privately)
 WireMessage = protocol._Msg
+# a decoded message with the ids of the results in it that could not be decoded
+Decoded = tuple[Message, WireMessage, list[str]]
+
+
+def salvage_results(topic_name: str, payload: bytes) -> tuple[Results, list[str]] | None:
+    """The valid results and the ids of the undecodable ones of a results message that failed
+    ``protocol.decode``; None unless its envelope is schema version 1 and names the topic's device.
+
+    A result that cannot be decoded now never will be, so its id goes in the ack's ``rejected``;
+    without the salvage the device would re-send the whole message forever."""
+    try:
+        device, kind = protocol.parse_topic(topic_name)
+        if kind != "results" or len(payload) > protocol.MAX_PAYLOAD_BYTES:
+            return None
+        doc = json.loads(payload)
+    except (protocol.ProtocolError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != protocol.SCHEMA_VERSION:
+        return None
+    items = doc.get("results")
+    if doc.get("device") != device or not isinstance(items, list):
+        return None
+    good: list[ResultRecord] = []
+    bad: list[str] = []
+    for item in items:
+        rid = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(rid, str) or not 1 <= len(rid) <= 64:
+            continue  # nothing the device could match: it re-sends, and the log says why
+        try:
+            good.append(ResultRecord.model_validate(item))
+        except ValueError:  # pydantic's ValidationError, or a hostile value's own error
+            bad.append(rid)
+    batch = doc.get("batch")
+    batch = batch if isinstance(batch, str) and 1 <= len(batch) <= 64 else "unknown"
+    try:
+        return Results(device=device, batch=batch, results=good), bad
+    except ValueError:  # over MAX_RESULTS_PER_MESSAGE: refuse every result it names
+        return Results(device=device, batch=batch, results=[]), bad + [r.id for r in good]
 
 
 class Ingest:
@@ -122,7 +176,7 @@ class Ingest:
         """Decode, store in one transaction, then publish results acks and PUBACK the batch."""
         self.stats.messages += len(batch)
         try:
-            decoded = [(m, msg) for m in batch if (msg := self._decode(m)) is not None]
+            decoded = [found for m in batch if (found := self._decode(m)) is not None]
             acks = self._store(decoded) if decoded else []
             for ack in acks:
                 try:
@@ -135,7 +189,7 @@ class Ingest:
             for m in batch:
                 self.link.ack(m)
 
-    def _decode(self, m: Message) -> WireMessage | None:
+    def _decode(self, m: Message) -> Decoded | None:
         try:
             kind, msg = protocol.decode(m.topic, m.payload)
         except protocol.ProtocolError as exc:
@@ -146,22 +200,35 @@ class Ingest:
             reason = f"payload cannot be decoded ({type(exc).__name__})"
         else:
             if kind in protocol.DEVICE_TO_CLOUD:
-                return msg
+                return m, msg, []
             reason = f"{kind} messages go from the cloud to devices"
         self._reject(m, reason)
-        return None
+        salvaged = salvage_results(m.topic, m.payload)
+        if salvaged is None:
+            return None
+        results, bad = salvaged
+        logger.warning(
+            "results message from %s: %d results stored if valid, %d refused for good (%s)",
+            results.device,
+            len(results.results),
+            len(bad),
+            bad[:5],
+        )
+        return m, results, bad
 
-    def _store(self, decoded: list[tuple[Message, WireMessage]]) -> list[ResultsAck]:
+    def _store(self, decoded: list[Decoded]) -> list[ResultsAck]:
         for attempt, delay in enumerate((*COMMIT_RETRIES, None), start=1):
             acks: list[ResultsAck] = []
             refusals: list[tuple[Message, str]] = []
             try:
                 with self.store.transaction():
-                    for m, msg in decoded:
+                    for m, msg, bad in decoded:
                         try:
                             # a savepoint: a failure rolls back this message only
                             with self.store.transaction():
-                                ack = self._store_one(m, msg)
+                                ack = self._store_one(m, msg, bad)
+                        except StoreError:  # the database, not the message: retry the batch
+                            raise
                         except CloudSyncError as exc:
                             refusals.append((m, exc.message))
                         except Exception as exc:  # a bug must cost one message, not the batch
@@ -185,7 +252,7 @@ class Ingest:
             return acks
         return []
 
-    def _store_one(self, m: Message, msg: WireMessage) -> ResultsAck | None:
+    def _store_one(self, m: Message, msg: WireMessage, undecodable: list[str]) -> ResultsAck | None:
         if isinstance(msg, Results):
             ids, refused = self.store.record_results(msg, m.received, self.name)
             if refused:
@@ -198,7 +265,9 @@ class Ingest:
                     msg.device,
                     refused[:5],
                 )
-            return ResultsAck(device=msg.device, batch=msg.batch, ids=ids)
+            rejected = list(dict.fromkeys([*refused, *undecodable]))
+            self.stats.results_refused += len(undecodable)
+            return ResultsAck(device=msg.device, batch=msg.batch, ids=ids, rejected=rejected)
         if isinstance(msg, Status):
             self.store.record_status(msg, m.received)
         elif isinstance(msg, Telemetry):

@@ -95,11 +95,20 @@ def _match_filter(subscription: str) -> str:
 
 class MqttLink:
     def __init__(
-        self, settings: BrokerSettings, client_id: str, *, manual_ack: bool = False, clean_start: bool = True
+        self,
+        settings: BrokerSettings,
+        client_id: str,
+        *,
+        manual_ack: bool = False,
+        clean_start: bool = True,
+        session_expiry_s: int | None = None,
     ) -> None:
+        """``session_expiry_s`` with ``clean_start=False``: the broker keeps the session (and queues
+        QoS 1 messages for it) that long after a disconnect."""
         self.settings = settings
         self.client_id = client_id
         self.clean_start = clean_start
+        self.session_expiry_s = session_expiry_s
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -133,7 +142,13 @@ class MqttLink:
                     certfile=None if s.cert_file is None else str(s.cert_file),
                     keyfile=None if s.key_file is None else str(s.key_file),
                 )
-            self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=self.clean_start)
+            props: Properties | None = None
+            if self.session_expiry_s is not None:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = self.session_expiry_s
+            self._client.connect_async(
+                s.host, s.port, keepalive=s.keepalive_s, clean_start=self.clean_start, properties=props
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise BrokerError(f"cannot set up the connection to {s.host}:{s.port}: {exc}") from None
         self._client.loop_start()

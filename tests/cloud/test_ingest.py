@@ -83,8 +83,41 @@ def test_acks_name_only_stored_ids(ingest: Role, broker: Broker, db: Path) -> No
         second.publish_raw(protocol.topic(other, "results"), json.dumps(doc).encode())
         wait_for(lambda: second.acks, what="the other device's ack")
         assert second.acks[0].ids == [fresh.id]  # not the id another device owns, not the NaN one
+        assert sorted(second.acks[0].rejected) == sorted([taken.id, nan_id])  # named: never re-sent
     assert count_results(db, other) == 1
     assert "refused" in ingest.text()
+
+
+def test_results_that_cannot_be_decoded_are_rejected_by_id_and_the_rest_stored(
+    ingest: Role, broker: Broker, db: Path
+) -> None:
+    """A result that fails the contract (a non-finite ``created``, a wrong type, a missing field)
+    makes its message undecodable; the ingest still stores the valid ones and names the others
+    in ``rejected``, or the device would re-send the whole message forever."""
+    dev = device_id()
+    good = result_record()
+    bad = {
+        "nan": {**result_record().model_dump(), "created": float("nan")},
+        "type": {**result_record().model_dump(), "created": "yesterday"},
+        "missing": {k: v for k, v in result_record().model_dump().items() if k != "model"},
+    }
+    doc = results_msg(dev, [good]).model_dump()
+    doc["results"] += [{**record, "id": name} for name, record in bad.items()]
+    doc["results"].append({"no": "id"})  # nothing to name: left out of the ack
+    with sim_device(broker, dev) as device:
+        device.publish_raw(protocol.topic(dev, "results"), json.dumps(doc).encode())
+        wait_for(lambda: device.acks, what="the ack")
+        assert device.acks[0].batch == doc["batch"]
+        assert device.acks[0].ids == [good.id]
+        assert sorted(device.acks[0].rejected) == sorted(bad)
+        # an envelope that names another device, or another schema version, gets no ack at all
+        for change in ({"device": device_id()}, {"v": 2}):
+            device.publish_raw(protocol.topic(dev, "results"), json.dumps(doc | change).encode())
+        device.publish(results_msg(dev, [result_record()]), "results")
+        wait_for(lambda: len(device.acks) == 2, what="the valid message's ack")
+        time.sleep(0.3)
+        assert len(device.acks) == 2
+    assert count_results(db, dev) == 2
 
 
 def test_the_last_will_marks_a_device_offline(ingest: Role, broker: Broker, db: Path) -> None:

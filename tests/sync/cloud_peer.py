@@ -1,17 +1,20 @@
-"""A minimal cloud-side peer for the fleet-link tests, built on paho directly.
+"""The cloud end of the fleet-link tests: the REAL ingest, in this process.
 
-It stands in for ``cloud_sync``'s ingest: it subscribes to ``edge/+/results``,
-stores every result by id in SQLite (idempotent: a re-sent result is counted
-as a duplicate delivery, never stored twice), commits, and only then publishes
-a ``ResultsAck``. A result whose body has ``"poison": true`` stands for one the cloud refuses
-for good: it is named in the ack's ``rejected``. It also sends commands and collects replies, status and
-telemetry, and can publish raw bytes on any topic.
+``CloudPeer`` runs ``cloud_sync.ingest.Ingest`` over ``cloud_sync.mqtt.MqttLink`` and
+``cloud_sync.store.Store`` (a real SQLite file): results are stored by id and acknowledged
+after the commit, and what the cloud refuses for good is named in the ack's ``rejected``,
+exactly as the ``cloud-sync ingest`` role does. The ingest keeps a persistent session
+(``clean_start=False`` with a session expiry), so while it is stopped the broker queues for
+it, as it would for an ingest that is down.
+
+Beside it, an operator-side paho client (the test's eyes and the API's command sender) sends
+commands and collects replies (with MQTT 5 correlation data), status and telemetry, and can
+publish raw bytes on any topic.
 """
 
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -24,43 +27,72 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_sync.ingest import Ingest, IngestStats
+from cloud_sync.mqtt import BrokerSettings, MqttLink
+from cloud_sync.store import Store
 from edge_agent.sync import protocol as p
 
+SESSION_EXPIRY_S = 3600
 
-class FakeCloud:
+
+class SlowStore(Store):
+    """The real store, with ``delay_s`` added to every results message: a slow cloud database."""
+
+    def __init__(self, path: Path, delay_s: float, busy_timeout_s: float) -> None:
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
+        self.delay_s = delay_s
+
+    def record_results(self, msg: p.Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return super().record_results(msg, received, ingest)
+
+
+class CloudPeer:
     def __init__(
         self,
         port: int,
         db_path: Path,
         *,
-        client_id: str = "fake-cloud",
+        client_id: str = "cloud-ingest",
         delay_s: float = 0.0,
         v5: bool = False,
+        busy_timeout_s: float = 10.0,
     ) -> None:
         self.port = port
         self.client_id = client_id
-        self.delay_s = delay_s  # per results message: a slow ingest
-        self.v5 = v5
-        self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # commits survive a crash of this process; fast
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, device TEXT, body TEXT, deliveries INTEGER)"
-        )
+        self.v5 = v5  # the operator client's protocol (the ingest always speaks MQTT 5)
+        self.store = SlowStore(db_path, delay_s, busy_timeout_s)
+        self.ingest: Ingest | None = None
+        self._link: MqttLink | None = None
+        self._finished: list[IngestStats] = []
         self.lock = threading.Lock()
         self.replies: dict[str, list[tuple[p.CommandReply, bytes | None]]] = {}
         self.status: dict[str, p.Status] = {}
         self.telemetry: list[p.Telemetry] = []
-        self.messages = 0
         self.client: paho.Client | None = None
         self.connected = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self, timeout_s: float = 10.0) -> FakeCloud:
+    def start(self, timeout_s: float = 10.0) -> CloudPeer:
+        settings = BrokerSettings(host="127.0.0.1", port=self.port)
+        self._link = MqttLink(
+            settings, self.client_id, manual_ack=True, clean_start=False, session_expiry_s=SESSION_EXPIRY_S
+        )
+        self.ingest = Ingest(self.store, self._link, name=self.client_id)
+        self.ingest.start()
+        self._link.start(wait_s=timeout_s)
+        if not self._link.wait_subscribed(timeout_s):
+            raise RuntimeError("the ingest's subscriptions were not acknowledged")
+        self._start_operator(timeout_s)
+        return self
+
+    def _start_operator(self, timeout_s: float) -> None:
+        cid = f"{self.client_id}-operator"
         if self.v5:
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5)
         else:
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False)
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
         c.reconnect_delay_set(1, 1)
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *a: self.connected.clear()
@@ -68,18 +100,25 @@ class FakeCloud:
         c.on_socket_open = _no_delay
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 3600
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
             c.connect_async("127.0.0.1", self.port, 30, clean_start=False, properties=props)
         else:
             c.connect_async("127.0.0.1", self.port, 30)
         c.loop_start()
         self.client = c
         if not self.connected.wait(timeout_s):
-            raise RuntimeError("fake cloud could not connect")
-        return self
+            raise RuntimeError("the operator client could not connect")
 
     def stop(self) -> None:
-        """Disconnect; the broker keeps the session and queues QoS 1 messages for it."""
+        """Store and acknowledge what has arrived, then disconnect: the broker keeps the
+        sessions and queues QoS 1 messages for them."""
+        if self.ingest is not None:
+            self.ingest.stop()
+            self._finished.append(self.ingest.stats)
+            self.ingest = None
+        if self._link is not None:
+            self._link.close()
+            self._link = None
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
@@ -88,15 +127,13 @@ class FakeCloud:
 
     def close(self) -> None:
         self.stop()
-        self.db.close()
+        self.store.close()
 
-    # -- paho callbacks ------------------------------------------------------------
+    # -- the operator client's callbacks -----------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             return
-        client.subscribe(
-            [(p.subscription(kind), 1) for kind in ("results", "cmd_reply", "status", "telemetry")]
-        )
+        client.subscribe([(p.subscription(kind), 1) for kind in ("cmd_reply", "status", "telemetry")])
         self.connected.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -105,10 +142,7 @@ class FakeCloud:
         except p.ProtocolError:
             return
         with self.lock:
-            self.messages += 1
-            if isinstance(decoded, p.Results):
-                self._store(client, decoded)
-            elif isinstance(decoded, p.CommandReply):
+            if isinstance(decoded, p.CommandReply):
                 corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
                 self.replies.setdefault(decoded.id, []).append((decoded, corr))
             elif isinstance(decoded, p.Status):
@@ -116,35 +150,22 @@ class FakeCloud:
             elif isinstance(decoded, p.Telemetry):
                 self.telemetry.append(decoded)
 
-    def _store(self, client: paho.Client, msg: p.Results) -> None:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        good = [r for r in msg.results if not r.body.get("poison")]
-        refused = [r.id for r in msg.results if r.body.get("poison")]  # "invalid": never stored
-        self.db.execute("BEGIN")
-        self.db.executemany(
-            "INSERT INTO results (id, device, body, deliveries) VALUES (?, ?, ?, 1) "
-            "ON CONFLICT(id) DO UPDATE SET deliveries = deliveries + 1",
-            [(r.id, msg.device, r.model_dump_json()) for r in good],
-        )
-        self.db.execute("COMMIT")  # stored first, acknowledged after
-        ack = p.ResultsAck(device=msg.device, batch=msg.batch, ids=[r.id for r in good], rejected=refused)
-        client.publish(p.topic(msg.device, "results_ack"), p.encode(ack), qos=1)
-
     # -- the store -------------------------------------------------------------------
+    def stats(self) -> list[IngestStats]:
+        """The ingest's counters: one entry per start."""
+        return [*self._finished, *([self.ingest.stats] if self.ingest is not None else [])]
+
     def stored_ids(self) -> list[str]:
-        with self.lock:
-            return [r[0] for r in self.db.execute("SELECT id FROM results")]
+        return [row["id"] for row in self.store._query("SELECT id FROM results")]
 
     def counts(self) -> tuple[int, int]:
-        """(distinct results stored, deliveries including duplicates)."""
-        with self.lock:
-            row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(deliveries), 0) FROM results").fetchone()
-        return int(row[0]), int(row[1])
+        """(distinct results stored, results acknowledged including re-acknowledged re-sends)."""
+        return self.store.count("results"), sum(s.results_acked for s in self.stats())
 
     # -- sending -------------------------------------------------------------------------
     def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
-        assert self.client is not None
+        if self.client is None:
+            raise RuntimeError("not started")
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
     def command(
@@ -165,7 +186,8 @@ class FakeCloud:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation
             props.ResponseTopic = p.topic(device, "cmd_reply")
-        assert self.client is not None
+        if self.client is None:
+            raise RuntimeError("not started")
         self.client.publish(p.topic(device, "cmd"), p.encode(cmd), qos=1, properties=props).wait_for_publish(
             5
         )

@@ -1,6 +1,7 @@
 """The device end of the fleet link, with real processes: the sync role as a
-subprocess, a real mosquitto, the device's real SQLite file, and a cloud-side
-peer (``FakeCloud``) that stores results by id and acknowledges them.
+subprocess, a real mosquitto, the device's real SQLite file, and the real cloud
+ingest (``CloudPeer`` runs ``cloud_sync.ingest`` on a real cloud SQLite file), which
+stores results by id and acknowledges them.
 
 "Exactly once in the cloud store" = every id recorded on the device is stored
 once (the store is keyed by result id), whatever the number of deliveries.
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,7 +36,7 @@ from edge_agent.sync.outbox import Outbox
 from edge_agent.sync.settings import SyncConfig, sync_config_from_env, with_changes
 from tests.conftest import MODELS, ROOT
 from tests.sync.broker import Broker, free_port, run_broker
-from tests.sync.fake_cloud import FakeCloud, wait_for
+from tests.sync.cloud_peer import CloudPeer, wait_for
 
 DEVICE = "dev-1"
 FAST = {  # test timings: short ack timeout, quick reconnects
@@ -117,8 +119,8 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def clouds() -> Iterator[list[FakeCloud]]:
-    made: list[FakeCloud] = []
+def clouds() -> Iterator[list[CloudPeer]]:
+    made: list[CloudPeer] = []
     yield made
     for c in made:
         c.close()
@@ -137,7 +139,7 @@ def record(st: Storage, n: int, start: int = 0) -> list[str]:
     return ids
 
 
-def assert_exactly_once(cloud: FakeCloud, ids: list[str]) -> int:
+def assert_exactly_once(cloud: CloudPeer, ids: list[str]) -> int:
     """Every id stored once, nothing else stored; returns the duplicate deliveries."""
     stored = cloud.stored_ids()
     assert len(stored) == len(set(stored))
@@ -149,9 +151,9 @@ def assert_exactly_once(cloud: FakeCloud, ids: list[str]) -> int:
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_store_and_forward_with_the_broker_stopped(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud], protocol: str
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer], protocol: str
 ) -> None:
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
     agent = AgentProcess(tmp_path, broker.port, protocol=protocol).start()
     agents.append(agent)
@@ -182,11 +184,11 @@ def test_store_and_forward_with_the_cloud_ingest_down(
     tmp_path: Path,
     broker: Broker,
     agents: list[AgentProcess],
-    clouds: list[FakeCloud],
+    clouds: list[CloudPeer],
     settings: dict[str, str],
     overflow: bool,
 ) -> None:
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
     cloud.stop()  # the ingest is down; the broker keeps its session and queues (up to 1000) for it
     agent = AgentProcess(tmp_path, broker.port, **settings).start()
@@ -201,16 +203,16 @@ def test_store_and_forward_with_the_cloud_ingest_down(
     assert_exactly_once(cloud, ids)
     log = (broker.workdir / "mosquitto.log").read_text()
     # with the overflow, only re-sends from the outbox can have brought the dropped messages' results
-    assert ("Outgoing messages are being dropped for client fake-cloud" in log) is overflow
+    assert ("Outgoing messages are being dropped for client cloud-ingest" in log) is overflow
     assert storage(agent).counter("outbox_delivered") == 5000
     assert agent.terminate() == 0
 
 
 def test_broker_restarted_without_persistence_mid_drain(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
     assert not broker.persistence
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3", delay_s=0.002).start()  # >= 1 s to drain
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3", delay_s=0.002).start()  # >= 1 s to drain
     clouds.append(cloud)
     agent = AgentProcess(tmp_path, broker.port, batch_size="10").start()
     agents.append(agent)
@@ -226,9 +228,9 @@ def test_broker_restarted_without_persistence_mid_drain(
 
 
 def test_agent_killed_with_sigkill_mid_drain(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3", delay_s=0.002).start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3", delay_s=0.002).start()
     clouds.append(cloud)
     agent = AgentProcess(tmp_path, broker.port, batch_size="10")
     ids = record(storage(agent), 5000)
@@ -245,7 +247,7 @@ def test_agent_killed_with_sigkill_mid_drain(
 
 
 def test_a_puback_is_not_an_acknowledgement(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
     agent = AgentProcess(tmp_path, broker.port).start()
     agents.append(agent)
@@ -253,28 +255,72 @@ def test_a_puback_is_not_an_acknowledgement(
     st = storage(agent)
     wait_for(lambda: st.conn.execute("SELECT MIN(attempts) FROM outbox").fetchone()[0] >= 2, 15, "a re-send")
     assert st.outbox_depth() == 20  # the broker took every message; no cloud stored them
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
     wait_for(lambda: st.outbox_depth() == 0, 15, "delivery once a cloud listens")
     assert_exactly_once(cloud, ids)
 
 
 def test_results_the_cloud_refuses_for_good_leave_the_outbox_counted(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    """Job ids are result ids, so two devices can collide: the real ingest refuses the id another
+    device owns, names it in ``rejected``, and the agent stops re-sending it and counts it."""
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
+    taken = [f"job-{i}" for i in range(2)]
+    owned = [
+        p.ResultRecord(id=i, source="worker", model="iris", version="1", created=1.0, body={}) for i in taken
+    ]
+    cloud.store.record_results(p.Results(device="dev-2", batch="b0", results=owned), time.time(), "test")
     agent = AgentProcess(tmp_path, broker.port).start()
     agents.append(agent)
     st = storage(agent)
     ids = record(st, 8)
     with st.transaction() as conn:
-        for _ in range(2):
-            st.record_result(conn, source="test", model="iris", version="1", body={"poison": True})
+        for rid in taken:
+            st.record_result(conn, source="worker", model="iris", version="1", body={"i": 0}, result_id=rid)
     wait_for(lambda: st.outbox_depth() == 0, 15, "the outbox to empty")
-    assert_exactly_once(cloud, ids)
+    assert set(cloud.stored_ids()) == {*ids, *taken}
+    assert (
+        cloud.store._query("SELECT device FROM results WHERE id IN (?, ?)", taken)
+        == [{"device": "dev-2"}] * 2
+    )
     assert st.counter("outbox_rejected") == 2 and st.counter("outbox_delivered") == 8
     assert "the cloud refused 2 results for good" in agent.output()
+    assert sum(s.results_refused for s in cloud.stats()) == 2
+    sent = st.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert sent == 0 and agent.terminate() == 0
+
+
+def test_a_cloud_store_that_keeps_failing_acknowledges_nothing(
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
+) -> None:
+    """Another writer holds the cloud database's write lock past the ingest's busy timeout on every
+    attempt: the ingest gives up on the batch without an ack, the device keeps every entry and
+    re-sends, and once the database is writable again everything arrives exactly once."""
+    db = tmp_path / "cloud.sqlite3"
+    cloud = CloudPeer(broker.port, db, busy_timeout_s=0.1).start()
+    clouds.append(cloud)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        agent = AgentProcess(tmp_path, broker.port).start()
+        agents.append(agent)
+        st = storage(agent)
+        ids = record(st, 20)
+        wait_for(lambda: sum(s.dropped for s in cloud.stats()) >= 1, 20, "the ingest to give up a batch")
+        wait_for(
+            lambda: st.conn.execute("SELECT MIN(attempts) FROM outbox").fetchone()[0] >= 2, 15, "a re-send"
+        )
+        assert st.outbox_depth() == 20 and st.counter("outbox_delivered") == 0
+        assert sum(s.results_acked for s in cloud.stats()) == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    wait_for(lambda: st.outbox_depth() == 0, 30, "delivery once the database is writable")
+    assert_exactly_once(cloud, ids)
+    assert st.counter("outbox_delivered") == 20 and st.counter("outbox_rejected") == 0
 
 
 @pytest.mark.parametrize(("policy", "kept"), [("drop_oldest", range(200, 300)), ("refuse_new", range(100))])
@@ -296,15 +342,15 @@ def test_a_full_outbox_follows_its_policy_and_counts_drops(
 
 # -- status, telemetry ---------------------------------------------------------------------
 def test_birth_will_and_clean_shutdown(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
     agent = AgentProcess(tmp_path, broker.port, telemetry_interval_s="1").start()
     agents.append(agent)
     copy_iris(agent.model_dir)
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
     wait_for(lambda: DEVICE in cloud.status, 15, "birth message")
-    late = FakeCloud(broker.port, tmp_path / "late.sqlite3", client_id="late").start()
+    late = CloudPeer(broker.port, tmp_path / "late.sqlite3", client_id="late").start()
     clouds.append(late)
     wait_for(lambda: DEVICE in late.status, 5, "the retained birth message")
     assert late.status[DEVICE].state == "online"
@@ -337,12 +383,12 @@ def copy_iris(model_dir: Path, versions: tuple[str, ...] = ("1",)) -> None:
 
 
 def test_commands_get_replies_and_run_once(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
     agent = AgentProcess(tmp_path, broker.port, password="s3cret-pw", username="dev-1")
     copy_iris(agent.model_dir, ("1", "2"))
     agents.append(agent.start())
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3", v5=True).start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3", v5=True).start()
     clouds.append(cloud)
     wait_for(lambda: DEVICE in cloud.status, 15, "birth message")
 
@@ -439,11 +485,11 @@ def _bad_docs(kind: str) -> list[tuple[str, dict[str, object]]]:
 
 
 def test_malformed_and_oversized_payloads_are_rejected_without_crashing(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
     agent = AgentProcess(tmp_path, broker.port, telemetry_interval_s="1").start()
     agents.append(agent)
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
     wait_for(lambda: DEVICE in cloud.status, 15, "birth message")
     sent = 0
@@ -597,9 +643,9 @@ def test_the_sync_role_imports_no_inference_runtime(tmp_path: Path) -> None:
 
 
 def test_drain_mode_exits_once_the_outbox_is_acknowledged(
-    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
-    cloud = FakeCloud(broker.port, tmp_path / "cloud.sqlite3").start()
+    cloud = CloudPeer(broker.port, tmp_path / "cloud.sqlite3").start()
     clouds.append(cloud)
     agent = AgentProcess(tmp_path, broker.port)
     agents.append(agent)
@@ -693,7 +739,7 @@ class TlsBroker(Broker):
 
 
 def test_tls_with_username_and_password(
-    tmp_path: Path, agents: list[AgentProcess], clouds: list[FakeCloud]
+    tmp_path: Path, agents: list[AgentProcess], clouds: list[CloudPeer]
 ) -> None:
     if shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto_passwd is not installed")
@@ -703,7 +749,7 @@ def test_tls_with_username_and_password(
     broker.plain_port = free_port()
     broker.start()
     try:
-        cloud = FakeCloud(broker.plain_port, tmp_path / "cloud.sqlite3").start()
+        cloud = CloudPeer(broker.plain_port, tmp_path / "cloud.sqlite3").start()
         clouds.append(cloud)
         tls = {"tls": "true", "ca_file": str(workdir / "tls" / "ca.pem"), "username": "dev-1"}
         agent = AgentProcess(tmp_path, broker.port, **tls, password="wrong-password").start()
