@@ -65,6 +65,9 @@ class WorkerConfig(_Section):
 class BatchConfig(_Section):
     interval_s: float | None = Field(default=60.0, gt=0, description="Run pending items every N seconds.")
     cron: str | None = Field(default=None, description="Cron expression (5 fields); overrides interval_s.")
+    timezone: str | None = Field(
+        default=None, description="IANA time zone of the cron expression; unset: the device's local time."
+    )
     parallelism: int = Field(default=2, ge=1, le=64, description="Chunks predicted at once (threads).")
     chunk: int = Field(default=32, ge=1, le=4096, description="Items claimed per chunk.")
     lease_s: float = Field(
@@ -82,6 +85,15 @@ class BatchConfig(_Section):
                 CronSchedule.parse(value)
             except ScheduleError as exc:
                 raise ValueError(exc.reason) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str | None) -> str | None:
+        if value:
+            from edge_agent.workers.schedule import zone  # lazy: no import cycle
+
+            zone(value)  # ValueError with the reason
         return value
 
 

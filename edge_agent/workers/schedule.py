@@ -2,7 +2,9 @@
 
 A schedule answers one question, ``next_after(t)``: the first fire time
 strictly after ``t`` (Unix seconds). Cron expressions are the classic five
-fields, read in the device's local time::
+fields, evaluated by cronsim (the maintained, dependency-free parser that
+Healthchecks.io runs) in ``batch.timezone`` (an IANA name such as
+``Europe/Berlin``) or, when that is unset, the device's local time zone::
 
     minute hour day-of-month month day-of-week
     */5    *    *            *     *            every five minutes
@@ -10,10 +12,17 @@ fields, read in the device's local time::
 
 Each field is ``*``, a number, a range ``a-b``, a step ``*/n``, ``a-b/n`` or
 ``a/n``, or a comma list of those; months and days may be named (``jan``,
-``mon-fri``); day-of-week 0 and 7 are both Sunday. As in Vixie cron, when
-both day fields are restricted a day matching either one fires. ``@hourly``,
-``@daily`` (``@midnight``), ``@weekly``, ``@monthly`` and ``@yearly``
-(``@annually``) are accepted.
+``mon-fri``); day-of-week 0 and 7 are both Sunday; cronsim's extensions ``L``
+(last day), ``W`` (nearest weekday) and ``#`` (``5#2``: second Friday) work
+too. As in Debian cron, when both day fields are restricted a day matching
+either one fires. ``@hourly``, ``@daily`` (``@midnight``), ``@weekly``,
+``@monthly`` and ``@yearly`` (``@annually``) are accepted.
+
+Daylight saving, as Debian cron does it: a job at a fixed time that falls in
+the hour skipped in spring runs when the clocks have jumped (02:30 -> 03:00);
+in the hour repeated in autumn it runs once, the first time. A job with ``*``
+in its minute or hour field follows real time: every 30 minutes stays every
+30 minutes through both changes.
 
 Between fire times the role sleeps on its doorbell (the same mechanism the
 async workers use, ``workers/doorbell.py``, in a directory of its own), so
@@ -22,20 +31,22 @@ async workers use, ``workers/doorbell.py``, in a directory of its own), so
 
 from __future__ import annotations
 
-import bisect
-import calendar
 import math
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 from edge_agent.config import BatchConfig
 from edge_agent.errors import ConfigError
 from edge_agent.workers.doorbell import Doorbell
 
 BELL_DIR = "batch"
-SEARCH_YEARS = 8  # every calendar pattern (leap days on a weekday included) repeats within this
+LOCALTIME = Path("/etc/localtime")
 
 
 class ScheduleError(ConfigError):
@@ -87,76 +98,67 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
-DAYS = {d.lower(): (i + 1) % 7 for i, d in enumerate(calendar.day_abbr)}  # mon=1 ... sun=0
-# name, low, high, names
-FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
-    ("minute", 0, 59, {}),
-    ("hour", 0, 23, {}),
-    ("day-of-month", 1, 31, {}),
-    ("month", 1, 12, MONTHS),
-    ("day-of-week", 0, 7, DAYS),
-)
+FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+ALLOWED = {
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31 or L, and a day some chosen month has",
+    "month": "1-12 or jan-dec",
+    "day-of-week": "0-7 (0 and 7 are Sunday) or sun-sat, n#k for the k-th (1-5)",
+}
+FORMS = "*, a number, a-b, */n, a-b/n, a/n, or a comma list of those"
 
 
-def _value(text: str, field: str, low: int, high: int, names: dict[str, int]) -> int:
-    key = text.lower()
-    if not key:
-        raise ValueError(f"{field} is missing a number")
-    if key in names:
-        return names[key]
-    if not text.isdigit():
-        known = f" or a name ({', '.join(names)})" if names else ""
-        raise ValueError(f"{field} {text!r} is not a number{known}")
-    n = int(text)
-    if not low <= n <= high:
-        raise ValueError(f"{field} {n} is out of range {low}-{high}")
-    return n
+def zone(name: str | None) -> tzinfo:
+    """The IANA time zone ``name``, or the device's own (``TZ``, else ``/etc/localtime``, else UTC).
+
+    ``ValueError`` with a message a person can act on when ``name`` is unknown."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r}: use an IANA name such as 'Europe/Berlin' or 'UTC', "
+                "or leave it unset for the device's local time"
+            ) from None
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        try:
+            return ZoneInfo(env)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass  # a POSIX rule string such as 'CET-1CEST': the system file describes the same zone
+    try:
+        with LOCALTIME.open("rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return UTC
 
 
-def _field(text: str, field: str, low: int, high: int, names: dict[str, int]) -> frozenset[int]:
-    values: set[int] = set()
-    for term in text.split(","):
-        base, _, step_text = term.partition("/")
-        step = 1
-        if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise ValueError(f"{field} step {step_text!r} must be a whole number of at least 1")
-            step = int(step_text)
-        if base == "*":
-            start, end = low, high
-        elif "-" in base:
-            a, _, b = base.partition("-")
-            start, end = _value(a, field, low, high, names), _value(b, field, low, high, names)
-            if start > end:
-                raise ValueError(f"{field} range {base!r} runs backwards")
-        elif base:
-            start = _value(base, field, low, high, names)
-            end = high if step_text else start
-        else:
-            raise ValueError(f"{field} has an empty term in {text!r}")
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
+def _reason(text: str, error: CronSimError) -> str:
+    """cronsim says 'Bad minute'; say which field, what it holds and what it may hold."""
+    parts = text.split(" ")
+    for i, name in enumerate(FIELDS):
+        if str(error).lower().endswith(name):
+            return f"{name} field {parts[i]!r} is not valid: use {FORMS}; values {ALLOWED[name]}"
+    return str(error)
 
 
 @dataclass(frozen=True, slots=True)
 class CronSchedule:
     expression: str
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]  # 0 = Sunday
-    day_or: bool  # both day fields restricted: either may match (Vixie cron)
+    five_fields: str  # the expression with a macro expanded
+    tz: tzinfo = field(default=UTC)
 
     @classmethod
-    def parse(cls, expression: str) -> CronSchedule:
+    def parse(cls, expression: str, timezone: str | None = None) -> CronSchedule:
+        """``ScheduleError`` naming the expression and the field at fault; an unknown
+        ``timezone`` too."""
         text = " ".join(expression.split())
         if text.startswith("@"):
             if text.lower() not in MACROS:
                 raise ScheduleError(expression, f"unknown macro; use one of {', '.join(MACROS)}")
             text = MACROS[text.lower()]
-        parts = text.split(" ")
+        parts = text.split(" ") if text else []
         if len(parts) != len(FIELDS):
             raise ScheduleError(
                 expression,
@@ -164,58 +166,25 @@ class CronSchedule:
                 + (" (seconds and years are not supported)" if len(parts) in (6, 7) else ""),
             )
         try:
-            sets = [_field(p, *spec) for p, spec in zip(parts, FIELDS, strict=True)]
+            tz = zone(timezone)
         except ValueError as exc:
             raise ScheduleError(expression, str(exc)) from None
-        weekdays = frozenset(d % 7 for d in sets[4])
-        schedule = cls(
-            expression,
-            tuple(sorted(sets[0])),
-            tuple(sorted(sets[1])),
-            sets[2],
-            sets[3],
-            weekdays,
-            day_or=not parts[2].startswith("*") and not parts[4].startswith("*"),
-        )
-        schedule.next_datetime(datetime(2000, 1, 1))  # raises if it can never fire (say, 30 February)
+        schedule = cls(expression, text, tz)
+        try:
+            schedule.next_datetime(datetime(2000, 1, 1, tzinfo=tz))
+        except CronSimError as exc:
+            raise ScheduleError(expression, _reason(text, exc)) from None
         return schedule
 
-    def _day_matches(self, dt: datetime) -> bool:
-        dom = dt.day in self.days
-        dow = (dt.isoweekday() % 7) in self.weekdays
-        return (dom or dow) if self.day_or else (dom and dow)
-
     def next_datetime(self, after: datetime) -> datetime:
-        """The first matching minute strictly after ``after`` (wall-clock fields, any tzinfo)."""
-        dt = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        limit = after.year + SEARCH_YEARS
-        while dt.year <= limit:
-            if dt.month not in self.months:
-                dt = (dt.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0)
-            elif not self._day_matches(dt):
-                dt = (dt + timedelta(days=1)).replace(hour=0, minute=0)
-            elif dt.hour not in self.hours:
-                i = bisect.bisect_left(self.hours, dt.hour)
-                if i == len(self.hours):
-                    dt = (dt + timedelta(days=1)).replace(hour=0, minute=0)
-                else:
-                    dt = dt.replace(hour=self.hours[i], minute=0)
-            elif dt.minute not in self.minutes:
-                i = bisect.bisect_left(self.minutes, dt.minute)
-                if i == len(self.minutes):
-                    dt = dt.replace(minute=0) + timedelta(hours=1)
-                else:
-                    dt = dt.replace(minute=self.minutes[i])
-            else:
-                return dt
-        raise ScheduleError(self.expression, "never fires (no such date)")
+        """The first fire time strictly after ``after`` (an aware datetime), in the schedule's zone."""
+        try:
+            return next(CronSim(self.five_fields, after.astimezone(self.tz)))
+        except StopIteration:
+            raise ScheduleError(self.expression, "never fires (no such date)") from None
 
     def next_after(self, t: float) -> float:
-        """Local time. In a DST fold the repeated hour may fire twice; a skipped hour fires once, late."""
-        nxt = self.next_datetime(datetime.fromtimestamp(t)).timestamp()
-        while nxt <= t:  # the repeated hour of a DST change
-            nxt = self.next_datetime(datetime.fromtimestamp(nxt)).timestamp()
-        return nxt
+        return self.next_datetime(datetime.fromtimestamp(t, self.tz)).timestamp()
 
     def __str__(self) -> str:
         return f"cron {self.expression!r}"
@@ -224,7 +193,7 @@ class CronSchedule:
 def schedule_from_config(batch: BatchConfig) -> IntervalSchedule | CronSchedule | OnDemand:
     """``cron`` wins over ``interval_s``; neither means on demand (doorbell or ``--now``) only."""
     if batch.cron:
-        return CronSchedule.parse(batch.cron)
+        return CronSchedule.parse(batch.cron, batch.timezone)
     if batch.interval_s is not None:
         return IntervalSchedule(batch.interval_s)
     return OnDemand()
