@@ -23,12 +23,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from cloud_sync.errors import ConfigError
+from edge_agent.access import off_loopback_problem
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "CLOUD_"
 ENV_CONFIG_FILE = "CLOUD_CONFIG"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _default_db_path() -> Path:
@@ -142,12 +142,10 @@ def cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append("broker_password is set without broker_username")
     if (values.get("dashboard_user") is None) != (values.get("dashboard_password_hash") is None):
         problems.append("dashboard_user and dashboard_password_hash go together: set both or neither")
-    host = values.get("api_host", "127.0.0.1")
-    if host not in LOOPBACK_HOSTS and values.get("api_token") is None:
-        problems.append(
-            f"api_host {host!r} is not loopback: set api_token (CLOUD_API_TOKEN) "
-            "so the API is not open to the network"
-        )
+    token_set = values.get("api_token") is not None
+    problem = off_loopback_problem("api_host", values.get("api_host"), token_set, "CLOUD_API_TOKEN")
+    if problem:
+        problems.append(problem)
     return problems
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew, StoreError
+from edge_agent.sqlitefile import SchemaTooNewError, UserVersion, connect, migrate
 from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
 
 BUSY_TIMEOUT_S = 10.0
@@ -277,10 +278,7 @@ class Store:
         db: Database | None = getattr(self._local, "db", None)
         if db is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
+                conn = connect(self.path, busy_timeout_s=self.busy_timeout_s, check_same_thread=False)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open {self.path}: {exc}") from None
             db = Database(conn, execute_plugins=False)
@@ -321,15 +319,12 @@ class Store:
     def _migrate(self) -> None:
         try:
             with self.transaction() as db:
-                version = int(db.execute("PRAGMA user_version").fetchone()[0])
-                if version > len(MIGRATIONS):
-                    raise SchemaTooNew(
-                        f"{self.path} has schema version {version}, newer than this cloud_sync knows "
-                        f"({len(MIGRATIONS)}); upgrade cloud_sync"
-                    )
-                for i in range(version, len(MIGRATIONS)):
-                    MIGRATIONS[i](db)
-                    db.execute(f"PRAGMA user_version={i + 1}")
+                migrate(db, MIGRATIONS, UserVersion(db.conn))
+        except SchemaTooNewError as exc:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {exc.version}, newer than this cloud_sync knows "
+                f"({exc.known}); upgrade cloud_sync"
+            ) from None
         except sqlite3.Error as exc:
             raise StoreError(f"cannot migrate {self.path}: {exc}") from None
 

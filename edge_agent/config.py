@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.access import LOOPBACK_HOSTS, off_loopback_problem
 from edge_agent.errors import ConfigError
 from edge_agent.sync.settings import SyncConfig
 
@@ -40,9 +41,6 @@ def _default_model_dir() -> Path:
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-agent"
-
-
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class BatchingOverride(BaseModel):
@@ -203,11 +201,9 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AgentConfig:
-        if self.host not in LOOPBACK_HOSTS and self.api_token is None:
-            raise ValueError(
-                f"host {self.host!r} is not loopback: set api_token (EDGE_API_TOKEN) "
-                "so the API is not open to the network"
-            )
+        problem = off_loopback_problem("host", self.host, self.api_token is not None, "EDGE_API_TOKEN")
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

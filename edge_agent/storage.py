@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.sqlitefile import SchemaTooNewError, UserVersion, connect, migrate, sql_script
 
 DB_NAME = "agent.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -187,14 +188,10 @@ class Storage:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                conn = connect(self.path, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {self.path}: {exc}") from None
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn
 
@@ -226,17 +223,13 @@ class Storage:
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > len(MIGRATIONS):
+            try:
+                migrate(conn, [sql_script(sql) for sql in MIGRATIONS], UserVersion(conn))
+            except SchemaTooNewError as exc:
                 raise StorageError(
-                    f"{self.path} has schema version {version}, newer than this agent knows "
-                    f"({len(MIGRATIONS)}); upgrade the agent"
-                )
-            for i in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[i].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={i + 1}")
+                    f"{self.path} has schema version {exc.version}, newer than this agent knows "
+                    f"({exc.known}); upgrade the agent"
+                ) from None
 
     @property
     def schema_version(self) -> int:

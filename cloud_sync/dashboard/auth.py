@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from cloud_sync.config import CloudConfig
+from edge_agent.access import bearer_ok
 
 COOKIE = "edge_session"
 CSRF_HEADER = "x-csrf-token"
@@ -165,8 +166,7 @@ def refuse(
     config = sessions.config
     bearer = request.headers.get("authorization", "")
     if config.api_token is not None and bearer:
-        expected = f"Bearer {config.api_token.get_secret_value()}".encode()
-        if hmac.compare_digest(bearer.encode(), expected):
+        if bearer_ok(bearer, config.api_token.get_secret_value()):
             return None
         return _unauthorized("wrong API token: send 'Authorization: Bearer <token>'")
     session = sessions.check(request.cookies.get(COOKIE))

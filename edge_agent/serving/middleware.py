@@ -7,12 +7,12 @@ over the limit is cut off without being read into memory.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edge_agent.access import BEARER_HINT, bearer_ok
 from edge_agent.errors import PayloadTooLarge
 from edge_agent.serving.metrics import Metrics
 
@@ -115,19 +115,19 @@ class CountRequests:
 class BearerAuth:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if not hmac.compare_digest(given, self.expected):
+        if not bearer_ok(given, self.token):
             await _reply(
                 send,
                 401,
                 {
-                    "error": "missing or wrong API token: send 'Authorization: Bearer <token>'",
+                    "error": f"missing or wrong API token: {BEARER_HINT}",
                     "code": "unauthorized",
                 },
                 [(b"www-authenticate", b"Bearer")],
