@@ -6,16 +6,15 @@ each field's variable is ``CLOUD_`` + its name in capitals (``CLOUD_BROKER_HOST`
 Every problem is reported at once, misspelt ``CLOUD_*`` variables included (a
 ``CLOUD_*`` variable close to no setting, such as the Google Cloud SDK's
 ``CLOUD_SDK_VERSION``, is another tool's: ignored with a warning).
-Validation does no I/O: certificate and key files are opened when used.
+Validation does no I/O: certificate and key files are opened when used. The
+reading and the problem list are the device's ``edge_agent/envconfig.py``.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from cloud_sync.errors import ConfigError
 from edge_agent.access import off_loopback_problem
+from edge_agent.envconfig import EnvLayout, describe, read_sources
 
 logger = logging.getLogger(__name__)
 
@@ -153,28 +153,17 @@ SECRET_FIELDS = ("broker_password", "api_token", "dashboard_password_hash", "ses
 ENV_VARS: dict[str, str] = {ENV_PREFIX + name.upper(): name for name in CloudConfig.model_fields}
 
 
+ENV_LAYOUT = EnvLayout(
+    prefix=ENV_PREFIX,
+    config_file_var=ENV_CONFIG_FILE,
+    variables={key: (name,) for key, name in ENV_VARS.items()},
+    foreign_ok=True,
+)
+
+
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> CloudConfig:
     """Build the config; ``ConfigError`` lists every problem found."""
-    env = os.environ if env is None else env
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-    path = path or (Path(env[ENV_CONFIG_FILE]) if env.get(ENV_CONFIG_FILE) else None)
-    if path is not None:
-        try:
-            values.update(tomllib.loads(path.read_text()))
-        except OSError as exc:
-            problems.append(f"config file {path}: {exc.strerror}")
-        except tomllib.TOMLDecodeError as exc:
-            problems.append(f"config file {path}: not valid TOML: {exc}")
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
-            continue
-        if key in ENV_VARS:
-            values[ENV_VARS[key]] = None if raw == "" else raw
-        elif close := difflib.get_close_matches(key, ENV_VARS, n=1, cutoff=0.8):
-            problems.append(f"unknown environment variable {key}; did you mean {close[0]}?")
-        else:  # another tool's variable (CLOUD_SDK_VERSION of the Google Cloud SDK images...)
-            logger.warning("ignoring environment variable %s: not a cloud_sync setting", key)
+    values, problems = read_sources(ENV_LAYOUT, path, os.environ if env is None else env)
     try:
         config = CloudConfig.model_validate(values)
     except ValidationError as exc:
@@ -196,13 +185,4 @@ def with_overrides(config: CloudConfig, **updates: Any) -> CloudConfig:
 
 
 def _describe(exc: ValidationError) -> list[str]:
-    problems = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        if not field:  # the model validator: already a sentence per problem
-            problems.extend(str(err["msg"]).removeprefix("Value error, ").split("; "))
-        elif field in SECRET_FIELDS:
-            problems.append(f"{field}: {err['msg']}")
-        else:
-            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
-    return problems
+    return describe(exc, SECRET_FIELDS)

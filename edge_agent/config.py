@@ -2,7 +2,8 @@
 
 Precedence: defaults < config file < environment. Every problem is reported at
 once (a misspelt ``EDGE_*`` variable included), so an operator fixes a broken
-config in one round trip instead of one error per restart.
+config in one round trip instead of one error per restart. The reading and the
+problem list are ``edge_agent/envconfig.py``, which ``cloud_sync.config`` uses too.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.access import LOOPBACK_HOSTS, off_loopback_problem
+from edge_agent.access import off_loopback_problem
+from edge_agent.envconfig import EnvLayout, describe, read_sources
 from edge_agent.errors import ConfigError
 from edge_agent.sync.settings import SyncConfig
 
@@ -229,68 +230,30 @@ SECTION_ENV_VARS = {
 JSON_FIELDS = frozenset({"batching", "prediction_disabled_models", "models", "microservice", "roles"})
 
 
+ENV_LAYOUT = EnvLayout(
+    prefix=ENV_PREFIX,
+    config_file_var=ENV_CONFIG_FILE,
+    variables={key: (name,) for key, name in ENV_VARS.items()}
+    | {key: where for key, where in SECTION_ENV_VARS.items()},
+    json_fields=JSON_FIELDS,
+)
+SECRET_FIELDS = frozenset({"api_token", "password"})  # top level and sync.password
+
+
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Build the config; ConfigError lists every problem found."""
-    env = os.environ if env is None else env
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-    path = path or (Path(env[ENV_CONFIG_FILE]) if env.get(ENV_CONFIG_FILE) else None)
-    if path is not None:
-        try:
-            values.update(tomllib.loads(path.read_text()))
-        except OSError as exc:
-            problems.append(f"config file {path}: {exc.strerror}")
-        except tomllib.TOMLDecodeError as exc:
-            problems.append(f"config file {path}: not valid TOML: {exc}")
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
-            continue
-        if key in ENV_VARS:
-            field_name = ENV_VARS[key]
-            if field_name in JSON_FIELDS:
-                try:
-                    values[field_name] = json.loads(raw)
-                except ValueError as exc:
-                    problems.append(f"{key}: not valid JSON: {exc}")
-            else:
-                values[field_name] = raw
-        elif key in SECTION_ENV_VARS:
-            section, name = SECTION_ENV_VARS[key]
-            target = values.setdefault(section, {})
-            if not isinstance(target, dict):
-                problems.append(f"{key}: section {section} is not a table")
-                continue
-            if name in JSON_FIELDS:
-                try:
-                    target[name] = json.loads(raw)
-                except ValueError as exc:
-                    problems.append(f"{key}: not valid JSON: {exc}")
-            else:
-                target[name] = None if raw == "" else raw
-        else:
-            problems.append(
-                f"unknown environment variable {key}; known: "
-                f"{', '.join(sorted([*ENV_VARS, *SECTION_ENV_VARS]))}"
-            )
+    values, problems = read_sources(ENV_LAYOUT, path, os.environ if env is None else env)
     try:
         config = AgentConfig.model_validate(values)
     except ValidationError as exc:
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            if field:
-                problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
-            else:
-                problems.append(str(err["msg"]).removeprefix("Value error, "))
+        problems.extend(describe(exc, SECRET_FIELDS))
         host = values.get("host")
-        if (
-            host
-            and host not in LOOPBACK_HOSTS
-            and not values.get("api_token")
-            and "host" not in str(problems)
-        ):
-            problems.append(f"host {host!r} is not loopback: set api_token (EDGE_API_TOKEN)")
-        config = None
-    if problems or config is None:
+        token_set = bool(values.get("api_token"))
+        problem = off_loopback_problem("host", host, token_set, "EDGE_API_TOKEN")
+        if problem and not any(p.startswith(f"host {host!r}") for p in problems):
+            problems.append(problem)  # the model validator did not run: say it anyway
+        raise ConfigError(problems) from None
+    if problems:
         raise ConfigError(problems)
     return config
 
@@ -301,7 +264,7 @@ def with_overrides(config: AgentConfig, **updates: Any) -> AgentConfig:
     try:
         return AgentConfig.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError([str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]) from None
+        raise ConfigError(describe(exc, SECRET_FIELDS)) from None
 
 
 def _env_text(value: Any, dumped: Any) -> str:

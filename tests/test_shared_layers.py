@@ -88,3 +88,39 @@ def test_a_file_from_a_newer_release_is_refused_by_each_end_in_its_own_words(tmp
         Storage(tmp_path / "device.sqlite3")
     with pytest.raises(SchemaTooNew, match="schema version 999, newer than this cloud_sync knows"):
         Store(tmp_path / "cloud.sqlite3")
+
+
+# -- one env-config loader (edge_agent/envconfig.py) ---------------------------------------
+def test_both_loaders_list_every_problem_at_once_with_the_misspelt_variable() -> None:
+    from cloud_sync.config import load_config as load_cloud
+    from cloud_sync.errors import ConfigError as CloudConfigError
+    from edge_agent.config import load_config as load_device
+    from edge_agent.errors import ConfigError as DeviceConfigError
+
+    with pytest.raises(DeviceConfigError) as device:
+        load_device(env={"EDGE_BATCH__CORN": "0 3 * * *", "EDGE_BATCH__CHUNK": "0"})
+    assert device.value.problems[:2] == [
+        "unknown environment variable EDGE_BATCH__CORN; did you mean EDGE_BATCH__CRON?",
+        "batch.chunk: Input should be greater than or equal to 1 (got '0')",
+    ]
+    with pytest.raises(CloudConfigError) as cloud:
+        load_cloud(env={"CLOUD_API_TOKN": "t", "CLOUD_API_PORT": "http", "CLOUD_SDK_VERSION": "470.0.0"})
+    assert cloud.value.problems == [
+        "unknown environment variable CLOUD_API_TOKN; did you mean CLOUD_API_TOKEN?",
+        "api_port: Input should be a valid integer, unable to parse string as an integer (got 'http')",
+    ]  # CLOUD_SDK_VERSION: another tool's, ignored with a warning
+
+
+def test_a_secret_is_never_echoed_in_a_problem() -> None:
+    from cloud_sync.config import load_config as load_cloud
+    from cloud_sync.errors import ConfigError as CloudConfigError
+    from edge_agent.config import load_config as load_device
+    from edge_agent.errors import ConfigError as DeviceConfigError
+
+    with pytest.raises(DeviceConfigError) as device:
+        load_device(env={"EDGE_SYNC__PASSWORD": "hunter2-secret", "EDGE_SYNC__BROKER_PORT": "0"})
+    assert "hunter2-secret" not in device.value.message
+    with pytest.raises(CloudConfigError) as cloud:
+        load_cloud(env={"CLOUD_BROKER_PASSWORD": "hunter2-secret"})
+    assert "hunter2-secret" not in cloud.value.message
+    assert "broker_password is set without broker_username" in cloud.value.problems

@@ -49,7 +49,7 @@ from edge_agent.sync.protocol import (
     topic,
 )
 from edge_agent.sync.protocol import Message as WireMessage
-from edge_agent.sync.settings import ENV_PREFIX, SyncConfig, sync_config, with_changes
+from edge_agent.sync.settings import SyncConfig, sync_config, with_changes
 
 logger = logging.getLogger(__name__)
 
@@ -399,11 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    env = dict(os.environ)
-    if "sync" not in AgentConfig.model_fields:  # until AgentConfig has the section, sync_config reads them
-        env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
     try:
-        config = load_config(args.config, env)
+        config = load_config(args.config)
         config = with_overrides(
             config, data_dir=args.data_dir, model_dir=args.model_dir, device_id=args.device_id
         )

@@ -1,20 +1,19 @@
 """Settings of the ``sync`` role (the device end of the fleet link).
 
-``SyncConfig`` is meant to become ``AgentConfig.sync`` (TOML section ``[sync]``,
-``EDGE_SYNC__<FIELD>`` in the environment). Until that section exists,
-``sync_config`` reads the same ``EDGE_SYNC__*`` names from a mapping, so the
-role and its tests already use the final spelling.
+``SyncConfig`` is ``AgentConfig.sync`` (TOML section ``[sync]``,
+``EDGE_SYNC__<FIELD>`` in the environment), loaded with the rest of the
+configuration by ``edge_agent.config.load_config``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from edge_agent.envconfig import describe
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:  # config.py will import SyncConfig from here for its `sync` section
@@ -85,43 +84,9 @@ class SyncConfig(BaseModel):
         return self
 
 
-def _problems(exc: ValidationError, prefix: str) -> list[str]:
-    out = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        label = f"{prefix}{where.upper()}" if prefix else where
-        out.append(f"{label}: {msg}" if where else msg)
-    return out
-
-
-def sync_config_from_env(env: Mapping[str, str]) -> SyncConfig:
-    """A ``SyncConfig`` from ``EDGE_SYNC__<FIELD>`` values; ConfigError lists every problem."""
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name not in SyncConfig.model_fields:
-            problems.append(f"unknown environment variable {key}")
-        elif raw != "":
-            values[name] = raw
-    try:
-        config = SyncConfig.model_validate(values)
-    except ValidationError as exc:
-        raise ConfigError(problems + _problems(exc, ENV_PREFIX)) from None
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-def sync_config(config: AgentConfig, env: Mapping[str, str] | None = None) -> SyncConfig:
-    """``config.sync`` once AgentConfig has that section, else ``EDGE_SYNC__*`` from ``env``."""
-    section = getattr(config, "sync", None)
-    if isinstance(section, SyncConfig):
-        return section
-    return sync_config_from_env(os.environ if env is None else env)
+def sync_config(config: AgentConfig) -> SyncConfig:
+    """The sync role's settings: ``config.sync``."""
+    return config.sync
 
 
 def with_changes(config: SyncConfig, changes: Mapping[str, Any]) -> SyncConfig:
@@ -129,4 +94,4 @@ def with_changes(config: SyncConfig, changes: Mapping[str, Any]) -> SyncConfig:
     try:
         return SyncConfig.model_validate(config.model_dump() | dict(changes))
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, "")) from None
+        raise ConfigError(describe(exc, {"password"})) from None

@@ -378,7 +378,7 @@ def test_invalid_cron_stops_the_role_with_a_config_error(env: Env) -> None:
         timeout=60,
     )
     assert run.returncode == 3
-    assert "batch.cron: Value error, minute field '61' is not valid" in run.stderr.decode()
+    assert "batch.cron: minute field '61' is not valid" in run.stderr.decode()
     assert "values 0-59" in run.stderr.decode()
 
 

@@ -24,7 +24,7 @@ from typing import get_args
 
 import pytest
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.runtime.package import read_manifest, write_manifest
 from edge_agent.storage import Storage
@@ -33,7 +33,7 @@ from edge_agent.sync.agent import SyncAgent
 from edge_agent.sync.commands import HANDLERS
 from edge_agent.sync.mqtt import Message, MqttError, MqttLink
 from edge_agent.sync.outbox import Outbox
-from edge_agent.sync.settings import SyncConfig, sync_config_from_env, with_changes
+from edge_agent.sync.settings import SyncConfig, with_changes
 from tests.conftest import MODELS, ROOT
 from tests.sync.broker import Broker, free_port, run_broker
 from tests.sync.cloud_peer import CloudPeer, wait_for
@@ -615,12 +615,17 @@ def test_every_command_has_a_handler() -> None:
 
 
 def test_sync_settings_from_the_environment() -> None:
-    s = sync_config_from_env({"EDGE_SYNC__BATCH_SIZE": "1", "EDGE_SYNC__ON_FULL": "refuse_new", "HOME": "/"})
+    env = {"EDGE_SYNC__BATCH_SIZE": "1", "EDGE_SYNC__ON_FULL": "refuse_new", "HOME": "/"}
+    s = load_config(env=env).sync
     assert (s.batch_size, s.on_full) == (1, "refuse_new")
     with pytest.raises(ConfigError) as err:
-        sync_config_from_env({"EDGE_SYNC__BATCH_SIZE": "501", "EDGE_SYNC__NOPE": "1"})
-    assert err.value.problems[0] == "unknown environment variable EDGE_SYNC__NOPE"
-    assert "EDGE_SYNC__BATCH_SIZE" in err.value.problems[1]
+        load_config(env={"EDGE_SYNC__BATCH_SIZE": "501", "EDGE_SYNC__BATCH_SIZ": "1", "EDGE_SYNC__NOPE": "1"})
+    problems = err.value.problems
+    assert (
+        "unknown environment variable EDGE_SYNC__BATCH_SIZ; did you mean EDGE_SYNC__BATCH_SIZE?" in problems
+    )
+    assert any(p.startswith("unknown environment variable EDGE_SYNC__NOPE; known: ") for p in problems)
+    assert "sync.batch_size: Input should be less than or equal to 500 (got '501')" in problems
     with pytest.raises(ConfigError):
         with_changes(s, {"ack_timeout_s": -1})
     assert with_changes(s, {"ack_timeout_s": 5}).ack_timeout_s == 5
