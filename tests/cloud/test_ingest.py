@@ -253,8 +253,8 @@ def test_ingest_resubscribes_after_a_broker_restart(tmp_path: Path) -> None:
         running(start_ingest(broker, db, tmp_path, "ingest-r")) as role,
     ):
         broker.restart()
-        role.wait_log("disconnected from broker")
-        wait_for(lambda: role.text().count("connected to broker 127.0.0.1") >= 2, 15, "a reconnect")
+        role.wait_log("disconnected from the broker")
+        wait_for(lambda: role.text().count("connected to the broker 127.0.0.1") >= 2, 15, "a reconnect")
         dev = device_id()
         with sim_device(broker, dev) as device:
             record = result_record()
