@@ -108,10 +108,9 @@ def salvage_results(topic_name: str, payload: bytes) -> tuple[Results, list[str]
             bad.append(rid)
     batch = doc.get("batch")
     batch = batch if isinstance(batch, str) and 1 <= len(batch) <= 64 else "unknown"
-    try:
-        return Results(device=device, batch=batch, results=good), bad
-    except ValueError:  # over MAX_RESULTS_PER_MESSAGE: refuse every result it names
-        return Results(device=device, batch=batch, results=[]), bad + [r.id for r in good]
+    if len(good) > protocol.MAX_RESULTS_PER_MESSAGE:
+        return None  # valid results, too many in one message: no ack, never a refusal of good data
+    return Results(device=device, batch=batch, results=good), bad
 
 
 class Ingest:
