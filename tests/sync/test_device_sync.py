@@ -711,7 +711,7 @@ def _tls_files(d: Path) -> tuple[Path, Path, Path]:
 
 
 class TlsBroker(Broker):
-    """A TLS listener with a password file for devices, and a plain anonymous one for the fake cloud."""
+    """A TLS listener with a password file for devices, and a plain anonymous one for the cloud ingest."""
 
     plain_port: int = 0
 
