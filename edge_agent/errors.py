@@ -81,6 +81,12 @@ class PackageError(EdgeAgentError):
     code = "package_invalid"
 
 
+class DecodeError(PackageError):
+    """A detector's outputs do not have the shape its post-processing settings describe."""
+
+    code = "postprocess_mismatch"
+
+
 class IntegrityError(PackageError):
     """A model file does not match the sha256 its manifest records."""
 
