@@ -87,6 +87,12 @@ class DecodeError(PackageError):
     code = "postprocess_mismatch"
 
 
+class ImportRejected(PackageError):
+    """``models import`` refused a model file; nothing was written. ``flag`` names what to pass."""
+
+    code = "import_rejected"
+
+
 class IntegrityError(PackageError):
     """A model file does not match the sha256 its manifest records."""
 

@@ -191,6 +191,9 @@ class Golden(_Strict):
     atol: float = Field(ge=0.0)
     rtol: float = Field(default=0.0, ge=0.0)
     tolerance_reason: str = Field(description="Why this tolerance: what can legitimately differ.")
+    origin: str = Field(
+        default="", description="Where the golden inputs came from (user samples, or seeded inputs)."
+    )
 
 
 class Metrics(_Strict):
