@@ -229,7 +229,9 @@ SECTION_ENV_VARS = {
     for section, model in SECTIONS.items()
     for name in model.model_fields
 }
-JSON_FIELDS = frozenset({"batching", "prediction_disabled_models", "models", "microservice", "roles"})
+JSON_FIELDS = frozenset(
+    {"batching", "prediction_disabled_models", "models", "microservice", "roles", "labels"}
+)
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
