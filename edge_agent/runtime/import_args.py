@@ -1,13 +1,18 @@
-"""The import flags, defined once: ``edge-agent models import`` and ``cloud-sync models publish FILE``."""
+"""The import flags, defined once: ``edge-agent models import`` and ``cloud-sync models publish FILE``.
+
+Building the parser imports nothing heavy (every role's command line is built from it).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import ImportRejected
-from edge_agent.runtime.importer import DecoderOptions, ImageOptions, ImportOptions
+
+if TYPE_CHECKING:  # the importer pulls numpy in: only when an import actually runs
+    from edge_agent.runtime.importer import ImportOptions
 
 RANGES = {"0:1": (0.0, 1.0), "-1:1": (-1.0, 1.0), "0:255": (0.0, 255.0)}
 
@@ -83,6 +88,8 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 
 
 def options_from_args(args: Any) -> ImportOptions:
+    from edge_agent.runtime.importer import DecoderOptions, ImageOptions, ImportOptions
+
     image = None
     if args.input_range is not None:
         text = args.input_range
