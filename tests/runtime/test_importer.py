@@ -1,0 +1,89 @@
+"""The importer's decisions, through its library API on real model files: quantization read
+from TFLite, tolerance from the output type, softmax decided from the outputs, golden origin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import ImportRejected
+from edge_agent.runtime.importer import DecoderOptions, ImageOptions, ImportOptions, prepare, write_package
+from edge_agent.runtime.package import read_manifest, verify_files
+from tests.conftest import DATA, MODELS
+
+
+def test_tflite_int8_quantization_and_tolerance() -> None:
+    bundled = read_manifest(MODELS / "digits_tflite_int8" / "1")
+    path = MODELS / "digits_tflite_int8" / "1" / bundled.file
+    prep = prepare(path, ImportOptions(name="d8", postprocess="classification"))
+    m = prep.manifest
+    assert m.backend == "litert"
+    assert m.inputs[0].dtype == "float32" and m.inputs[0].shape == [None, 1, 8, 8]  # dequantized view
+    assert m.quantization.scheme == "int8_full_integer"
+    assert m.quantization.tensors == bundled.quantization.tensors  # scale and zero point from the file
+    out_scale = bundled.quantization.tensors["logits"].scale
+    assert m.golden.atol == pytest.approx(1.5 * out_scale, rel=1e-6)
+    assert "int8 quantized" in m.golden.tolerance_reason
+    assert m.postprocessing is not None and m.postprocessing.apply_softmax  # type: ignore[union-attr]
+    assert m.batching.enabled  # the TFLite file's batch dim is -1
+    assert m.golden.origin.startswith("seeded inputs: 2 row(s)")
+
+
+def test_npy_and_json_samples_make_the_golden(tmp_path: Path) -> None:
+    heldout = np.load(DATA / "digits_heldout.npz")
+    x = heldout["images"][:3].astype(np.float32)[:, None] / 16.0
+    np.save(tmp_path / "three.npy", x)
+    (tmp_path / "one.json").write_text(json.dumps({"data": x[0].tolist()}))  # no batch dim: one row
+    path = MODELS / "digits" / "1" / "digits.onnx"
+    opts = ImportOptions(
+        name="d", task="classification", samples=[tmp_path / "three.npy", tmp_path / "one.json"]
+    )
+    prep = prepare(path, opts)
+    np.testing.assert_array_equal(prep.golden_inputs["input"], np.concatenate([x, x[:1]]))
+    assert prep.manifest.golden.origin == "the user's samples (three.npy, one.json)"
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    final = write_package(prep, pkg)
+    verify_files(pkg, final)  # sha256 of model and golden as the manifest says
+
+
+def test_fixed_batch_uses_as_many_samples_as_the_batch(tmp_path: Path) -> None:
+    sample = MODELS / "face" / "1" / "samples" / "astronaut.png"
+    opts = ImportOptions(
+        name="f", postprocess="blazeface", image=ImageOptions(input_range=(-1.0, 1.0), resize="letterbox"),
+        decoder=DecoderOptions(anchors="face"), samples=[sample, sample],
+    )  # fmt: skip
+    prep = prepare(MODELS / "face" / "1" / "model.tflite", opts)
+    assert prep.golden_inputs["input"].shape == (1, 128, 128, 3)
+    assert "first 1 row(s)" in prep.manifest.golden.origin
+    assert not prep.manifest.batching.enabled
+
+
+@pytest.mark.parametrize(
+    ("opts", "words"),
+    [
+        (
+            ImportOptions(postprocess="blazeface", image=ImageOptions(input_range=(-1, 1))),
+            "--anchors face|person",
+        ),
+        (
+            ImportOptions(
+                postprocess="blazeface",
+                image=ImageOptions(input_range=(-1, 1)),
+                decoder=DecoderOptions(anchors="person"),
+            ),
+            "896 rows",
+        ),
+        (
+            ImportOptions(task="detection", image=ImageOptions(input_range=(-1, 1), size=(64, 64))),
+            "disagrees",
+        ),
+        (ImportOptions(name="Bad Name", task="detection"), "--name"),
+    ],
+)
+def test_refusals_name_the_flag(opts: ImportOptions, words: str) -> None:
+    with pytest.raises(ImportRejected, match=words.replace("|", r"\|")):
+        prepare(MODELS / "face" / "1" / "model.tflite", opts)
