@@ -3,6 +3,7 @@ message a person can act on, and the store stays byte for byte as it was."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,18 @@ def test_good_import_after_refusals_still_works(store: Path) -> None:
     r = edge_agent(store, "models", "import", path, "--name", "dyn", "--task", "classification")
     assert r.returncode == 0, r.stderr
     assert (store / "store" / "models" / "dyn" / "1" / "manifest.json").is_file()
+
+
+def test_activate_makes_a_new_version_active(store: Path) -> None:
+    """--activate self-tests the new version and switches to it; without it the active one stays."""
+    onnx_file = MODELS / "digits" / "1" / "digits.onnx"
+    flags = ["--name", "digits", "--postprocess", "classification", "--input-range", "0:1"]
+    r = edge_agent(store, "models", "import", onnx_file, *flags, "--version", "2", "--activate")
+    assert r.returncode == 0, r.stderr
+    assert "imported digits/2 and activated it (golden sample reproduced)" in r.stdout
+    r = edge_agent(store, "models", "import", onnx_file, *flags, "--version", "3")
+    assert r.returncode == 0, r.stderr
+    assert "imported digits/3 (active: 2)" in r.stdout
+    listed = edge_agent(store, "models", "list", "--json")
+    (row,) = json.loads(listed.stdout)
+    assert row["versions"] == ["1", "2", "3"] and row["active_version"] == "2"
