@@ -82,3 +82,27 @@ def unsupported_type(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.INT16, ["batch", 4])],
     )
     return _save(graph, path, opset=14)
+
+
+def constant_ssd(path: Path, boxes: np.ndarray, scores: np.ndarray, size: int = 64) -> Path:
+    """image [1, size, size, 3] (NHWC) -> boxes [1, A, 4] and scores [1, A, C], whatever the image."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+            helper.make_node("Add", ["Bx", "nothing"], ["boxes"]),
+            helper.make_node("Add", ["Sc", "nothing"], ["scores"]),
+        ],
+        "ssd",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, size, size, 3])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, list(boxes.shape)),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(scores.shape)),
+        ],
+        [
+            numpy_helper.from_array(boxes.astype(np.float32), "Bx"),
+            numpy_helper.from_array(scores.astype(np.float32), "Sc"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        ],
+    )
+    return _save(graph, path)

@@ -87,3 +87,38 @@ def test_fixed_batch_uses_as_many_samples_as_the_batch(tmp_path: Path) -> None:
 def test_refusals_name_the_flag(opts: ImportOptions, words: str) -> None:
     with pytest.raises(ImportRejected, match=words.replace("|", r"\|")):
         prepare(MODELS / "face" / "1" / "model.tflite", opts)
+
+
+def test_ssd_detector_imported_and_served_by_the_engine(tmp_path: Path) -> None:
+    """An SSD-shaped ONNX (normalized yxyx boxes, per-class scores) through import and Engine.predict."""
+    import cv2
+
+    from edge_agent.runtime.engine import Engine
+    from edge_agent.runtime.importer import import_model
+    from edge_agent.runtime.store import ModelStore
+    from tests.runtime.onnx_builders import constant_ssd
+
+    boxes = np.array(
+        [[[0.25, 0.5, 0.5, 0.75], [0.26, 0.5, 0.5, 0.75], [0.6, 0.1, 0.9, 0.3]]]
+    )  # ymin, xmin, ...
+    scores = np.array([[[0.02, 0.9, 0.08], [0.02, 0.8, 0.18], [0.1, 0.2, 0.7]]])  # class 0: background
+    path = constant_ssd(tmp_path / "ssd.onnx", boxes, scores)
+    store = ModelStore(tmp_path / "models", tmp_path / "state.json")
+    opts = ImportOptions(
+        name="ssd", postprocess="ssd", labels=["background", "person", "car"],
+        image=ImageOptions(input_range=(0.0, 1.0), resize="letterbox"), decoder=DecoderOptions(min_score=0.5),
+    )  # fmt: skip
+    m = import_model(store, path, opts)
+    assert m.postprocessing is not None and m.postprocessing.type == "ssd"
+    img = np.full((32, 64, 3), 100, np.uint8)  # 64x32 into 64x64: scale 1, 16 px of padding above
+    ok, png = cv2.imencode(".png", img)
+    assert ok
+    engine = Engine(store)
+    try:
+        (row,) = engine.predict("ssd", images=[png.tobytes()]).results
+    finally:
+        engine.close()
+    got = [(b["label"], b["xmin"], b["ymin"], b["xmax"], b["ymax"]) for b in row["boxes"]]
+    # row 0: x 0.5..0.75 * 64 = 32..48, y 0.25..0.5 * 64 = 16..32 -> minus 16 px padding: 0..16
+    # row 1 overlaps row 0 with the same class: suppressed; row 2 ("car") lies in the padding below: y clipped
+    assert got == [("person", 32.0, 0.0, 48.0, 16.0), ("car", 6.4, 22.4, 19.2, 32.0)]
