@@ -1,8 +1,9 @@
-"""What ``models import`` decides from the model's signature and the user's flags.
+"""What ``models import`` decides from the model's signature and the user's flags: inputs.
 
-Three rules, each raising :class:`ImportRejected` with the flag to pass when
-the file does not tell enough: the image preprocessing (and whether the input
-can take it), the golden inputs (user samples or seeded), and the decoder.
+Two rules, each raising :class:`ImportRejected` with the flag to pass when the
+file does not tell enough: the image preprocessing (and whether the input can
+take it) and the golden inputs (user samples or seeded). The decoder's rules
+are in :mod:`edge_agent.runtime.import_decoders`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ import numpy as np
 
 from edge_agent.errors import EdgeAgentError, ImportRejected, InvalidInput
 from edge_agent.runtime.package import (
-    Classification,
     ImagePreprocess,
     Manifest,
-    Postprocess,
     Resize,
-    SsdDetection,
     TensorSpec,
-    YoloDetection,
 )
 from edge_agent.runtime.signature import Signature, TensorInfo
 
@@ -255,136 +252,4 @@ def golden_inputs(
     except InvalidInput as exc:
         raise ImportRejected(
             f"the golden inputs do not fit the model: {exc.message}", flag="--sample"
-        ) from None
-
-
-# -- decoder -----------------------------------------------------------------------------------
-def _labels_fit(opts: ImportOptions, classes: int | None, where: str) -> None:
-    if opts.labels and classes is not None and len(opts.labels) != classes:
-        raise ImportRejected(
-            f"--labels has {len(opts.labels)} names but {where} has {classes} classes", flag="--labels"
-        )
-
-
-def _pick(sig: Signature, wanted: str | None, ok: Any, what: str) -> str:
-    names = [t.name for t in sig.outputs]
-    if wanted is not None:
-        if wanted not in names:
-            raise ImportRejected(f"--output {wanted!r} is not an output; outputs: {names}", flag="--output")
-        return wanted
-    candidates = [t.name for t in sig.outputs if ok(t)]
-    if len(candidates) != 1:
-        raise ImportRejected(
-            f"which output holds the {what}? candidates {candidates or names}: pass --output NAME",
-            flag="--output",
-        )
-    return candidates[0]
-
-
-def postprocessing(
-    sig: Signature, opts: ImportOptions, pre: ImagePreprocess | None, outputs: dict[str, np.ndarray]
-) -> Postprocess | None:
-    d = opts.decoder
-    kind = opts.postprocess
-    common: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("min_score", d.min_score),
-            ("iou_threshold", d.iou_threshold),
-            ("max_detections", d.max_detections),
-        )
-        if v is not None
-    }
-    if kind == "none":
-        return None
-    if kind == "classification":
-        out = _pick(
-            sig, d.output, lambda t: t.dtype.startswith("float") and len(t.shape) == 2, "class scores"
-        )
-        scores = outputs[out]
-        label_out = next((t.name for t in sig.outputs if t.dtype == "int64" and len(t.shape) == 1), None)
-        _labels_fit(opts, int(scores.shape[-1]), f"output {out!r}")
-        softmax = d.softmax
-        if softmax is None:  # probabilities already: every row in [0, 1] summing to 1
-            probs = bool(
-                np.all((scores >= 0) & (scores <= 1)) and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3)
-            )
-            softmax = not probs
-        return Classification(output=out, label_output=label_out, apply_softmax=softmax)
-    if kind == "yolo":
-        from edge_agent.runtime.detect import resolve_yolo_layout, yolo_classes
-
-        out = _pick(sig, d.output, lambda t: len(t.shape) == 3, "YOLO predictions")
-        spec = YoloDetection(
-            output=out,
-            layout=d.yolo_layout,
-            box_format=d.box_format or "cxcywh",
-            normalized=bool(d.normalized_boxes),
-            **common,
-        )
-        try:
-            layout = resolve_yolo_layout(list(outputs[out].shape), spec)
-        except EdgeAgentError as exc:
-            raise ImportRejected(exc.message, flag="--yolo-layout") from None
-        _labels_fit(opts, yolo_classes(list(outputs[out].shape), layout), f"YOLO output {out!r} ({layout})")
-        return spec
-    if kind == "ssd":
-        by = {t.name: t for t in sig.outputs}
-        boxes = [n for n, t in by.items() if len(t.shape) == 3 and t.shape[-1] == 4]
-        if len(boxes) != 1:
-            raise ImportRejected(
-                f"SSD needs one boxes output [N, A, 4]; found {boxes or 'none'}", reason="decoder"
-            )
-        rest = [n for n in by if n not in boxes]
-        per_class = [n for n in rest if len(by[n].shape) == 3]
-        if len(per_class) == 1:
-            score_name, classes, count = per_class[0], None, None
-            _labels_fit(opts, by[score_name].shape[-1], f"scores output {score_name!r}")
-        else:  # TFLite_Detection_PostProcess: boxes, classes, scores, count
-            flat = [n for n in rest if len(by[n].shape) == 2]
-            named = {k: next((n for n in flat if k in n.lower()), None) for k in ("class", "score")}
-            if named["class"] is None or named["score"] is None:
-                raise ImportRejected(
-                    f"cannot tell the SSD scores and classes apart among {rest}", reason="decoder"
-                )
-            score_name, classes = named["score"], named["class"]
-            count = next((n for n in rest if len(by[n].shape) == 1), None)
-        return SsdDetection(
-            boxes_output=boxes[0], scores_output=score_name, classes_output=classes, count_output=count,
-            box_format=d.box_format or "yxyx",
-            normalized=True if d.normalized_boxes is None else d.normalized_boxes,
-            **common,
-        )  # fmt: skip
-    from edge_agent.runtime.blazeface import PRESETS, preset
-
-    if d.anchors not in PRESETS:
-        raise ImportRejected(
-            f"blazeface needs the anchor preset: pass --anchors {'|'.join(PRESETS)}", flag="--anchors"
-        )
-    boxes_out = _pick(
-        sig, d.output, lambda t: len(t.shape) == 3 and (t.shape[-1] or 0) >= 4, "box regressors"
-    )
-    scores_out = next((t.name for t in sig.outputs if len(t.shape) == 3 and t.shape[-1] == 1), None)
-    if scores_out is None:
-        raise ImportRejected(
-            "blazeface needs a score output [1, anchors, 1]; the model has none", reason="decoder"
-        )
-    try:
-        return preset(d.anchors, boxes_out, scores_out, **common)
-    except ValueError as exc:
-        raise ImportRejected(f"blazeface preset {d.anchors!r}: {exc}", flag="--anchors") from None
-
-
-def check_decoder(manifest: Manifest, outputs: dict[str, np.ndarray]) -> None:
-    """Run the post-processing on the golden outputs: a decoder that does not fit fails here, not later."""
-    from edge_agent.runtime.postprocess import postprocess
-
-    n = next(iter(outputs.values())).shape[0] if outputs else 0
-    try:
-        postprocess(manifest, outputs, [None] * n)
-    except (EdgeAgentError, ValueError, IndexError, KeyError) as exc:
-        msg = exc.message if isinstance(exc, EdgeAgentError) else str(exc)
-        kind = manifest.postprocessing.type if manifest.postprocessing else "no"
-        raise ImportRejected(
-            f"the {kind} post-processing does not fit the model's outputs: {msg}", reason="decoder"
         ) from None

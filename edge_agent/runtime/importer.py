@@ -185,6 +185,7 @@ def _draft(
 
 def prepare(path: Path, opts: ImportOptions, existing: set[tuple[str, str]] | None = None) -> Prepared:
     """Check everything about importing ``path``; write nothing. Raises ImportRejected."""
+    from edge_agent.runtime import import_decoders as decoders
     from edge_agent.runtime import import_rules as rules
 
     path = Path(path)
@@ -213,7 +214,7 @@ def prepare(path: Path, opts: ImportOptions, existing: set[tuple[str, str]] | No
     inputs, origin = rules.golden_inputs(sig, opts, pre)
     draft = _draft(sig, path, opts, name, pre)
     outputs = _run(path, draft, inputs)
-    post = rules.postprocessing(sig, opts, pre, outputs)
+    post = decoders.postprocessing(sig, opts, pre, outputs)
     atol, reason = _tolerance(sig, outputs)
     manifest = draft.model_copy(
         update={
@@ -227,7 +228,7 @@ def prepare(path: Path, opts: ImportOptions, existing: set[tuple[str, str]] | No
         raise ImportRejected(
             f"the manifest made for {path.name} is invalid: {exc}", reason="manifest"
         ) from None
-    rules.check_decoder(manifest, outputs)
+    decoders.check_decoder(manifest, outputs)
     return Prepared(path, manifest, inputs, outputs)
 
 
