@@ -122,6 +122,9 @@ def _tolerance(sig: Signature, outputs: dict[str, np.ndarray]) -> tuple[float, s
                 f"kernels (reference vs XNNPACK/NEON requantization rounding) can move one step, "
                 f"so 1.5 steps = {a:.6g}"
             )
+        elif sig.qdq and np.issubdtype(y.dtype, np.floating):
+            a, why = _qdq_tolerance(t.name, y)
+            parts.append(why)
         elif np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
             a = 0.0
             parts.append(
@@ -137,6 +140,27 @@ def _tolerance(sig: Signature, outputs: dict[str, np.ndarray]) -> tuple[float, s
             )
         atol = max(atol, a)
     return round(atol, 9), "; ".join(parts) + f". One atol serves every output: the largest, {atol:.3g}."
+
+
+def _qdq_tolerance(name: str, y: np.ndarray) -> tuple[float, str]:
+    """A QDQ model's float output: one quantization step if the values sit on a grid, else 1 %."""
+    values = np.unique(y.astype(np.float64).ravel())
+    diffs = np.diff(values)
+    step = float(diffs.min()) if diffs.size else 0.0
+    mag = float(np.max(np.abs(values))) if values.size else 0.0
+    if step > 0 and diffs.size >= 3 and np.allclose(diffs / step, np.round(diffs / step), atol=1e-3):
+        a = 1.5 * step
+        return a, (
+            f"{name}: int8 QDQ model, its values are whole multiples of {step:.6g} (the output's "
+            f"DequantizeLinear step, read from the golden outputs); another CPU's int8 kernels can "
+            f"round one tie differently, so 1.5 steps = {a:.6g}"
+        )
+    a = 1e-2 * max(1.0, mag)
+    return a, (
+        f"{name}: int8 QDQ model whose output is not on a quantization grid (float ops follow the "
+        f"last DequantizeLinear); an intermediate int8 tensor may round one step differently on "
+        f"another CPU, so 1 % of the largest |value| {mag:.4g} = {a:.3g}"
+    )
 
 
 def _first_batch(sig: Signature) -> int | None:
@@ -173,7 +197,7 @@ def _draft(
         preprocessing=pre,
         labels=opts.labels,
         quantization=Quantization(
-            scheme="int8_full_integer" if quant else "none",
+            scheme="int8_full_integer" if quant else "int8_static_qdq" if sig.qdq else "none",
             tensors=quant,
         ),
         golden=Golden(sha256="0" * 64, atol=0.0, tolerance_reason="pending"),

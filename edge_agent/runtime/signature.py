@@ -69,6 +69,7 @@ class Signature:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     runtime: str
+    qdq: bool = False  # an ONNX graph with DequantizeLinear nodes (statically quantized, QDQ)
 
 
 def sniff(path: Path) -> BackendName:
@@ -147,7 +148,14 @@ def _walk_onnx(data: bytes, name: str) -> None:
 
 def read_signature(path: Path) -> Signature:
     backend = sniff(path)
-    return _onnx_signature(path) if backend == "onnx" else _litert_signature(path)
+    if backend == "litert":
+        return _litert_signature(path)
+    sig = _onnx_signature(path)
+    # an op type is stored as a plain string in each NodeProto: a byte search finds QDQ graphs
+    # without the onnx package (a tensor named so could fool it; the tolerance rule then only loosens)
+    return Signature(
+        sig.backend, sig.inputs, sig.outputs, sig.runtime, qdq=b"DequantizeLinear" in path.read_bytes()
+    )
 
 
 # -- onnxruntime -------------------------------------------------------------------------------

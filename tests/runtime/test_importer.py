@@ -122,3 +122,18 @@ def test_ssd_detector_imported_and_served_by_the_engine(tmp_path: Path) -> None:
     # row 0: x 0.5..0.75 * 64 = 32..48, y 0.25..0.5 * 64 = 16..32 -> minus 16 px padding: 0..16
     # row 1 overlaps row 0 with the same class: suppressed; row 2 ("car") lies in the padding below: y clipped
     assert got == [("person", 32.0, 0.0, 48.0, 16.0), ("car", 6.4, 22.4, 19.2, 32.0)]
+
+
+def test_qdq_onnx_tolerance_is_one_output_step(tmp_path: Path) -> None:
+    """digits_int8 re-imported from its bare file: the importer finds the QDQ graph and derives the
+    tolerance the build script wrote by hand (1.5 steps of the output's DequantizeLinear scale)."""
+    bundled = read_manifest(MODELS / "digits_int8" / "1")
+    heldout = np.load(DATA / "digits_heldout.npz")
+    np.save(tmp_path / "x.npy", heldout["images"][:32, None].astype(np.float32) / 16.0)
+    opts = ImportOptions(name="d", task="classification", samples=[tmp_path / "x.npy"])
+    m = prepare(MODELS / "digits_int8" / "1" / bundled.file, opts).manifest
+    assert m.quantization.scheme == "int8_static_qdq"
+    assert m.golden.atol == pytest.approx(bundled.golden.atol, rel=1e-3), m.golden.tolerance_reason
+    # the fp32 model is not mistaken for a quantized one
+    fp32 = prepare(MODELS / "digits" / "1" / "digits.onnx", opts).manifest
+    assert fp32.quantization.scheme == "none" and "fp32" in fp32.golden.tolerance_reason
