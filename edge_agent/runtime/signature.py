@@ -14,6 +14,7 @@ an operator or opset the runtime cannot run (named).
 
 from __future__ import annotations
 
+import mmap
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,18 @@ def sniff(path: Path) -> BackendName:
                 f"{path.name} is {what}, not a model; import an ONNX (.onnx) or TFLite (.tflite) file",
                 reason="not_a_model",
             )
-    _walk_onnx(path.read_bytes(), path.name)
+    with _mapped(path) as data:
+        _walk_onnx(data, path.name)
     return "onnx"
 
 
-def _varint(data: bytes, pos: int, name: str) -> tuple[int, int]:
+def _mapped(path: Path) -> mmap.mmap:
+    """The file's bytes without reading them into memory (a model can be hundreds of MB on a Pi)."""
+    with path.open("rb") as fh:
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _varint(data: bytes | mmap.mmap, pos: int, name: str) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
         if pos >= len(data):
@@ -113,7 +121,7 @@ def _varint(data: bytes, pos: int, name: str) -> tuple[int, int]:
             raise ImportRejected(f"{name} is not an ONNX model (unreadable protobuf)", reason="not_a_model")
 
 
-def _walk_onnx(data: bytes, name: str) -> None:
+def _walk_onnx(data: bytes | mmap.mmap, name: str) -> None:
     """Walk ModelProto's top-level fields: not protobuf -> not ONNX; a field past the end -> truncated."""
     pos, seen = 0, set()
     not_onnx = ImportRejected(
@@ -153,9 +161,9 @@ def read_signature(path: Path) -> Signature:
     sig = _onnx_signature(path)
     # an op type is stored as a plain string in each NodeProto: a byte search finds QDQ graphs
     # without the onnx package (a tensor named so could fool it; the tolerance rule then only loosens)
-    return Signature(
-        sig.backend, sig.inputs, sig.outputs, sig.runtime, qdq=b"DequantizeLinear" in path.read_bytes()
-    )
+    with _mapped(path) as data:
+        qdq = data.find(b"DequantizeLinear") != -1
+    return Signature(sig.backend, sig.inputs, sig.outputs, sig.runtime, qdq=qdq)
 
 
 # -- onnxruntime -------------------------------------------------------------------------------
