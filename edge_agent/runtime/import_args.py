@@ -72,6 +72,11 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iou", type=float, help="NMS IoU threshold")
     g.add_argument("--max-detections", type=int, help="at most this many boxes per image")
     g.add_argument("--anchors", help="blazeface anchor preset: face or person")
+    g.add_argument(
+        "--ssd-outputs",
+        metavar="ROLE=NAME,...",
+        help="SSD outputs by role: boxes=,scores=[,classes=][,count=] (default: told by shape)",
+    )
     g = p.add_argument_group("provenance")
     g.add_argument("--description", default="", help="what the model does")
     g.add_argument("--source", default="", help="where the model came from")
@@ -85,6 +90,17 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise ImportRejected(f"{flag} {text!r}: give comma-separated numbers", flag=flag) from None
+
+
+def _roles(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    try:
+        return dict(part.split("=", 1) for part in text.split(","))
+    except ValueError:
+        raise ImportRejected(
+            f"--ssd-outputs {text!r}: give ROLE=NAME pairs, e.g. boxes=b,scores=s", flag="--ssd-outputs"
+        ) from None
 
 
 def options_from_args(args: Any) -> ImportOptions:
@@ -141,6 +157,7 @@ def options_from_args(args: Any) -> ImportOptions:
             iou_threshold=args.iou,
             max_detections=args.max_detections,
             anchors=args.anchors,
+            ssd_outputs=_roles(args.ssd_outputs),
         ),
         samples=list(args.sample),
         seed=args.seed,

@@ -97,32 +97,7 @@ def postprocessing(
         _labels_fit(opts, yolo_classes(list(outputs[out].shape), layout), f"YOLO output {out!r} ({layout})")
         return spec
     if kind == "ssd":
-        by = {t.name: t for t in sig.outputs}
-        boxes = [n for n, t in by.items() if len(t.shape) == 3 and t.shape[-1] == 4]
-        if len(boxes) != 1:
-            raise ImportRejected(
-                f"SSD needs one boxes output [N, A, 4]; found {boxes or 'none'}", reason="decoder"
-            )
-        rest = [n for n in by if n not in boxes]
-        per_class = [n for n in rest if len(by[n].shape) == 3]
-        if len(per_class) == 1:
-            score_name, classes, count = per_class[0], None, None
-            _labels_fit(opts, by[score_name].shape[-1], f"scores output {score_name!r}")
-        else:  # TFLite_Detection_PostProcess: boxes, classes, scores, count
-            flat = [n for n in rest if len(by[n].shape) == 2]
-            named = {k: next((n for n in flat if k in n.lower()), None) for k in ("class", "score")}
-            if named["class"] is None or named["score"] is None:
-                raise ImportRejected(
-                    f"cannot tell the SSD scores and classes apart among {rest}", reason="decoder"
-                )
-            score_name, classes = named["score"], named["class"]
-            count = next((n for n in rest if len(by[n].shape) == 1), None)
-        return SsdDetection(
-            boxes_output=boxes[0], scores_output=score_name, classes_output=classes, count_output=count,
-            box_format=d.box_format or "yxyx",
-            normalized=True if d.normalized_boxes is None else d.normalized_boxes,
-            **common,
-        )  # fmt: skip
+        return _ssd(sig, opts, common)
     from edge_agent.runtime.blazeface import PRESETS, preset
 
     if d.anchors not in PRESETS:
@@ -156,3 +131,52 @@ def check_decoder(manifest: Manifest, outputs: dict[str, np.ndarray]) -> None:
         raise ImportRejected(
             f"the {kind} post-processing does not fit the model's outputs: {msg}", reason="decoder"
         ) from None
+
+
+def _ssd(sig: Signature, opts: ImportOptions, common: dict[str, Any]) -> SsdDetection:
+    """SSD output roles: from --ssd-outputs when given, else by shape (and by name for the 4-output form)."""
+    d = opts.decoder
+    by = {t.name: t for t in sig.outputs}
+    named = dict(d.ssd_outputs)
+    unknown = sorted(set(named) - {"boxes", "scores", "classes", "count"})
+    wrong = sorted(n for n in named.values() if n not in by)
+    if unknown or wrong:
+        raise ImportRejected(
+            f"--ssd-outputs: roles are boxes, scores, classes, count (got {unknown}); outputs are "
+            f"{sorted(by)} (unknown: {wrong})",
+            flag="--ssd-outputs",
+        )
+    hint = "name them with --ssd-outputs boxes=NAME,scores=NAME[,classes=NAME][,count=NAME]"
+    if "boxes" not in named:
+        boxes = [n for n, t in by.items() if len(t.shape) == 3 and t.shape[-1] == 4]
+        if len(boxes) != 1:
+            raise ImportRejected(
+                f"SSD needs one boxes output [N, A, 4]; found {boxes or 'none'}: {hint}", flag="--ssd-outputs"
+            )
+        named["boxes"] = boxes[0]
+    rest = [n for n in by if n != named["boxes"]]
+    if "scores" not in named:
+        per_class = [n for n in rest if len(by[n].shape) == 3]
+        flat = [n for n in rest if len(by[n].shape) == 2]
+        if len(per_class) == 1 and "classes" not in named:
+            named["scores"] = per_class[0]
+        else:  # TFLite_Detection_PostProcess: boxes, classes, scores, count
+            guess = {k: next((n for n in flat if k in n.lower()), None) for k in ("class", "score")}
+            if guess["score"] is None or (guess["class"] is None and "classes" not in named):
+                raise ImportRejected(
+                    f"cannot tell the SSD scores and classes apart among {rest}: {hint}", flag="--ssd-outputs"
+                )
+            named["scores"] = guess["score"]
+            named.setdefault("classes", guess["class"] or "")
+            count = next((n for n in rest if len(by[n].shape) == 1), None)
+            if count is not None:
+                named.setdefault("count", count)
+    scores = by[named["scores"]]
+    if len(scores.shape) == 3 and "classes" not in named:
+        _labels_fit(opts, scores.shape[-1], f"scores output {named['scores']!r}")
+    return SsdDetection(
+        boxes_output=named["boxes"], scores_output=named["scores"],
+        classes_output=named.get("classes") or None, count_output=named.get("count") or None,
+        box_format=d.box_format or "yxyx",
+        normalized=True if d.normalized_boxes is None else d.normalized_boxes, **common,
+    )  # fmt: skip

@@ -72,6 +72,7 @@ class DecoderOptions:
     max_detections: int | None = None
     anchors: str | None = None  # blazeface preset
     softmax: bool | None = None  # classification: None = decide from the golden outputs
+    ssd_outputs: dict[str, str] = field(default_factory=dict)  # role (boxes/scores/classes/count) -> output
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,3 +137,22 @@ def test_qdq_onnx_tolerance_is_one_output_step(tmp_path: Path) -> None:
     # the fp32 model is not mistaken for a quantized one
     fp32 = prepare(MODELS / "digits" / "1" / "digits.onnx", opts).manifest
     assert fp32.quantization.scheme == "none" and "fp32" in fp32.golden.tolerance_reason
+
+
+def test_ssd_output_roles_by_flag(tmp_path: Path) -> None:
+    """Boxes [1, A, 4] and 4-class scores [1, A, 4] cannot be told apart by shape: the refusal names
+    --ssd-outputs, and naming the roles works."""
+    from tests.runtime.onnx_builders import constant_ssd
+
+    boxes = np.array([[[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]])
+    scores = np.array([[[0.9, 0.1, 0.0, 0.0], [0.2, 0.8, 0.0, 0.0]]])
+    path = constant_ssd(tmp_path / "ssd.onnx", boxes, scores)
+    image = ImageOptions(input_range=(0.0, 1.0))
+    with pytest.raises(ImportRejected, match="--ssd-outputs boxes=NAME"):
+        prepare(path, ImportOptions(name="s", postprocess="ssd", image=image))
+    roles = DecoderOptions(ssd_outputs={"boxes": "boxes", "scores": "scores"})
+    m = prepare(path, ImportOptions(name="s", postprocess="ssd", image=image, decoder=roles)).manifest
+    assert (m.postprocessing.boxes_output, m.postprocessing.scores_output) == ("boxes", "scores")  # type: ignore[union-attr]
+    wrong = DecoderOptions(ssd_outputs={"boxes": "boxes", "scores": "nope"})
+    with pytest.raises(ImportRejected, match="unknown: \\['nope'\\]"):
+        prepare(path, ImportOptions(name="s", postprocess="ssd", image=image, decoder=wrong))
