@@ -50,6 +50,7 @@ def _files(tmp: Path) -> dict[str, Path]:
         "unsupported_kernel": unsupported_type(tmp / "relu16.onnx"),
         "existing": MODELS / "digits" / "1" / "digits.onnx",
         "dynamic": dynamic_classifier(tmp / "dyn.onnx")[0],
+        "tflite_custom_op": DATA / "mediapipe" / "face_landmark_with_attention.tflite",
     }
 
 
@@ -60,6 +61,11 @@ CASES = [
     ("custom_op", ["--task", "classification"], ["operator com.example:Frobnicate"]),
     ("unsupported_kernel", ["--task", "classification"], ["cannot run operator Relu", "relu_int16"]),
     ("existing", ["--name", "digits", "--task", "classification"], ["digits/1 already exists", "--version"]),
+    (
+        "tflite_custom_op",
+        ["--task", "detection"],
+        ["LiteRT on this device cannot run operator Landmarks2TransformMatrix"],
+    ),
     # an input the preprocessing cannot feed: [N, 4] is no image
     ("dynamic", ["--postprocess", "classification", "--input-range", "0:1"], ["shape [None, 4]", "4-D"]),
     # a detector with no image preprocessing: the message names the flag
