@@ -71,7 +71,9 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-score", type=float, help="drop detections below this score")
     g.add_argument("--iou", type=float, help="NMS IoU threshold")
     g.add_argument("--max-detections", type=int, help="at most this many boxes per image")
-    g.add_argument("--anchors", help="blazeface anchor preset: face or person")
+    g.add_argument(
+        "--anchors", choices=["face", "person"], help="blazeface anchor preset (blazeface.PRESETS)"
+    )
     g.add_argument(
         "--ssd-outputs",
         metavar="ROLE=NAME,...",

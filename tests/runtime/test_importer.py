@@ -156,3 +156,15 @@ def test_ssd_output_roles_by_flag(tmp_path: Path) -> None:
     wrong = DecoderOptions(ssd_outputs={"boxes": "boxes", "scores": "nope"})
     with pytest.raises(ImportRejected, match="unknown: \\['nope'\\]"):
         prepare(path, ImportOptions(name="s", postprocess="ssd", image=image, decoder=wrong))
+
+
+def test_cli_anchor_choices_are_the_presets() -> None:
+    import argparse
+
+    from edge_agent.runtime.blazeface import PRESETS
+    from edge_agent.runtime.import_args import add_import_arguments
+
+    p = argparse.ArgumentParser()
+    add_import_arguments(p)
+    action = next(a for a in p._actions if "--anchors" in a.option_strings)
+    assert sorted(action.choices or []) == sorted(PRESETS)
