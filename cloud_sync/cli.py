@@ -4,6 +4,7 @@ library call; this module alone turns errors into messages and exit codes.
     python -m cloud_sync.cli ingest        # the ingest role (MQTT -> SQLite)
     python -m cloud_sync.cli api           # the HTTP API
     python -m cloud_sync.cli models publish PACKAGE_DIR --key KEY.pem
+    python -m cloud_sync.cli models publish model.onnx --name NAME --task classification --key KEY.pem
     python -m cloud_sync.cli deploy MODEL VERSION --device DEV --base-url URL
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from cloud_sync.config import CloudConfig, load_config, with_overrides
 from cloud_sync.errors import BrokerError, CloudSyncError, ConfigError, InvalidRequest, NotFound, StoreError
+from edge_agent.errors import EdgeAgentError
 
 logger = logging.getLogger("cloud_sync")
 
@@ -133,12 +135,26 @@ def cmd_models_publish(config: CloudConfig, args: argparse.Namespace) -> int:
     key = args.key or config.signing_key_path
     if key is None:
         raise InvalidRequest("which signing key: --key KEY.pem (or set signing_key_path)")
+    source: Path = args.package_dir
+    if not source.exists():
+        raise InvalidRequest(f"{source}: no such file or directory")
     store = Store(config.db_path)
     try:
-        published = publish(store, args.package_dir, key, artifact_dir(config))  # what the API serves
+        if source.is_dir():
+            published = publish(store, source, key, artifact_dir(config))  # what the API serves
+            _print_json(published.to_dict())
+        else:
+            from cloud_sync.deploy import publish_file
+            from edge_agent.runtime.import_args import options_from_args
+
+            try:
+                options = options_from_args(args)
+            except EdgeAgentError as exc:
+                raise InvalidRequest(exc.message) from None
+            published, manifest = publish_file(store, source, options, key, artifact_dir(config))
+            _print_json(published.to_dict() | {"manifest": manifest})
     finally:
         store.close()
-    _print_json(published.to_dict())
     return EXIT_OK
 
 
@@ -233,6 +249,12 @@ def _db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, help="database file (default: db_path of the config)")
 
 
+def _import_arguments(p: argparse.ArgumentParser) -> None:
+    from edge_agent.runtime.import_args import add_import_arguments
+
+    add_import_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-sync", description="The cloud end of the edge agents' fleet link: ingest and API."
@@ -298,9 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pack a model package directory into an artifact, sign its manifest, record the version.",
     )
     p.set_defaults(func=cmd_models_publish)
-    p.add_argument("package_dir", type=Path, help="the package directory (manifest.json, model, golden)")
+    p.add_argument(
+        "package_dir",
+        type=Path,
+        metavar="PATH",
+        help="a package directory (manifest.json, model, golden), or a bare .onnx/.tflite file that is "
+        "made into a package first, with the same options and checks as `edge-agent models import`",
+    )
     p.add_argument("--key", type=Path, help="Ed25519 private key, PEM (default: signing_key_path)")
     _db(p)
+    _import_arguments(p)
     p = actions.add_parser("list", help="published versions", description="List published model versions.")
     p.set_defaults(func=cmd_models_list)
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -2,6 +2,9 @@
 
 - ``generate_keys``: a new Ed25519 key pair (private PEM mode 0600, public PEM
   for the devices' trusted-keys file).
+- ``publish_file``: a bare ``.onnx``/``.tflite`` file made into a package by the
+  device's importer (``edge_agent.runtime.importer``, the same checks as
+  ``edge-agent models import``), then published as below.
 - ``publish``: pack a verified model package into a tar archive named by its
   sha256 in the artifact directory, sign the manifest, record the version in
   the store. Versions are immutable: publishing the same version with other
@@ -25,7 +28,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from cloud_sync.config import CloudConfig
@@ -36,6 +39,9 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.package import read_manifest
 from edge_agent.sync import protocol, signing
 from edge_agent.sync.archive import pack
+
+if TYPE_CHECKING:
+    from edge_agent.runtime.importer import ImportOptions
 
 ARTIFACT_SUFFIX = ".tar"
 PUBLISH_WAIT_S = 5.0
@@ -142,6 +148,34 @@ def publish(store: Store, package_dir: Path, key_path: Path, artifacts: Path) ->
         description=manifest.description or None,
     )
     return Published(manifest.name, manifest.version, sha, size, kid, url, signature)
+
+
+def publish_file(
+    store: Store, model_path: Path, options: ImportOptions, key_path: Path, artifacts: Path
+) -> tuple[Published, dict[str, Any]]:
+    """A user's bare model file -> a package (the device's importer, same checks) -> published.
+
+    Returns what ``publish`` returns and the manifest made. Nothing is stored when the file
+    is refused, the key is unreadable or the version already exists.
+    """
+    from edge_agent.runtime.importer import build_package, default_name
+
+    try:
+        signing.load_private_key(key_path)  # a bad key fails before any work
+    except signing.SigningError as exc:
+        raise SigningKeyError(exc.message) from None
+    name = options.name or default_name(model_path)
+    with contextlib.suppress(NotFound):
+        store.model_version(name, options.version)
+        raise VersionConflict(
+            f"{name} {options.version} is already published; versions are immutable: pass another --version"
+        )
+    with tempfile.TemporaryDirectory(prefix="publish-import-") as tmp:
+        try:
+            manifest = build_package(model_path, options, Path(tmp))
+        except EdgeAgentError as exc:
+            raise PackageRejected(exc.message) from None
+        return publish(store, Path(tmp), key_path, artifacts), manifest.model_dump(mode="json")
 
 
 def _pack(package_dir: Path, artifacts: Path) -> tuple[str, int]:

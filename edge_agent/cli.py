@@ -136,6 +136,22 @@ def cmd_models_rollback(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_import(config: AgentConfig, args: argparse.Namespace) -> int:
+    from edge_agent.runtime.import_args import options_from_args
+    from edge_agent.runtime.importer import import_model
+
+    engine = _engine(config)
+    manifest = import_model(engine.store, args.path, options_from_args(args))
+    print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    where = f"{manifest.name}/{manifest.version}"
+    if args.activate:
+        report = engine.activate(manifest.name, manifest.version)
+        print(f"imported {where} and activated it ({report.message})")
+    else:
+        print(f"imported {where} (active: {engine.store.active_version(manifest.name)})")
+    return EXIT_OK
+
+
 def cmd_backends(config: AgentConfig, args: argparse.Namespace) -> int:
     from edge_agent.runtime.backends import availability
 
@@ -145,6 +161,12 @@ def cmd_backends(config: AgentConfig, args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------
+def _add_import_arguments(sp: argparse.ArgumentParser) -> None:
+    from edge_agent.runtime.import_args import add_import_arguments
+
+    add_import_arguments(sp)
+
+
 Command = Callable[[AgentConfig, argparse.Namespace], int]
 
 
@@ -196,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("version", help="version to activate")
     sp = add(msub, "rollback", cmd_models_rollback, "Re-activate the previously active version.")
     sp.add_argument("model", help="model name")
+    sp = add(msub, "import", cmd_models_import, "Package a bare .onnx/.tflite file into the store.")
+    sp.add_argument("path", type=Path, help="the model file (.onnx or .tflite; told apart by content)")
+    sp.add_argument("--activate", action="store_true", help="self-test the new version and make it active")
+    _add_import_arguments(sp)
     return p
 
 

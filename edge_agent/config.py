@@ -140,6 +140,17 @@ class CameraConfig(_Section):
         description="Play a video file at its own frame rate, dropping stale frames as a camera would; "
         "false hands every frame to the model as fast as it runs.",
     )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Detection models: keep only boxes with these labels (empty: every label).",
+    )
+    min_score: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Detection models: keep only boxes scoring at least this."
+    )
+    only_detections: bool = Field(
+        default=False,
+        description="Detection models: record a frame only when a box is left after the label/score filters.",
+    )
 
 
 class UpConfig(_Section):
@@ -227,7 +238,9 @@ SECTION_ENV_VARS = {
     for section, model in SECTIONS.items()
     for name in model.model_fields
 }
-JSON_FIELDS = frozenset({"batching", "prediction_disabled_models", "models", "microservice", "roles"})
+JSON_FIELDS = frozenset(
+    {"batching", "prediction_disabled_models", "models", "microservice", "roles", "labels"}
+)
 
 
 ENV_LAYOUT = EnvLayout(

@@ -81,6 +81,18 @@ class PackageError(EdgeAgentError):
     code = "package_invalid"
 
 
+class DecodeError(PackageError):
+    """A detector's outputs do not have the shape its post-processing settings describe."""
+
+    code = "postprocess_mismatch"
+
+
+class ImportRejected(PackageError):
+    """``models import`` refused a model file; nothing was written. ``flag`` names what to pass."""
+
+    code = "import_rejected"
+
+
 class IntegrityError(PackageError):
     """A model file does not match the sha256 its manifest records."""
 

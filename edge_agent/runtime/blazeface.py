@@ -28,9 +28,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from edge_agent.runtime.package import Anchors, Detection
+from edge_agent.runtime.package import Anchors, BodyBox, Detection
 
-__all__ = ["FaceBox", "decode", "generate_anchors"]
+__all__ = ["PRESETS", "FaceBox", "decode", "generate_anchors", "preset"]
 
 _AnchorKey = tuple[int, int, tuple[int, ...], float, float, float, float, tuple[float, ...], float, bool]
 
@@ -212,3 +212,38 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, spec: Detection) -> li
         )
         remaining = remaining[~overlap]
     return faces
+
+
+# Anchor settings cannot be read from a model file: they ship as named presets,
+# with the keypoint names that go with them. The manifest's validator checks
+# that a preset's anchor count equals the rows of the model's box output.
+PRESETS: dict[str, dict[str, object]] = {
+    # MediaPipe face_detection_short_range.pbtxt: 896 anchors
+    "face": {
+        "anchors": Anchors(input_width=128, input_height=128, strides=[8, 16, 16, 16]),
+        "num_keypoints": 6,
+        "box_scale": 128.0,
+        "min_score": 0.5,
+        "iou_threshold": 0.3,
+        "keypoint_names": [
+            "right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion",
+        ],
+    },
+    # MediaPipe pose_detection_cpu.pbtxt: 28*28*2 + 14*14*2 + 7*7*6 = 2254 anchors. The
+    # detector's box is the face; the body box comes from keypoints 0 (mid-hip) and 1.
+    "person": {
+        "anchors": Anchors(input_width=224, input_height=224, strides=[8, 16, 32, 32, 32]),
+        "num_keypoints": 4,
+        "box_scale": 224.0,
+        "min_score": 0.5,
+        "iou_threshold": 0.3,
+        "keypoint_names": ["mid_hip", "full_body_radius", "mid_shoulder", "upper_body_radius"],
+        "body_box": BodyBox(center=0, radius_point=1, scale=1.0),
+    },
+}  # fmt: skip
+
+
+def preset(name: str, boxes_output: str, scores_output: str, **overrides: object) -> Detection:
+    """A ``blazeface`` post-processing spec from a named preset (KeyError when unknown)."""
+    fields = dict(PRESETS[name]) | {k: v for k, v in overrides.items() if v is not None}
+    return Detection.model_validate({"boxes_output": boxes_output, "scores_output": scores_output, **fields})

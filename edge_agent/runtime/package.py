@@ -96,6 +96,18 @@ class Anchors(_Strict):
     fixed_anchor_size: bool = True
 
 
+class BodyBox(_Strict):
+    """MediaPipe's pose ROI step (AlignmentPointsRectsCalculator): a square centred on
+    keypoint ``center`` whose half side is ``scale`` times its distance to keypoint
+    ``radius_point`` (the circle circumscribing the whole person); rotation is ignored."""
+
+    center: int = Field(default=0, ge=0, description="Keypoint at the box centre (BlazePose: mid-hip).")
+    radius_point: int = Field(default=1, ge=0, description="Keypoint on the circle around the body.")
+    scale: float = Field(
+        default=1.0, gt=0.0, description="1.0: the circle's square; MediaPipe's landmark ROI uses 1.25."
+    )
+
+
 class Detection(_Strict):
     type: Literal["blazeface"] = "blazeface"
     boxes_output: str = Field(description="Raw box regressors [1, anchors, 4 + 2*keypoints].")
@@ -108,9 +120,55 @@ class Detection(_Strict):
     iou_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
     max_detections: int = Field(default=100, ge=1)
     keypoint_names: list[str] = []
+    body_box: BodyBox | None = Field(
+        default=None,
+        description="Report a box derived from two keypoints instead of the detector's own box "
+        "(BlazePose: the detector's box is the face; the body box comes from keypoints 0 and 1).",
+    )
 
 
-Postprocess = Annotated[Classification | Detection, Field(discriminator="type")]
+class _BoxDecoder(_Strict):
+    """Settings every YOLO/SSD decoder shares (one internal detection format after them)."""
+
+    min_score: float = Field(default=0.25, ge=0.0, le=1.0, description="Drop candidates below this score.")
+    iou_threshold: float = Field(default=0.45, ge=0.0, le=1.0, description="NMS overlap that suppresses.")
+    max_detections: int = Field(default=100, ge=1, description="At most this many boxes per image.")
+    class_agnostic: bool = Field(default=False, description="NMS across classes (default: per class).")
+    normalized: bool = Field(
+        default=False, description="Box coordinates are 0..1 of the model input (else input pixels)."
+    )
+
+
+class YoloDetection(_BoxDecoder):
+    """One YOLO output: ``yolov8`` = [N, 4+C, A] (cx, cy, w, h, class scores; Ultralytics
+    v8/11), ``yolov5`` = [N, A, 5+C] (cx, cy, w, h, objectness, class scores; v5/v7);
+    ``auto`` picks by shape (fewer rows than columns: yolov8)."""
+
+    type: Literal["yolo"] = "yolo"
+    output: str = Field(description="The output holding the raw predictions.")
+    layout: Literal["auto", "yolov8", "yolov5"] = "auto"
+    box_format: Literal["cxcywh", "xyxy"] = "cxcywh"
+
+
+class SsdDetection(_BoxDecoder):
+    """Decoded SSD outputs: boxes [N, A, 4] with per-class scores [N, A, C], or with
+    one score [N, A] and a class index [N, A] (TFLite_Detection_PostProcess)."""
+
+    type: Literal["ssd"] = "ssd"
+    boxes_output: str = Field(description="Boxes [N, A, 4].")
+    scores_output: str = Field(description="Scores [N, A, C] (per class) or [N, A] (best class).")
+    classes_output: str | None = Field(default=None, description="Class index [N, A] when scores are [N, A].")
+    count_output: str | None = Field(default=None, description="Number of valid rows [N] (TFLite SSD).")
+    box_format: Literal["yxyx", "xyxy", "cxcywh"] = "yxyx"
+    normalized: bool = True
+    background_class: int | None = Field(default=None, description="Class index that means 'nothing'.")
+    score_activation: Literal["none", "sigmoid", "softmax"] = "none"
+
+
+Postprocess = Annotated[
+    Classification | Detection | YoloDetection | SsdDetection, Field(discriminator="type")
+]
+DETECTORS = (Detection, YoloDetection, SsdDetection)
 
 
 class TensorQuant(_Strict):
@@ -133,6 +191,9 @@ class Golden(_Strict):
     atol: float = Field(ge=0.0)
     rtol: float = Field(default=0.0, ge=0.0)
     tolerance_reason: str = Field(description="Why this tolerance: what can legitimately differ.")
+    origin: str = Field(
+        default="", description="Where the golden inputs came from (user samples, or seeded inputs)."
+    )
 
 
 class Metrics(_Strict):
@@ -195,10 +256,8 @@ class Manifest(_Strict):
             for ref in (post.output, post.label_output):
                 if ref is not None and ref not in out_names:
                     problems.append(f"postprocessing refers to unknown output {ref!r}")
-        elif isinstance(post, Detection):
-            for ref in (post.boxes_output, post.scores_output):
-                if ref not in out_names:
-                    problems.append(f"postprocessing refers to unknown output {ref!r}")
+        elif post is not None:
+            problems.extend(_check_detector(post, self.outputs, out_names))
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -208,6 +267,50 @@ class Manifest(_Strict):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def _check_detector(
+    post: Detection | YoloDetection | SsdDetection, outputs: list[TensorSpec], out_names: set[str]
+) -> list[str]:
+    problems: list[str] = []
+    if isinstance(post, YoloDetection):
+        refs: list[str | None] = [post.output]
+    elif isinstance(post, SsdDetection):
+        refs = [post.boxes_output, post.scores_output, post.classes_output, post.count_output]
+    else:
+        refs = [post.boxes_output, post.scores_output]
+    for ref in refs:
+        if ref is not None and ref not in out_names:
+            problems.append(f"postprocessing refers to unknown output {ref!r}")
+    if isinstance(post, Detection) and post.boxes_output in out_names:
+        shape = next(t.shape for t in outputs if t.name == post.boxes_output)
+        want = anchor_count(post.anchors)
+        if len(shape) >= 2 and shape[-2] is not None and shape[-2] != want:
+            problems.append(
+                f"postprocessing.anchors make {want} anchors but output {post.boxes_output!r} "
+                f"has {shape[-2]} rows; the anchor settings do not belong to this model"
+            )
+        if post.body_box is not None and max(post.body_box.center, post.body_box.radius_point) >= (
+            post.num_keypoints
+        ):
+            problems.append(
+                f"postprocessing.body_box names a keypoint beyond num_keypoints {post.num_keypoints}"
+            )
+    return problems
+
+
+def anchor_count(spec: Anchors) -> int:
+    """How many SSD anchors ``spec`` generates (the blazeface generator's count, without numpy)."""
+    total, layer, n = 0, 0, len(spec.strides)
+    while layer < n:
+        last, per_cell = layer, 0
+        while last < n and spec.strides[last] == spec.strides[layer]:
+            per_cell += len(spec.aspect_ratios) + (1 if spec.interpolated_scale_aspect_ratio > 0.0 else 0)
+            last += 1
+        stride = spec.strides[layer]
+        total += -(-spec.input_height // stride) * -(-spec.input_width // stride) * per_cell
+        layer = last
+    return total
 
 
 def sha256_file(path: Path) -> str:

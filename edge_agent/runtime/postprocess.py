@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from edge_agent.runtime.package import Classification, Detection, Manifest
+from edge_agent.runtime.package import Classification, Detection, Manifest, SsdDetection, YoloDetection
 from edge_agent.runtime.preprocess import Geometry
 
 
@@ -72,6 +73,20 @@ def detect(
         for f in found:
             x0, y0 = geo.to_image(f.xmin * iw, f.ymin * ih)
             x1, y1 = geo.to_image(f.xmax * iw, f.ymax * ih)
+            extra: dict[str, Any] = {}
+            if spec.body_box is not None:  # report the body; keep the detector's own box beside it
+                extra["detector_box"] = {
+                    "xmin": round(x0, 1),
+                    "ymin": round(y0, 1),
+                    "xmax": round(x1, 1),
+                    "ymax": round(y1, 1),
+                }
+                bb = spec.body_box
+                cx, cy = f.keypoints[bb.center][0] * iw, f.keypoints[bb.center][1] * ih
+                rx, ry = f.keypoints[bb.radius_point][0] * iw, f.keypoints[bb.radius_point][1] * ih
+                half = bb.scale * math.hypot(rx - cx, ry - cy)
+                x0, y0 = geo.to_image(cx - half, cy - half)
+                x1, y1 = geo.to_image(cx + half, cy + half)
             kps = []
             for j, (kx, ky) in enumerate(f.keypoints):
                 px, py = geo.to_image(kx * iw, ky * ih)
@@ -86,6 +101,61 @@ def detect(
                     "xmax": round(x1, 1),
                     "ymax": round(y1, 1),
                     "keypoints": kps,
+                    **extra,
+                }
+            )
+        rows.append({"boxes": boxes})
+    return rows
+
+
+def _input_size(manifest: Manifest) -> tuple[int, int]:
+    """(width, height) of the image tensor the detector sees."""
+    if manifest.preprocessing is not None:
+        r = manifest.preprocessing.resize
+        return r.width, r.height
+    shape = manifest.inputs[0].shape
+    if len(shape) == 4:
+        nchw = shape[1] in (1, 3) and shape[3] not in (1, 3)
+        h, w = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+        if h is not None and w is not None:
+            return int(w), int(h)
+    return 1, 1
+
+
+def detect_boxes(
+    outputs: dict[str, np.ndarray],
+    spec: YoloDetection | SsdDetection,
+    manifest: Manifest,
+    geometries: Sequence[Geometry | None],
+) -> list[dict[str, Any]]:
+    """YOLO/SSD outputs -> one {"boxes": [...]} per image, in the caller's pixels."""
+    from edge_agent.runtime.detect import decode_ssd, decode_yolo
+
+    iw, ih = _input_size(manifest)
+    identity = Geometry(iw, ih, 1.0, 1.0)  # tensor input: answer in model-input pixels
+    labels = manifest.labels
+    rows: list[dict[str, Any]] = []
+    for i, maybe_geo in enumerate(geometries):
+        geo = maybe_geo or identity
+        if isinstance(spec, YoloDetection):
+            found = decode_yolo(outputs[spec.output][i], spec, (iw, ih))
+        else:
+            one = {k: v[i] for k, v in outputs.items() if v.ndim >= 1 and v.shape[0] == len(geometries)}
+            found = decode_ssd(one, spec, (iw, ih))
+        boxes = []
+        for f in found:
+            x0, y0 = geo.to_image(f.xmin, f.ymin)
+            x1, y1 = geo.to_image(f.xmax, f.ymax)
+            ok = 0 <= f.class_index < len(labels)
+            boxes.append(
+                {
+                    "label": labels[f.class_index] if ok else str(f.class_index),
+                    "class_index": f.class_index,
+                    "score": round(f.score, 4),
+                    "xmin": round(x0, 1),
+                    "ymin": round(y0, 1),
+                    "xmax": round(x1, 1),
+                    "ymax": round(y1, 1),
                 }
             )
         rows.append({"boxes": boxes})
@@ -100,5 +170,7 @@ def postprocess(
         return classify(outputs, post, manifest.labels)
     if isinstance(post, Detection):
         return detect(outputs, post, manifest.labels, geometries)
+    if isinstance(post, YoloDetection | SsdDetection):
+        return detect_boxes(outputs, post, manifest, geometries)
     n = len(geometries)
     return [{name: arr[i].tolist() for name, arr in outputs.items()} for i in range(n)]

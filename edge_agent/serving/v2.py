@@ -27,7 +27,7 @@ from starlette.responses import Response
 from edge_agent import __version__
 from edge_agent.errors import InvalidInput
 from edge_agent.runtime.engine import Prediction
-from edge_agent.runtime.package import Classification, Detection, Manifest
+from edge_agent.runtime.package import DETECTORS, Classification, Manifest
 from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import gateway
 
@@ -131,7 +131,7 @@ def _model_metadata(request: Request, name: str, version: str | None) -> dict[st
     version = version or engine.active_version(name) or engine.store.active_version(name)
     m = engine.store.manifest(name, version)
     outputs = [_tensor_meta(t.name, t.dtype, t.shape) for t in m.outputs]
-    if isinstance(m.postprocessing, Detection):
+    if isinstance(m.postprocessing, DETECTORS):
         outputs.append({"name": "boxes", "datatype": "FP32", "shape": [-1, 7]})
     inputs = [_tensor_meta(t.name, t.dtype, t.shape) for t in m.inputs]
     if m.preprocessing is not None:
@@ -309,7 +309,7 @@ def _bytes_from_json(v: Any, name: str) -> bytes:
 # -- response encoding ----------------------------------------------------------
 def _boxes(pred: Prediction) -> np.ndarray:
     rows = [
-        [i, b["score"], b["xmin"], b["ymin"], b["xmax"], b["ymax"], 0]
+        [i, b["score"], b["xmin"], b["ymin"], b["xmax"], b["ymax"], b.get("class_index", 0)]
         for i, r in enumerate(pred.results)
         for b in r.get("boxes", [])
     ]
@@ -336,7 +336,7 @@ def _serialize_bytes(rows: list[list[bytes]]) -> bytes:
 
 def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) -> Response:
     available: dict[str, np.ndarray] = dict(pred.outputs)
-    if isinstance(manifest.postprocessing, Detection):
+    if isinstance(manifest.postprocessing, DETECTORS):
         available["boxes"] = _boxes(pred)
     params = doc.get("parameters") or {}
     default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False

@@ -59,6 +59,9 @@ class CameraOptions:
     realtime: bool = True  # play a file at its own frame rate (False: every frame, no drops)
     max_frames: int | None = None
     status_interval_s: float = 1.0
+    labels: tuple[str, ...] = ()  # keep only boxes with these labels; () = all
+    min_score: float = 0.0  # keep only boxes scoring at least this
+    only_detections: bool = False  # record a frame only when a box is left
 
     @classmethod
     def from_config(cls, config: AgentConfig, args: argparse.Namespace) -> CameraOptions:
@@ -73,7 +76,22 @@ class CameraOptions:
             raise ConfigError(problems)
         # camera.realtime is a requested config field; until it exists a file plays in real time
         realtime = bool(cam.realtime)
-        return cls(str(source), cam.model, cam.fps, cam.thumbnails, cam.loop, realtime, args.max_frames)
+        return cls(
+            str(source),
+            cam.model,
+            cam.fps,
+            cam.thumbnails,
+            cam.loop,
+            realtime,
+            args.max_frames,
+            labels=tuple(cam.labels),
+            min_score=cam.min_score,
+            only_detections=cam.only_detections,
+        )
+
+    @property
+    def filters(self) -> bool:
+        return bool(self.labels) or self.min_score > 0.0 or self.only_detections
 
 
 def thumbnail(image: Any, width: int = THUMBNAIL_WIDTH) -> dict[str, Any]:
@@ -95,6 +113,7 @@ class CameraStats:
     inferred: int = 0
     failed: int = 0  # frames whose inference or recording failed
     failed_in_row: int = 0
+    skipped: int = 0  # inferred frames not recorded: no box left after the filters
     last_result_id: str | None = None
     last_frame: int | None = None
     first_at: float | None = None  # monotonic time the first inferred frame was taken
@@ -129,11 +148,38 @@ class CameraLoop:
         if spec is None:
             raise InvalidInput(f"model {options.model!r} takes tensors, not images: it cannot run on frames")
         self.spec = spec
+        self._check_filters()
         self.run_id = uuid.uuid4().hex
         self.stats = CameraStats()
         self.state = "starting"
         self.started = time.time()
         self.reader = FrameReader(self.source, realtime=options.realtime, loop=options.loop)
+
+    def _check_filters(self) -> None:
+        from edge_agent.runtime.package import DETECTORS
+
+        m, o = self.model.manifest, self.options
+        if not o.filters:
+            return
+        if not isinstance(m.postprocessing, DETECTORS):
+            raise ConfigError(
+                [f"camera.labels/min_score/only_detections filter boxes; model {m.name!r} is not a detector"]
+            )
+        unknown = [label for label in o.labels if m.labels and label not in m.labels]
+        if unknown:
+            raise ConfigError([f"camera.labels: {unknown} not among model {m.name!r}'s labels {m.labels}"])
+
+    def keep(self, row: dict[str, Any]) -> bool:
+        """Apply the label/score filters to a detection row in place; False: do not record it."""
+        o = self.options
+        if not o.filters or "boxes" not in row:
+            return True
+        row["boxes"] = [
+            b
+            for b in row["boxes"]
+            if (not o.labels or b.get("label") in o.labels) and float(b.get("score", 0.0)) >= o.min_score
+        ]
+        return bool(row["boxes"]) or not o.only_detections
 
     def run(self, stop: threading.Event) -> str:
         """Loop until the source ends, ``max_frames`` or ``stop``; returns why it stopped."""
@@ -193,12 +239,16 @@ class CameraLoop:
             outputs = self.engine.infer(self.model, {self.spec.input: tensor[None]})
             row = postprocess(self.model.manifest, outputs, [geo])[0]
             t1 = time.monotonic()
-            body = self.body(frame, row)
-            m = self.model.manifest
-            with self.storage.transaction() as conn:
-                rid = self.storage.record_result(
-                    conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
-                )
+            rid = None
+            if self.keep(row):
+                body = self.body(frame, row)
+                m = self.model.manifest
+                with self.storage.transaction() as conn:
+                    rid = self.storage.record_result(
+                        conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
+                    )
+            else:
+                st.skipped += 1
         except EdgeAgentError as exc:
             st.failed += 1
             st.failed_in_row += 1
@@ -209,7 +259,8 @@ class CameraLoop:
         t2 = time.monotonic()
         st.failed_in_row = 0
         st.inferred += 1
-        st.last_result_id, st.last_frame, st.last_at = rid, frame.index, t0
+        st.last_result_id = rid or st.last_result_id
+        st.last_frame, st.last_at = frame.index, t0
         st.recent.append(t2)
         for key, value in (("infer", t1 - t0), ("record", t2 - t1), ("age", taken - frame.captured)):
             st.ms[key] += value * 1000
@@ -251,6 +302,7 @@ class CameraLoop:
             "reconnects": rs.reconnects,
             "cycles": rs.cycles,
             "frames_failed": st.failed,
+            "frames_without_detection": st.skipped,
             "connected": self.reader.connected,
             "fps": round(st.fps(now), 3),
             "fps_avg": round(st.fps_avg(), 3),
