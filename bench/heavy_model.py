@@ -1,9 +1,8 @@
 """A compute-heavy CNN for the serving benchmark, with random weights, as a model package.
 
-The network is written straight to the ONNX protobuf wire format (a few dozen lines of
-varint / length-delimited encoding below), so building it needs neither torch nor the
-``onnx`` package: numpy for the weights, onnxruntime to check it loads and to record the
-golden sample.
+The graph is built with the ``onnx`` package's ``helper`` and ``numpy_helper`` (the ``bench``
+extra, also in ``dev``; no torch) and checked with ``onnx.checker``; numpy makes the weights,
+onnxruntime checks that it loads and records the golden sample.
 
     input  "input"  float32 [N, 3, 32, 32]
     Conv 3->C 3x3, Relu, Conv C->C 3x3, Relu, MaxPool 2
@@ -42,113 +41,32 @@ IR_VERSION = 8
 GOLDEN_ATOL = 1e-3
 BATCHING = {"enabled": True, "max_batch_size": 64, "max_queue_delay_ms": 2.0}
 
-# ONNX enums used here (onnx.proto: TensorProto.DataType, AttributeProto.AttributeType)
-FLOAT = 1
-ATTR_INT, ATTR_INTS = 2, 7
-
-
-# -- protobuf wire format -------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # int64 fields: two's complement, ten bytes
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint(field << 3 | wire_type)
-
-
-def _int(field: int, value: int) -> bytes:
-    return _key(field, 0) + _varint(value)
-
-
-def _bytes(field: int, value: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(value)) + value
-
-
-def _str(field: int, value: str) -> bytes:
-    return _bytes(field, value.encode())
-
-
-def _packed_ints(field: int, values: Sequence[int]) -> bytes:
-    return _bytes(field, b"".join(_varint(v) for v in values))
-
-
-# -- ONNX messages (field numbers from onnx.proto) -----------------------------------------------
-def _tensor(name: str, array: np.ndarray) -> bytes:
-    """TensorProto: dims=1, data_type=2, name=8, raw_data=9."""
-    arr = np.ascontiguousarray(array, dtype="<f4")
-    return _packed_ints(1, arr.shape) + _int(2, FLOAT) + _str(8, name) + _bytes(9, arr.tobytes())
-
-
-def _attr_int(name: str, value: int) -> bytes:
-    """AttributeProto: name=1, i=3, type=20."""
-    return _str(1, name) + _int(3, value) + _int(20, ATTR_INT)
-
-
-def _attr_ints(name: str, values: Sequence[int]) -> bytes:
-    """AttributeProto: name=1, ints=8, type=20."""
-    return _str(1, name) + _packed_ints(8, values) + _int(20, ATTR_INTS)
-
-
-def _node(op: str, inputs: Sequence[str], outputs: Sequence[str], attrs: Sequence[bytes] = ()) -> bytes:
-    """NodeProto: input=1, output=2, name=3, op_type=4, attribute=5."""
-    body = b"".join(_str(1, i) for i in inputs) + b"".join(_str(2, o) for o in outputs)
-    body += _str(3, f"{op.lower()}_{outputs[0]}") + _str(4, op)
-    return body + b"".join(_bytes(5, a) for a in attrs)
-
-
-def _value_info(name: str, dims: Sequence[int | str]) -> bytes:
-    """ValueInfoProto{name=1, type=2: TypeProto{tensor_type=1: {elem_type=1, shape=2}}}."""
-    shape = b"".join(
-        _bytes(1, _str(2, d) if isinstance(d, str) else _int(1, d)) for d in dims
-    )  # TensorShapeProto.dim=1: Dimension{dim_value=1 | dim_param=2}
-    tensor_type = _int(1, FLOAT) + _bytes(2, shape)
-    return _str(1, name) + _bytes(2, _bytes(1, tensor_type))
-
-
-def _model(nodes: list[bytes], initializers: list[bytes], graph_name: str) -> bytes:
-    """ModelProto{ir_version=1, producer_name=2, graph=7, opset_import=8}; GraphProto{node=1,
-    name=2, initializer=5, input=11, output=12}."""
-    graph = b"".join(_bytes(1, n) for n in nodes) + _str(2, graph_name)
-    graph += b"".join(_bytes(5, t) for t in initializers)
-    graph += _bytes(11, _value_info(INPUT, ["N", CHANNELS, SIZE, SIZE]))
-    graph += _bytes(12, _value_info(OUTPUT, ["N", CLASSES]))
-    opset = _str(1, "") + _int(2, OPSET)  # OperatorSetIdProto{domain=1, version=2}
-    return (
-        _int(1, IR_VERSION) + _str(2, "edge-agent bench/heavy_model.py") + _bytes(7, graph) + _bytes(8, opset)
-    )
-
 
 def build_onnx(width: int = DEFAULT_WIDTH, seed: int = SEED) -> bytes:
     """The serialized ModelProto; He-initialised random weights, small random biases."""
+    import onnx  # the bench extra: only building the model needs it
+    from onnx import TensorProto, helper, numpy_helper
+
     rng = np.random.default_rng(seed)
-    nodes: list[bytes] = []
-    inits: list[bytes] = []
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
     x = INPUT
+
+    def node(op: str, inputs: list[str], output: str, **attrs: object) -> None:
+        nodes.append(helper.make_node(op, inputs, [output], name=f"{op.lower()}_{output}", **attrs))
 
     def conv(cin: int, cout: int, idx: int) -> None:
         nonlocal x
         w = rng.normal(0.0, np.sqrt(2.0 / (cin * 9)), size=(cout, cin, 3, 3)).astype(np.float32)
         b = rng.normal(0.0, 0.01, size=(cout,)).astype(np.float32)
-        inits.extend([_tensor(f"w{idx}", w), _tensor(f"b{idx}", b)])
-        attrs = [_attr_ints("kernel_shape", [3, 3]), _attr_ints("pads", [1, 1, 1, 1])]
-        nodes.append(_node("Conv", [x, f"w{idx}", f"b{idx}"], [f"conv{idx}"], attrs))
-        nodes.append(_node("Relu", [f"conv{idx}"], [f"relu{idx}"]))
+        inits.extend([numpy_helper.from_array(w, f"w{idx}"), numpy_helper.from_array(b, f"b{idx}")])
+        node("Conv", [x, f"w{idx}", f"b{idx}"], f"conv{idx}", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        node("Relu", [f"conv{idx}"], f"relu{idx}")
         x = f"relu{idx}"
 
     def pool(idx: int) -> None:
         nonlocal x
-        attrs = [_attr_ints("kernel_shape", [2, 2]), _attr_ints("strides", [2, 2])]
-        nodes.append(_node("MaxPool", [x], [f"pool{idx}"], attrs))
+        node("MaxPool", [x], f"pool{idx}", kernel_shape=[2, 2], strides=[2, 2])
         x = f"pool{idx}"
 
     c = width
@@ -159,13 +77,27 @@ def build_onnx(width: int = DEFAULT_WIDTH, seed: int = SEED) -> bytes:
     conv(2 * c, 2 * c, 4)
     pool(2)
     conv(2 * c, 4 * c, 5)
-    nodes.append(_node("GlobalAveragePool", [x], ["gap"]))
-    nodes.append(_node("Flatten", ["gap"], ["flat"], [_attr_int("axis", 1)]))
+    node("GlobalAveragePool", [x], "gap")
+    node("Flatten", ["gap"], "flat", axis=1)
     fc_w = rng.normal(0.0, np.sqrt(1.0 / (4 * c)), size=(CLASSES, 4 * c)).astype(np.float32)
     fc_b = rng.normal(0.0, 0.01, size=(CLASSES,)).astype(np.float32)
-    inits.extend([_tensor("fc_w", fc_w), _tensor("fc_b", fc_b)])
-    nodes.append(_node("Gemm", ["flat", "fc_w", "fc_b"], [OUTPUT], [_attr_int("transB", 1)]))
-    return _model(nodes, inits, f"heavy_cnn_w{width}")
+    inits.extend([numpy_helper.from_array(fc_w, "fc_w"), numpy_helper.from_array(fc_b, "fc_b")])
+    node("Gemm", ["flat", "fc_w", "fc_b"], OUTPUT, transB=1)
+    graph = helper.make_graph(
+        nodes,
+        f"heavy_cnn_w{width}",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        producer_name="edge-agent bench/heavy_model.py",
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
 
 
 def sample_inputs(n: int, seed: int = SEED + 1) -> np.ndarray:
@@ -226,7 +158,7 @@ def build_package(root: Path, width: int = DEFAULT_WIDTH) -> Path:
                 "kernels and summation orders; logits are of order 1-10, so 1e-3 is float noise.",
             },
             "batching": BATCHING,
-            "source": "bench/heavy_model.py: random He-initialised weights, protobuf written directly.",
+            "source": "bench/heavy_model.py: random He-initialised weights, built with onnx.helper.",
             "license": "Apache-2.0",
         }
     )

@@ -268,10 +268,9 @@ class Fleet:
                 if seen.get(row["device"]) != state:
                     seen[row["device"]] = state
                     say(f"   {row['device']}: {state}")
-            return (
-                all(row["state"] in ("active", "failed") for row in doc["devices"])
-                and len(doc["devices"]) >= len(self.devices)
-            )
+            return all(row["state"] in ("active", "failed") for row in doc["devices"]) and len(
+                doc["devices"]
+            ) >= len(self.devices)
 
         wait_for("the rollout", done, 120)
         if any(s.startswith("failed") for s in seen.values()):
