@@ -178,7 +178,10 @@ def cmd_models_bench(config: AgentConfig, args: argparse.Namespace) -> int:
 
     engine = _engine(config)
     settings = bench.BenchSettings(
-        batches=tuple(args.batch), threads=tuple(args.threads or ()), seconds=args.seconds
+        batches=tuple(args.batch),
+        threads=tuple(args.threads or ()),
+        seconds=args.seconds,
+        tensors=args.tensors,
     )
     figures = bench.run_bench(
         engine.store, args.model, args.version, settings, max_image_pixels=config.max_image_pixels
@@ -306,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--seconds", type=float, default=1.0, help="time per batch size and thread count (default 1)"
+    )
+    sp.add_argument(
+        "--tensors",
+        action="store_true",
+        help="send the golden tensors even to a model that takes images (no image decoding per request)",
     )
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p

@@ -2,12 +2,18 @@
 
 For each thread count and batch size it sends requests one at a time through the
 engine, exactly as the serving path runs them (validation or image decoding,
-inference, post-processing), and reports p50/p99 of each stage and of the whole
-request, and rows per second. Requests carry the package's own sample images when
-the model takes images and has some, else its golden inputs repeated to the batch
-size. Memory added by the model is the process's resident memory after loading it
-and running one request at the largest batch, minus before (the runtime library is
-imported first, so it counts the model, not the library).
+inference, post-processing): p50/p99 of the whole request, of preprocess and of
+postprocess, and rows per second, come from those requests. The infer stage is
+then timed on its own, the engine's batch call back to back on the request's
+prepared tensors, as perf_analyzer times a model's compute: between whole requests
+the decoding and post-processing evict the model from the CPU caches, which would
+charge the model for its neighbours' work. (Half the time goes to each.) Requests
+carry the package's own sample images when the model takes images and has some
+(``--tensors``: never), else its golden inputs repeated to the batch size.
+
+Memory added by the model is the process's resident memory after loading it and
+running one request at the largest batch, minus before (the runtime library, and
+OpenCV for an image model, are loaded first: it counts the model, not libraries).
 
 Figures are written to ``<data_dir>/bench/<model>.json`` (the latest run per model);
 the sync role reads them (this module imports no runtime at import time) and reports
@@ -50,6 +56,7 @@ class BenchSettings:
     seconds: float = 1.0  # timed per point, at least min_calls requests
     min_calls: int = 10
     warmup: int = 3
+    tensors: bool = False  # feed golden tensors even to an image model (no decoding per request)
 
     def __post_init__(self) -> None:
         if not self.batches or any(not 1 <= b <= MAX_BATCH for b in self.batches):
@@ -85,13 +92,13 @@ def sample_images(package_dir: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(samples.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def make_request(engine: Any, name: str, version: str, batch: int) -> Request:
+def make_request(engine: Any, name: str, version: str, batch: int, tensors: bool = False) -> Request:
     from edge_agent.runtime.package import load_golden
 
     store = engine.store
     m = store.manifest(name, version)
     pkg = store.package_dir(name, version)
-    images = sample_images(pkg) if m.preprocessing is not None else []
+    images = sample_images(pkg) if m.preprocessing is not None and not tensors else []
     if images:
         return Request(None, [images[i % len(images)] for i in range(batch)])
     inputs, _ = load_golden(pkg, m)
@@ -103,18 +110,36 @@ def make_request(engine: Any, name: str, version: str, batch: int) -> Request:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _point(engine: Any, name: str, version: str, req: Request, settings: BenchSettings) -> dict[str, Any]:
-    def once() -> dict[str, float]:
+def _point(
+    engine: Any, name: str, version: str, req: Request, settings: BenchSettings
+) -> dict[str, list[float]]:
+    """Half the time whole requests (preprocess, postprocess, total), half the model alone (infer)."""
+    from edge_agent.runtime.inputs import validate
+
+    def request() -> dict[str, float]:
         pred = engine.predict(name, req.tensors, images=req.images, version=version)
         return pred.timings_ms  # type: ignore[no-any-return]
 
-    for _ in range(settings.warmup):
-        once()
+    model = engine.model(name, version)
+    if req.images is not None:
+        tensors, _ = engine.prepare_images(model.manifest, req.images)
+    else:
+        tensors = validate(model.manifest, req.tensors or {}, MAX_BATCH)
+
+    def infer() -> dict[str, float]:
+        t0 = time.perf_counter_ns()
+        engine.infer(model, tensors)
+        return {"infer": (time.perf_counter_ns() - t0) / 1e6}
+
     samples: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
-    deadline = time.perf_counter() + settings.seconds
-    while len(samples["total"]) < settings.min_calls or time.perf_counter() < deadline:
-        for stage, ms in once().items():
-            samples[stage].append(ms)
+    for call, keep in ((request, ("preprocess", "postprocess", "total")), (infer, ("infer",))):
+        for _ in range(settings.warmup):
+            call()
+        deadline = time.perf_counter() + settings.seconds / 2
+        while len(samples[keep[0]]) < settings.min_calls or time.perf_counter() < deadline:
+            timings = call()
+            for stage in keep:
+                samples[stage].append(timings[stage])
     return samples
 
 
@@ -160,7 +185,7 @@ def run_bench(
         extra = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
         engine = Engine(store, EngineOptions(backend=BackendOptions(threads, 1), max_rows=MAX_BATCH, **extra))
         try:
-            probe = make_request(engine, name, version, largest)
+            probe = make_request(engine, name, version, largest, settings.tensors)
             if probe.images is not None:  # OpenCV and the decoded images are not the model's
                 engine.prepare_images(m, probe.images)
             before = rss_bytes()
@@ -169,7 +194,7 @@ def run_bench(
             if memory_mb is None:
                 memory_mb = round(max(rss_bytes() - before, 0) / 2**20, 2)
             for batch in settings.batches:
-                req = make_request(engine, name, version, batch)
+                req = make_request(engine, name, version, batch, settings.tensors)
                 kind = req.kind
                 rows.append(_row(batch, threads, _point(engine, name, version, req, settings)))
                 logger.debug("bench %s/%s batch %d threads %d done", name, version, batch, threads)
