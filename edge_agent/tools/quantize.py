@@ -13,9 +13,10 @@ Steps, and nothing is written until every one has passed:
    (the source's golden inputs, the int8 model's outputs, a tolerance of 1.5 output
    quantization steps), a manifest valid for :mod:`edge_agent.runtime.package`, sha256s;
    it is loaded and self-tested like any package;
-5. both models run on the evaluation set: top-1 agreement (argmax of the scored output per
-   row; for a detector, the best-scoring anchor), accuracy of both when there are labels,
-   size, and median inference latency at batch 1 and 32;
+5. both models run on the evaluation set: top-1 agreement per row (a classifier's class; a
+   detector's best-scoring detection: same label and IoU >= 0.5, or both find nothing),
+   accuracy of both when a classifier's set has labels, size, and median inference latency
+   at batch 1 and 32;
 6. under the agreement threshold -> ``QualityGateFailed``, nothing written; else the package
    is installed as a new version of the same model (not activated unless asked).
 """
@@ -37,7 +38,6 @@ from edge_agent.errors import InvalidInput, PackageError, QualityGateFailed, Too
 from edge_agent.runtime.backends import BackendOptions, LoadedModel, get_backend
 from edge_agent.runtime.package import (
     Classification,
-    Detection,
     Manifest,
     load_golden,
     save_golden,
@@ -53,6 +53,7 @@ INSTALL_HINT = "pip install 'edge-agent[tools]'  (or: pip install onnx)"
 DEFAULT_THRESHOLD = 0.99
 LATENCY_BATCHES = (1, 32)
 CALIBRATION_BATCH = 16
+DETECTION_IOU = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,18 +143,46 @@ def _tools() -> tuple[Any, Any]:
     return quant, shape
 
 
-def _scored_output(m: Manifest) -> str:
+def is_detector(m: Manifest) -> bool:
+    return m.postprocessing is not None and not isinstance(m.postprocessing, Classification)
+
+
+def top1(m: Manifest, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """A classifier's class per row: argmax of its scored output (the first output without one)."""
     post = m.postprocessing
-    if isinstance(post, Classification):
-        return post.output
-    if isinstance(post, Detection):
-        return post.scores_output
-    return m.outputs[0].name
-
-
-def top1(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
-    y = outputs[name]
+    y = outputs[post.output if isinstance(post, Classification) else m.outputs[0].name]
     return np.asarray(y.reshape(y.shape[0], -1).argmax(axis=1))
+
+
+def iou(a: dict[str, Any], b: dict[str, Any]) -> float:
+    w = min(a["xmax"], b["xmax"]) - max(a["xmin"], b["xmin"])
+    h = min(a["ymax"], b["ymax"]) - max(a["ymin"], b["ymin"])
+    inter = max(w, 0.0) * max(h, 0.0)
+    area = (a["xmax"] - a["xmin"]) * (a["ymax"] - a["ymin"]) + (b["xmax"] - b["xmin"]) * (
+        b["ymax"] - b["ymin"]
+    )
+    return inter / (area - inter) if area - inter > 0 else 0.0
+
+
+def same_top_detection(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Both found nothing, or their best-scoring boxes have one label and IoU >= 0.5."""
+    if not a or not b:
+        return not a and not b
+    x, y = max(a, key=lambda d: d["score"]), max(b, key=lambda d: d["score"])
+    return bool(x["label"] == y["label"] and iou(x, y) >= DETECTION_IOU)
+
+
+def agreeing_rows(m: Manifest, ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row, whether the int8 answer is the fp32 one (top-1 class, or top detection)."""
+    if not is_detector(m):
+        return np.asarray(top1(m, ref) == top1(m, got))
+    from edge_agent.runtime.postprocess import postprocess
+
+    n = next(iter(ref.values())).shape[0]
+    a, b = postprocess(m, ref, [None] * n), postprocess(m, got, [None] * n)
+    return np.asarray(
+        [same_top_detection(x.get("boxes", []), y.get("boxes", [])) for x, y in zip(a, b, strict=True)]
+    )
 
 
 def run_rows(model: LoadedModel, data: EvalSet) -> dict[str, np.ndarray]:
@@ -386,14 +415,12 @@ def quantize(
 def _measure(
     report: QuantizeReport, fp32: LoadedModel, int8: LoadedModel, data: EvalSet, m: Manifest, seconds: float
 ) -> None:
-    out_name = _scored_output(m)
     ref, got = run_rows(fp32, data), run_rows(int8, data)
-    ref_top, got_top = top1(ref, out_name), top1(got, out_name)
-    report.agreement = round(float(np.mean(ref_top == got_top)), 6)
-    if data.labels is not None:
+    report.agreement = round(float(np.mean(agreeing_rows(m, ref, got))), 6)
+    if data.labels is not None and not is_detector(m):
         report.accuracy = {
-            "fp32": round(float(np.mean(ref_top == data.labels)), 6),
-            "int8": round(float(np.mean(got_top == data.labels)), 6),
+            "fp32": round(float(np.mean(top1(m, ref) == data.labels)), 6),
+            "int8": round(float(np.mean(top1(m, got) == data.labels)), 6),
         }
     report.latency_ms = {
         kind: {b: median_latency_ms(model, data, b, seconds) for b in LATENCY_BATCHES}

@@ -19,6 +19,7 @@ import pytest
 
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.store import ModelStore
+from edge_agent.tools.quantize import iou
 from tests.conftest import DATA, MODELS, ROOT
 
 CALIB_ROWS = 150
@@ -218,3 +219,36 @@ def test_without_the_tools_extra_the_command_says_how_to_get_it(
     assert out.returncode == 1, out.stdout + out.stderr
     assert "pip install 'edge-agent[tools]'" in out.stderr
     assert tree_digest(store_dir) == before
+
+
+def test_a_detector_is_quantized_and_judged_by_its_top_detection(tmp_path: Path) -> None:
+    """face_onnx (BlazeFace, fixed batch 1) calibrated and evaluated on its sample photo through
+    its own preprocessing. Agreement for a detector is its best box: same label, IoU >= 0.5 with
+    fp32's. The int8 version must still find the astronaut's face where test_blazeface.py's
+    reference box (stated from the picture) says it is."""
+    from tests.runtime.test_blazeface import BOX_TOL_PX, REF_BOX
+
+    root = tmp_path / "models"
+    shutil.copytree(MODELS / "face_onnx", root / "face_onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(MODELS / "face_onnx" / "1" / "samples" / "astronaut.png", images / "astronaut.png")
+    out = run(tmp_path, root, "models", "quantize", "face_onnx", "--calibration", str(images), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["agreement"] == 1.0 and report["accuracy"] is None and report["version"] == "2"
+    assert report["calibration"] == "images: 1 rows"
+
+    store = ModelStore(root, tmp_path / "st" / "store-state.json")
+    engine = Engine(store)
+    try:
+        photo = (images / "astronaut.png").read_bytes()
+        (fp32,) = engine.predict("face_onnx", images=[photo], version="1").results
+        (int8,) = engine.predict("face_onnx", images=[photo], version="2").results
+    finally:
+        engine.close()
+    assert len(int8["boxes"]) == 1, int8
+    box = int8["boxes"][0]
+    got = (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
+    assert all(abs(g - w) <= BOX_TOL_PX for g, w in zip(got, REF_BOX, strict=True)), got
+    assert iou(box, fp32["boxes"][0]) >= 0.5
