@@ -157,7 +157,7 @@ def cmd_models_quantize(config: AgentConfig, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(exc.details.get("report"), indent=2))
         else:
-            from edge_agent.tools.quantize import QuantizeReport
+            from edge_agent.tools.agreement import QuantizeReport
 
             print(QuantizeReport.from_dict(exc.details["report"]).table())
         raise

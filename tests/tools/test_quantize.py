@@ -19,7 +19,7 @@ import pytest
 
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.store import ModelStore
-from edge_agent.tools.quantize import iou
+from edge_agent.tools.agreement import iou
 from tests.conftest import DATA, MODELS, ROOT
 
 CALIB_ROWS = 150
