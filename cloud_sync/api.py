@@ -207,6 +207,15 @@ def get_model(cloud: CloudDep, name: str) -> Row:
     return cloud.store.model(name)
 
 
+@router.get(
+    "/bench",
+    tags=["models"],
+    summary="Latest on-device benchmark figures (edge-agent models bench) per device and model",
+)
+def list_bench(cloud: CloudDep, device: str | None = None, model: str | None = None) -> Row:
+    return {"bench": cloud.store.bench(device, model)}
+
+
 @router.get("/deployments", tags=["deployments"], summary="Deployments, newest first, with state counts")
 def list_deployments(cloud: CloudDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Row:
     return {"deployments": [cloud.store.deployment_status(d["id"]) for d in cloud.store.deployments(limit)]}

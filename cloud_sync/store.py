@@ -34,7 +34,18 @@ from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Stat
 BUSY_TIMEOUT_S = 10.0
 UNFINISHED_STATES = frozenset({"pending", "downloading", "verifying"})
 JSON_COLUMNS = frozenset(
-    {"models", "reported_models", "last_update", "metrics", "body", "args", "result", "manifest", "devices"}
+    {
+        "models",
+        "reported_models",
+        "last_update",
+        "metrics",
+        "body",
+        "args",
+        "result",
+        "manifest",
+        "devices",
+        "figures",
+    }
 )
 
 
@@ -183,8 +194,18 @@ def _v1(db: Database) -> None:
     )
 
 
+def _v2(db: Database) -> None:
+    """On-device benchmark figures: the latest per (device, model), as reported."""
+    db.table("model_bench").create(
+        {"device": str, "model": str, "version": str, "ts": float, "received": float, "figures": str},
+        pk=("device", "model"),
+        not_null=["version", "ts", "received", "figures"],
+        foreign_keys=[("device", "devices", "id")],
+    )
+
+
 # Each migration moves the schema from version i to i + 1. Append only.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2)
 
 
 # -- pages -------------------------------------------------------------------------------
@@ -464,8 +485,9 @@ class Store:
             self._touch(db, msg.device, received)
             update = msg.last_update
             db.execute(
-                "UPDATE devices SET reported_models = ?, last_update = ?, reported_ts = ? "
-                "WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
+                # no last_update in a report (e.g. one sent for new benchmark figures) keeps the known one
+                "UPDATE devices SET reported_models = ?, last_update = COALESCE(?, last_update), "
+                "reported_ts = ? WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
                 [
                     _dumps(msg.models, "reported models"),
                     None if update is None else _dumps(update.model_dump(), "last_update"),
@@ -474,6 +496,21 @@ class Store:
                     ts,
                 ],
             )
+            for model, fig in (msg.bench or {}).items():
+                db.execute(
+                    "INSERT INTO model_bench (device, model, version, ts, received, figures) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device, model) DO UPDATE SET "
+                    "version = excluded.version, ts = excluded.ts, received = excluded.received, "
+                    "figures = excluded.figures WHERE excluded.ts >= model_bench.ts",
+                    [
+                        msg.device,
+                        model,
+                        fig.version,
+                        _finite(fig.ts, "bench ts"),
+                        received,
+                        _dumps(fig.model_dump(mode="json"), "bench figures"),
+                    ],
+                )
             if update is not None:
                 db.execute(
                     "INSERT INTO deployment_devices (deployment, device, model, version, state, reason, "
@@ -494,6 +531,17 @@ class Store:
                         received,
                     ],
                 )
+
+    def bench(self, device: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        """The latest on-device benchmark of each (device, model), filtered."""
+        where, params = [], []
+        for column, value in (("device", device), ("model", model)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT device, model, version, ts, received, figures FROM model_bench"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, device"
+        return self._query(sql, params)
 
     # -- devices, results, telemetry -----------------------------------------------------
     def devices(self, online: bool | None = None) -> list[dict[str, Any]]:

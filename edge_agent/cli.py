@@ -19,6 +19,7 @@ from edge_agent.errors import (
     InvalidInput,
     ModelNotFound,
     PackageError,
+    QualityGateFailed,
 )
 from edge_agent.roles import add_role_commands
 
@@ -33,6 +34,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_BAD_INPUT, EX
     5,
     6,
 )
+EXIT_QUALITY = 7  # a derived model (models quantize) under its quality threshold: not written
 
 
 def exit_code(exc: EdgeAgentError) -> int:
@@ -41,6 +43,7 @@ def exit_code(exc: EdgeAgentError) -> int:
         (ModelNotFound, EXIT_NOT_FOUND),
         (InvalidInput, EXIT_BAD_INPUT),
         (PackageError, EXIT_PACKAGE),
+        (QualityGateFailed, EXIT_QUALITY),
     ):
         if isinstance(exc, cls):
             return code
@@ -152,6 +155,72 @@ def cmd_models_import(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_quantize(config: AgentConfig, args: argparse.Namespace) -> int:
+    from edge_agent.tools.quantize import QuantizeOptions, quantize
+
+    engine = _engine(config)
+    options = QuantizeOptions(version=args.to_version, threshold=args.threshold / 100.0)
+    try:
+        report = quantize(
+            engine.store,
+            args.model,
+            args.calibration,
+            args.eval,
+            source_version=args.version,
+            options=options,
+        )
+    except QualityGateFailed as exc:
+        if args.json:
+            print(json.dumps(exc.details.get("report"), indent=2))
+        else:
+            from edge_agent.tools.agreement import QuantizeReport
+
+            print(QuantizeReport.from_dict(exc.details["report"]).table())
+        raise
+    if args.activate:
+        engine.activate(args.model, report.version)
+        report.activated = True
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+        state = "written and active" if report.activated else "written (activate it with models activate)"
+        print(f"{args.model}/{report.version}: {state}")
+    return EXIT_OK
+
+
+def cmd_models_bench(config: AgentConfig, args: argparse.Namespace) -> int:
+    from edge_agent.runtime import bench
+
+    engine = _engine(config)
+    settings = bench.BenchSettings(
+        batches=tuple(args.batch),
+        threads=tuple(args.threads or ()),
+        seconds=args.seconds,
+        tensors=args.tensors,
+    )
+    figures = bench.run_bench(
+        engine.store, args.model, args.version, settings, max_image_pixels=config.max_image_pixels
+    )
+    path = bench.save(config.data_dir, figures)
+    if args.json:
+        print(figures.model_dump_json(indent=2))
+    else:
+        print(bench.table(figures))
+        print(f"saved to {path} (the sync role reports it on models/reported)")
+    return EXIT_OK
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
 def cmd_backends(config: AgentConfig, args: argparse.Namespace) -> int:
     from edge_agent.runtime.backends import availability
 
@@ -222,6 +291,57 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path", type=Path, help="the model file (.onnx or .tflite; told apart by content)")
     sp.add_argument("--activate", action="store_true", help="self-test the new version and make it active")
     _add_import_arguments(sp)
+    sp = add(
+        msub,
+        "quantize",
+        cmd_models_quantize,
+        "Quantize an fp32 ONNX model to int8 (static QDQ, per-channel) as a new version, after checking "
+        "its top-1 agreement with fp32. Needs the optional tools: pip install 'edge-agent[tools]'.",
+    )
+    sp.add_argument("model", help="model name (an fp32 ONNX model)")
+    sp.add_argument(
+        "--calibration",
+        type=Path,
+        required=True,
+        help="calibration rows: .npz (arrays named after the inputs, optional `labels`), .npy, .json, "
+        "or a directory of images (label sub-directories optional); see docs/model-packages.md",
+    )
+    sp.add_argument(
+        "--eval", type=Path, help="evaluation rows, same forms (default: the calibration set itself)"
+    )
+    sp.add_argument("--version", help="source version (default: the active one)")
+    sp.add_argument("--to-version", help="version to write (default: the next integer)")
+    sp.add_argument(
+        "--threshold",
+        type=float,
+        default=99.0,
+        help="minimum top-1 agreement with fp32 in percent (default 99); under it nothing is written "
+        "and the exit code is 7",
+    )
+    sp.add_argument("--activate", action="store_true", help="activate the new version once written")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp = add(
+        msub,
+        "bench",
+        cmd_models_bench,
+        "Benchmark a model on this device: p50/p99 latency per stage and rows/s per batch size and "
+        "thread count, memory added; saved for the sync role to report.",
+    )
+    sp.add_argument("model", help="model name")
+    sp.add_argument("--version", help="version (default: active)")
+    sp.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)")
+    sp.add_argument(
+        "--threads", type=_int_list, help="runtime thread counts (default: 1 and all cores up to 4)"
+    )
+    sp.add_argument(
+        "--seconds", type=float, default=1.0, help="time per batch size and thread count (default 1)"
+    )
+    sp.add_argument(
+        "--tensors",
+        action="store_true",
+        help="send the golden tensors even to a model that takes images (no image decoding per request)",
+    )
+    sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
 

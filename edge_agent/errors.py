@@ -117,3 +117,17 @@ class InferenceError(EdgeAgentError):
 
     status = 500
     code = "inference_failed"
+
+
+class ToolsUnavailable(EdgeAgentError):
+    """A tool command needs an optional package the device does not install by default."""
+
+    status = 503
+    code = "tools_unavailable"
+
+
+class QualityGateFailed(EdgeAgentError):
+    """A derived model (e.g. quantized) disagrees with its source more than allowed; not written."""
+
+    status = 422
+    code = "quality_gate_failed"

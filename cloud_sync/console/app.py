@@ -31,6 +31,7 @@ from rich.text import Text
 from cloud_sync.console.client import (
     DEFAULT_API,
     ApiUnreachable,
+    BenchReport,
     CommandTimeout,
     ConsoleClient,
     Deployment,
@@ -186,6 +187,48 @@ def devices_command(
                 live.update(_devices_view(client, plain), refresh=True)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+# -- on-device benchmarks -------------------------------------------------------------------------
+BENCH_COLUMNS = ("DEVICE", "MODEL", "VERSION", "BATCH", "THREADS", "P50 MS", "P99 MS", "ROWS/S", "INFER P50",
+                 "MEMORY MB", "MEASURED")  # fmt: skip
+
+
+def _bench_table(reports: list[BenchReport], plain: bool) -> Table:
+    table = Table(box=None if plain else box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in BENCH_COLUMNS:
+        table.add_column(
+            column, justify="left" if column in ("DEVICE", "MODEL", "VERSION", "MEASURED") else "right"
+        )
+    for b in reports:
+        mem = "-" if b.figures.memory_mb is None else f"{b.figures.memory_mb:.1f}"
+        for r in b.figures.rows:
+            table.add_row(
+                Text(b.device), Text(b.model), Text(b.version), str(r.batch), str(r.threads),
+                f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.throughput_rps:.1f}",
+                f"{r.stages['infer'].p50_ms:.3f}", mem, _when(b.ts),
+            )  # fmt: skip
+    return table
+
+
+@app.command("bench")
+def bench_command(
+    ctx: typer.Context,
+    device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> int:
+    """On-device benchmark figures (`edge-agent models bench`) per device and model: p50/p99, rows/s."""
+    client, out = _client(ctx), _console()
+    reports = client.bench(device, model)
+    if as_json:
+        _json(out, [r.model_dump(mode="json") for r in reports])
+        return EXIT_OK
+    if not reports:
+        _emit(out, "no benchmark reported yet: run `edge-agent models bench NAME` on a device")
+        return EXIT_OK
+    out.print(_bench_table(reports, not out.is_terminal))
+    return EXIT_OK
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound, StoreError, Unauthorized
+from edge_agent.sync.protocol import ModelBench
 
 DEFAULT_API = f"http://127.0.0.1:{CloudConfig.model_fields['api_port'].default}"
 HTTP_TIMEOUT_S = 10.0
@@ -110,6 +111,17 @@ class Device(_Model):
     def outbox_depth(self) -> int | None:
         depth = None if self.telemetry is None else self.telemetry.metrics.get("outbox_depth")
         return None if depth is None else int(depth)
+
+
+class BenchReport(_Model):
+    """One device's latest ``edge-agent models bench`` figures for one model."""
+
+    device: str
+    model: str
+    version: str
+    ts: float
+    received: float | None = None
+    figures: ModelBench
 
 
 class Result(_Model):
@@ -285,6 +297,12 @@ class ConsoleClient:
     def latest_telemetry(self, device_id: str) -> Telemetry | None:
         rows = self._request("GET", "/telemetry", params={"device": device_id, "limit": 1})["telemetry"]
         return _parse(Telemetry, rows[0], "GET /telemetry") if rows else None
+
+    def bench(self, device: str | None = None, model: str | None = None) -> list[BenchReport]:
+        """The latest on-device benchmark figures per device and model."""
+        params = {k: v for k, v in (("device", device), ("model", model)) if v is not None}
+        rows = self._request("GET", "/bench", params=params).get("bench", [])
+        return [_parse(BenchReport, row, "GET /bench") for row in rows]
 
     # -- results -------------------------------------------------------------------------------
     def results(

@@ -63,11 +63,13 @@ def fleet_snapshot(store: Store, broker_connected: bool, now: float | None = Non
         )
     newest = db.execute("SELECT id, created FROM results ORDER BY created DESC, id DESC LIMIT 1").fetchone()
     update = db.execute("SELECT max(received) FROM deployment_devices").fetchone()
+    bench = db.execute("SELECT max(received) FROM model_bench").fetchone()
     return {
         "devices": devices,
         "broker_connected": broker_connected,
         "newest_result": newest[0] if newest else None,
         "deployment_update": update[0] if update else None,
+        "bench_update": bench[0] if bench else None,
     }
 
 

@@ -130,6 +130,10 @@ class ModelStore:
             return str(active)
         return versions[-1]
 
+    def is_pinned(self, name: str) -> bool:
+        """Whether an active version is recorded (else the newest version serves)."""
+        return self._read_state().get(name, {}).get("active") in self.versions(name)
+
     def history(self, name: str) -> list[str]:
         return [v for v in self._read_state().get(name, {}).get("history", []) if v in self.versions(name)]
 

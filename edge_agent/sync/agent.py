@@ -39,6 +39,7 @@ from edge_agent.sync.protocol import (
     RETAINED,
     CommandReply,
     ModelsDesired,
+    ModelsReported,
     ProtocolError,
     ResultsAck,
     Status,
@@ -91,6 +92,8 @@ class SyncAgent:
         self._started = time.monotonic()
         self._models = self.active_models()
         self._published_models: dict[str, str] | None = None
+        self._last_outcome: UpdateOutcome | None = None
+        self._bench_seen: tuple[tuple[str, int], ...] | None = None  # saved figures last reported
         self._next_telemetry = time.monotonic() + settings.telemetry_interval_s
         self._rate_mark = (time.monotonic(), self.outbox.recorded_total(), 0)
         self.link = MqttLink(
@@ -136,6 +139,7 @@ class SyncAgent:
                 now = time.monotonic()
                 if now >= next_limit:
                     self.outbox.enforce_limit()
+                    self._report_bench()
                     next_limit = now + LIMIT_CHECK_S
                 if self.link.connected:
                     self.outbox.send_due()
@@ -182,6 +186,7 @@ class SyncAgent:
         elif kind == "connected":
             self.outbox.reset_window(resend_now=not value)
             self._publish_status()
+            self._bench_seen = None  # the broker may have lost the retained report: send it again
             self._next_telemetry = time.monotonic()
         elif kind == "disconnected":
             self.outbox.reset_window(resend_now=False)
@@ -360,11 +365,42 @@ class SyncAgent:
 
     def _publish_outcome(self, outcome: UpdateOutcome) -> None:
         """Runs on the OTA thread: every step of an update goes out on models/reported (retained)."""
-        from edge_agent.sync.ota_runner import reported
-
-        self.publish("models_reported", reported(self.device, self.active_models(), outcome))
+        self._last_outcome = outcome
+        self.publish("models_reported", self._reported())
         if outcome.state in ("active", "rolled_back"):
             self._models_changed()
+
+    def _reported(self) -> ModelsReported:
+        """The whole retained report: active models, the last update outcome, benchmark figures."""
+        from edge_agent.runtime import bench  # numpy and the protocol only: no inference runtime
+
+        figures = bench.latest(self.config.data_dir)
+        return ModelsReported(
+            device=self.device,
+            models=self.active_models(),
+            last_update=self._last_outcome,
+            ts=time.time(),
+            bench=figures or None,
+        )
+
+    def _report_bench(self) -> None:
+        """Re-publish models/reported when `edge-agent models bench` saved new figures."""
+        from edge_agent.runtime import bench
+
+        if not self.link.connected:
+            return
+        seen = bench.stamp(self.config.data_dir)
+        if seen == self._bench_seen:
+            return
+        if seen:
+            try:
+                self.publish("models_reported", self._reported())
+            except MqttError as exc:
+                logger.warning("benchmark figures not reported yet: %s", exc.message)
+                return
+            except ProtocolError as exc:
+                logger.error("benchmark figures not reported: %s", exc.message)
+        self._bench_seen = seen
 
 
 # -- entry points -----------------------------------------------------------------------

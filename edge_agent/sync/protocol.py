@@ -12,7 +12,14 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from edge_agent.errors import EdgeAgentError
 
@@ -158,10 +165,57 @@ class UpdateOutcome(BaseModel):
     ts: float
 
 
+class StageFigures(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    p50_ms: float = Field(ge=0)
+    p99_ms: float = Field(ge=0)
+
+
+class BenchRow(BaseModel):
+    """One (batch size, thread count) point of an on-device benchmark."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    batch: int = Field(ge=1, description="Rows per request.")
+    threads: int = Field(ge=1, description="Runtime intra-op threads.")
+    calls: int = Field(ge=1, description="Timed requests.")
+    p50_ms: float = Field(ge=0, description="Median latency of a whole request (all stages).")
+    p99_ms: float = Field(ge=0, description="99th percentile latency of a whole request.")
+    throughput_rps: float = Field(ge=0, description="Rows per second, one request at a time.")
+    stages: dict[str, StageFigures] = Field(description="preprocess, infer, postprocess.")
+
+
+class ModelBench(BaseModel):
+    """``edge-agent models bench`` figures of one model version on this device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    model: str
+    version: str
+    backend: str
+    inputs: Literal["images", "tensors"] = Field(description="What one request carried.")
+    memory_mb: float | None = Field(default=None, description="Resident memory added by loading the model.")
+    ts: float = Field(description="When the benchmark ran (device clock).")
+    rows: list[BenchRow] = Field(min_length=1, max_length=64)
+
+
 class ModelsReported(_Msg):
     models: dict[str, str]
     last_update: UpdateOutcome | None = None
     ts: float
+    bench: dict[str, ModelBench] | None = Field(
+        default=None,
+        description="Latest on-device benchmark per model (absent: no news; the cloud keeps what it has).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_bench(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # an absent field stays off the wire, so receivers that predate it still accept the message
+        data = handler(self)
+        if isinstance(data, dict) and data.get("bench") is None:
+            data.pop("bench", None)
+        return data
 
 
 PAYLOADS: dict[str, type[_Msg]] = {

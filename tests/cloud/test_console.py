@@ -529,7 +529,7 @@ def test_every_command_has_help_text(capsys: pytest.CaptureFixture[str]) -> None
     group = typer.main.get_command(console_app.app)
     assert isinstance(group, typer.core.TyperGroup)
     commands = group.commands
-    assert set(commands) == {"devices", "results", "send", "deploy", "rollback"}
+    assert set(commands) == {"devices", "results", "send", "deploy", "rollback", "bench"}
     for param in group.params:
         assert isinstance(param, typer.core.TyperOption) and param.help, param.name
     for name, command in commands.items():

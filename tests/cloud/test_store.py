@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew
-from cloud_sync.store import ResultQuery, Store, result_label
+from cloud_sync.store import MIGRATIONS, ResultQuery, Store, result_label
 from edge_agent.sync import protocol
 from tests.cloud import result_record, results_msg, status_msg
 
@@ -27,13 +27,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_schema_is_created_once_and_reopening_is_harmless(tmp_path: Path) -> None:
     path = tmp_path / "cloud.sqlite3"
     first = Store(path)
-    assert first.schema_version == 1
+    assert first.schema_version == len(MIGRATIONS)
     tables = set(first.db.table_names())
     assert {"devices", "status_history", "telemetry", "results", "commands", "command_replies"} <= tables
     assert {"models", "model_versions", "deployments", "deployment_devices"} <= tables
     first.close()
     again = Store(path)
-    assert again.schema_version == 1
+    assert again.schema_version == len(MIGRATIONS)
     again.close()
 
 
@@ -62,7 +62,7 @@ def test_concurrent_opens_migrate_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert Store(path).schema_version == 1
+    assert Store(path).schema_version == len(MIGRATIONS)
 
 
 def test_a_redelivered_batch_is_stored_once(store: Store) -> None:
@@ -203,3 +203,44 @@ def test_models_deployments_and_reported_state(store: Store) -> None:
     assert [(d["device"], d["state"]) for d in deployment["device_states"]] == [("dev1", "active")]
     with pytest.raises(NotFound):
         store.deployment("nope")
+
+
+def _figures(model: str, version: str, ts: float, p50: float) -> protocol.ModelBench:
+    stage = protocol.StageFigures(p50_ms=p50 / 2, p99_ms=p50)
+    row = protocol.BenchRow(
+        batch=1, threads=1, calls=10, p50_ms=p50, p99_ms=2 * p50, throughput_rps=1000 / p50,
+        stages={"preprocess": stage, "infer": stage, "postprocess": stage},
+    )  # fmt: skip
+    return protocol.ModelBench(
+        model=model, version=version, backend="onnx", inputs="tensors", memory_mb=3.5, ts=ts, rows=[row]
+    )
+
+
+def test_bench_figures_keep_the_latest_per_device_and_model(store: Store) -> None:
+    outcome = protocol.UpdateOutcome(deployment="d1", model="iris", version="2", state="active", ts=3.0)
+    first = protocol.ModelsReported(
+        device="dev1", models={"iris": "2"}, last_update=outcome, ts=3.0,
+        bench={"iris": _figures("iris", "2", 3.0, 0.5)},
+    )  # fmt: skip
+    store.record_reported(first, 10.0)
+    # a later report for new figures, without an update outcome: the known outcome stays
+    later = protocol.ModelsReported(
+        device="dev1", models={"iris": "2"}, ts=5.0,
+        bench={"iris": _figures("iris", "2", 5.0, 0.4), "digits": _figures("digits", "1", 5.0, 1.0)},
+    )  # fmt: skip
+    store.record_reported(later, 11.0)
+    stale = protocol.ModelsReported(
+        device="dev1", models={"iris": "2"}, ts=6.0, bench={"iris": _figures("iris", "1", 1.0, 9.0)}
+    )
+    store.record_reported(stale, 12.0)  # figures older than the stored ones are ignored
+    store.record_reported(protocol.ModelsReported(device="dev2", models={}, ts=6.0), 12.0)  # no bench
+
+    rows = store.bench()
+    assert [(r["model"], r["device"], r["version"]) for r in rows] == [
+        ("digits", "dev1", "1"),
+        ("iris", "dev1", "2"),
+    ]
+    iris = store.bench(device="dev1", model="iris")[0]
+    assert iris["figures"]["rows"][0]["p50_ms"] == 0.4 and iris["ts"] == 5.0 and iris["received"] == 11.0
+    assert store.bench(device="dev2") == []
+    assert store.device("dev1")["last_update"]["state"] == "active"

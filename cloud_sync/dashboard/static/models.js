@@ -3,6 +3,7 @@
 
 const catalog = {};
 let lastUpdate;
+let lastBench;
 
 async function loadModels() {
   const { models } = await dash.api("/models");
@@ -45,6 +46,31 @@ async function loadDeployments() {
         dash.el("td", { class: "reason" }, r.reason || "")))))));
 }
 
+// Latest `edge-agent models bench` figures per device and model: one row per batch size and thread count.
+async function loadBench() {
+  const { bench } = await dash.api("/bench");
+  const box = document.getElementById("bench");
+  if (bench.length === 0) {
+    box.replaceChildren(dash.el("p", { class: "empty" }, "No benchmark reported yet: run " +
+      "`edge-agent models bench NAME` on a device; its sync role reports the figures."));
+    return;
+  }
+  const ms = (v) => v.toFixed(3);
+  const head = ["Device", "Model", "Version", "Batch", "Threads", "p50 ms", "p99 ms", "Rows/s",
+    "Preprocess p50", "Infer p50", "Postprocess p50", "Memory MB", "Measured"];
+  box.replaceChildren(dash.el("table", {}, dash.el("tr", {}, ...head.map((h) => dash.el("th", {}, h))),
+    ...bench.flatMap((b) => b.figures.rows.map((r) => dash.el("tr",
+      { "data-device": b.device, "data-model": b.model, "data-batch": r.batch, "data-threads": r.threads },
+      dash.el("td", {}, b.device), dash.el("td", {}, b.model), dash.el("td", {}, b.version),
+      dash.el("td", {}, String(r.batch)), dash.el("td", {}, String(r.threads)),
+      dash.el("td", { class: "p50" }, ms(r.p50_ms)), dash.el("td", { class: "p99" }, ms(r.p99_ms)),
+      dash.el("td", { class: "rps" }, r.throughput_rps.toFixed(1)),
+      dash.el("td", {}, ms(r.stages.preprocess.p50_ms)), dash.el("td", { class: "infer" }, ms(r.stages.infer.p50_ms)),
+      dash.el("td", {}, ms(r.stages.postprocess.p50_ms)),
+      dash.el("td", { class: "memory" }, b.figures.memory_mb === null ? "-" : b.figures.memory_mb.toFixed(1)),
+      dash.el("td", {}, dash.time(b.ts)))))));
+}
+
 async function deploy(event) {
   event.preventDefault();
   const form = event.target, out = document.getElementById("deploy-out");
@@ -66,9 +92,10 @@ document.addEventListener("DOMContentLoaded", async () => {
   await dash.session();
   document.getElementById("deploy").addEventListener("submit", deploy);
   const safely = (f) => f().catch((e) => dash.banner("load", `Could not load: ${e.message}`));
-  safely(loadModels); safely(loadDeployments);
+  safely(loadModels); safely(loadDeployments); safely(loadBench);
   dash.live((snap) => {
     drawDevices(snap.devices);
     if (snap.deployment_update !== lastUpdate) { lastUpdate = snap.deployment_update; safely(loadDeployments); }
+    if (snap.bench_update !== lastBench) { lastBench = snap.bench_update; safely(loadBench); }
   });
 });
