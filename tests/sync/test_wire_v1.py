@@ -20,6 +20,14 @@ from edge_agent.sync import protocol as p
 SAMPLES_DIR = Path(__file__).parent / "wire_v1"
 SAMPLES = sorted(SAMPLES_DIR.glob("*.json"))
 
+# Optional fields added to a message after these samples were frozen. Each is compatible with
+# devices in the field only if it is optional, stays off the wire when absent (a receiver that
+# predates it never sees it) and is shown in a sample that declares it in ``added_after_freeze``.
+# A field may be added here; one may never be removed from a sample.
+ADDED_AFTER_FREEZE: dict[str, set[str]] = {
+    "models_reported": {"bench"},
+}
+
 
 def load(path: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(path.read_text())
@@ -55,5 +63,24 @@ def test_the_samples_leave_nothing_out_but_the_declared_defaults(path: Path) -> 
     as a difference above instead of passing silently."""
     sample = load(path)
     kind = p.parse_topic(sample["topic"])[1]
-    fields = set(p.PAYLOADS[kind].model_fields)
+    fields = set(p.PAYLOADS[kind].model_fields) - ADDED_AFTER_FREEZE.get(kind, set())
+    fields |= set(sample.get("added_after_freeze", []))
     assert set(sample["payload"]) | set(sample.get("defaults", {})) == fields
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"), [(k, f) for k, fs in sorted(ADDED_AFTER_FREEZE.items()) for f in sorted(fs)]
+)
+def test_a_field_added_after_the_freeze_is_optional_absent_from_the_wire_and_shown(
+    kind: str, field: str
+) -> None:
+    model = p.PAYLOADS[kind]
+    assert not model.model_fields[field].is_required(), f"{kind}.{field} must be optional"
+    shown = [s for s in SAMPLES if field in load(s).get("added_after_freeze", [])]
+    assert shown, f"no sample in {SAMPLES_DIR.name}/ shows {kind}.{field}"
+    # every frozen sample of this kind without the field still encodes without it
+    for path in SAMPLES:
+        sample = load(path)
+        if p.parse_topic(sample["topic"])[1] == kind and field not in sample["payload"]:
+            _, msg = p.decode(sample["topic"], json.dumps(sample["payload"]).encode())
+            assert field not in json.loads(p.encode(msg))
