@@ -126,7 +126,8 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:  # Starlette's Allow names only the first route's methods
-            headers = {"Allow": ", ".join(allowed_methods(app.router.routes, request.scope))}
+            methods = allowed_methods(app.openapi(), request.url.path)
+            headers = {"Allow": ", ".join(methods)} if methods else headers
         return json_response(
             {"error": str(exc.detail), "code": "http_error"}, status=exc.status_code, headers=headers
         )

@@ -11,11 +11,9 @@ The cloud API (``cloud_sync.api``) uses the same helpers, so both documents read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable
 from typing import Any
-
-from starlette.routing import BaseRoute, Match
-from starlette.types import Scope
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -39,6 +37,7 @@ DESCRIPTIONS = {
     503: "Not available now (model not loaded, service or broker down); retry later",
     504: "An upstream service did not answer in time",
 }
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 Responses = dict[int | str, dict[str, Any]]
 JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
@@ -67,13 +66,16 @@ def multipart_files(field: str, max_files: int, *text_fields: str) -> dict[str, 
     }
 
 
-def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
-    """Every method some route serves at ``scope``'s path (for the ``Allow`` header of a 405)."""
+def allowed_methods(doc: dict[str, Any], path: str) -> list[str]:
+    """Every method the document lists for ``path`` (for the ``Allow`` header of a 405), plus
+    HEAD wherever GET is (Starlette answers HEAD for every GET route)."""
     methods: set[str] = set()
-    for route in routes:
-        route_methods = getattr(route, "methods", None)
-        if route_methods and route.matches(scope)[0] != Match.NONE:
-            methods |= set(route_methods)
+    for template, item in doc.get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            methods |= {m.upper() for m in item if m in HTTP_METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
     return sorted(methods)
 
 
