@@ -10,13 +10,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cloud_sync.config import CloudConfig
-from cloud_sync.dashboard.auth import Sessions, refuse
+from cloud_sync.dashboard.auth import COOKIE, Sessions, is_public, refuse
 from cloud_sync.dashboard.events import Feed
 from cloud_sync.dashboard.router import router
 from cloud_sync.mqtt import MqttLink
 from cloud_sync.store import Store
 
-__all__ = ["Feed", "mount", "refuse"]
+__all__ = ["COOKIE", "Feed", "is_public", "mount", "refuse"]
 
 
 def mount(app: FastAPI, config: CloudConfig, store: Store, link: MqttLink) -> Feed:

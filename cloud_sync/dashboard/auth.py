@@ -149,6 +149,11 @@ def current_session(request: Request) -> Session | None:
 
 
 # -- the gate ----------------------------------------------------------------------------------
+def is_public(path: str, public_paths: frozenset[str], public_prefixes: tuple[str, ...]) -> bool:
+    """Whether ``path`` is open without a login (the API's public paths, the login form)."""
+    return path in public_paths or path.startswith(public_prefixes) or path in PUBLIC_DASHBOARD_PATHS
+
+
 def refuse(
     request: Request, public_paths: frozenset[str], public_prefixes: tuple[str, ...]
 ) -> Response | None:
@@ -159,7 +164,7 @@ def refuse(
     before, but the dashboard pages are still refused.
     """
     path = request.url.path
-    if path in public_paths or path.startswith(public_prefixes) or path in PUBLIC_DASHBOARD_PATHS:
+    if is_public(path, public_paths, public_prefixes):
         return None
     sessions = sessions_of(request)
     config = sessions.config

@@ -26,6 +26,7 @@ from cloud_sync.dashboard.auth import COOKIE, PREFIX, current_session, sessions_
 from cloud_sync.dashboard.events import Feed
 from cloud_sync.errors import NotFound, Unauthorized
 from cloud_sync.store import ResultQuery
+from edge_agent.serving.openapi import Responses, errors, no_content
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,23 @@ CSV_MAX_ROWS = 100_000
 CSV_COLUMNS = ("id", "device", "model", "version", "label", "created", "received", "source", "ref", "body")
 NO_STORE = {"Cache-Control": "no-store"}
 
-router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
+HTML: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+PAGE: Responses = {
+    200: {"description": "The page", "content": HTML},
+    303: no_content("Not logged in: to the login page"),
+}
+LOGIN_ANSWERS: Responses = {
+    303: no_content("Logged in: the session cookie is set; to the fleet page"),
+    401: {"description": "Wrong user name, password or token (the form again)", "content": HTML},
+    403: {"description": "Posted from another origin (the form again)", "content": HTML},
+    429: {"description": "Too many failed logins; retry after Retry-After seconds", "content": HTML},
+}
+
+TEXT = {"schema": {"type": "string"}}
+ASSET: Responses = {200: {"description": "The asset", "content": {"text/css": TEXT, "text/javascript": TEXT}}}
+ASSET |= errors(404)
+
+router = APIRouter(prefix=PREFIX, tags=["dashboard"])
 
 
 def _feed(request: Request) -> Feed:
@@ -51,27 +68,32 @@ def _page(name: str) -> FileResponse:
 
 
 # -- pages ---------------------------------------------------------------------------------------
-@router.get("/")
+@router.get("/", summary="Fleet page", response_class=FileResponse, responses=PAGE)
 def fleet_page() -> FileResponse:
     return _page("")
 
 
-@router.get("/devices/{device_id}")
+@router.get("/devices/{device_id}", summary="Device page", response_class=FileResponse, responses=PAGE)
 def device_page(device_id: str) -> FileResponse:
     return _page("devices")
 
 
-@router.get("/models")
+@router.get("/models", summary="Models page", response_class=FileResponse, responses=PAGE)
 def models_page() -> FileResponse:
     return _page("models")
 
 
-@router.get("/results")
+@router.get("/results", summary="Results page", response_class=FileResponse, responses=PAGE)
 def results_page() -> FileResponse:
     return _page("results")
 
 
-@router.get("/static/{name}")
+@router.get(
+    "/static/{name}",
+    summary="The pages' style sheet and scripts",
+    response_class=FileResponse,
+    responses=ASSET,
+)
 def asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise NotFound(f"no dashboard asset {name!r}")
@@ -98,7 +120,7 @@ def _login_page(message: str = "", status: int = 200) -> HTMLResponse:
     return HTMLResponse(LOGIN_HTML.format(message=text), status_code=status, headers=NO_STORE)
 
 
-@router.get("/login")
+@router.get("/login", summary="The login form", response_class=HTMLResponse)
 def login_form(request: Request) -> HTMLResponse:
     if not sessions_of(request).enabled:
         return _login_page(
@@ -108,7 +130,13 @@ def login_form(request: Request) -> HTMLResponse:
     return _login_page()
 
 
-@router.post("/login", response_model=None)
+@router.post(
+    "/login",
+    summary="Log in: user and password, or the API token; sets the session cookie",
+    response_model=None,
+    response_class=HTMLResponse,
+    responses=LOGIN_ANSWERS,
+)
 async def login(
     request: Request,
     user: Annotated[str, Form(max_length=200)] = "",
@@ -131,14 +159,19 @@ async def login(
     return response
 
 
-@router.post("/logout")
+@router.post(
+    "/logout",
+    summary="Log out: ends the session on the server and clears the cookie",
+    response_class=RedirectResponse,
+    responses={303: no_content("Logged out: to the login page")},
+)
 def logout() -> Response:
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 
-@router.get("/session")
+@router.get("/session", summary="Who is logged in, and the CSRF token", responses=errors(401))
 def session_info(request: Request) -> dict[str, Any]:
     """Who is logged in and the CSRF token the pages send back on POST."""
     session = current_session(request)
@@ -152,7 +185,7 @@ def session_info(request: Request) -> dict[str, Any]:
 
 
 # -- live feed and export --------------------------------------------------------------------------
-@router.get("/events")
+@router.get("/events", include_in_schema=False)  # an endless event stream: docs/dashboard.md
 def events(request: Request) -> StreamingResponse:
     """Server-sent events: ``event: fleet`` with the whole fleet snapshot whenever it changes."""
     return StreamingResponse(
@@ -162,7 +195,12 @@ def events(request: Request) -> StreamingResponse:
     )
 
 
-@router.get("/results.csv")
+@router.get(
+    "/results.csv",
+    summary="Results as CSV (cells a spreadsheet would run as formulas are neutralised)",
+    response_class=StreamingResponse,
+    responses={200: {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 def results_csv(
     request: Request,
     device: str | None = None,
