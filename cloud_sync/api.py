@@ -32,8 +32,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from cloud_sync import __version__, dashboard, deploy
+from cloud_sync.bodylimit import BodyLimit
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import BrokerSettings, MqttLink
@@ -342,20 +344,19 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
         cookie=dashboard.COOKIE if config.api_token or config.dashboard_user else None,
     )
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.middleware("http")(_gate)
+    if config.trusted_proxies:  # outermost: the gate and the cookies see the client's scheme and address
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in config.trusted_proxies])
     return app
 
 
 async def _gate(request: Request, call_next: Any) -> Response:
-    """Login (token or session + CSRF) and body size, checked before any parsing (no 422 leaks)."""
-    refused = dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
+    """Login (token or session + CSRF), checked before any parsing (no 422 leaks); the body limit
+    (:mod:`cloud_sync.bodylimit`) runs next, before the body is parsed."""
+    refused = await dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
     if refused is not None:
         return refused
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit():
-        return _error(400, "invalid Content-Length header", "bad_request")
-    if int(declared) > MAX_BODY_BYTES:
-        return _error(413, f"request body is over {MAX_BODY_BYTES} bytes", "payload_too_large")
     response: Response = await call_next(request)
     return response
 
@@ -401,5 +402,6 @@ def serve(config: CloudConfig) -> None:
         port=config.api_port,
         log_level=config.log_level.lower(),
         access_log=config.log_level == "DEBUG",
+        proxy_headers=False,  # X-Forwarded-* are honoured from trusted_proxies only (create_app)
         timeout_graceful_shutdown=3,  # open event streams (dashboard) never end on their own
     )

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
 from starlette.responses import Response
 
-from cloud_sync.dashboard.auth import COOKIE, PREFIX, current_session, sessions_of
+from cloud_sync.dashboard.auth import PREFIX, current_session, sessions_of
 from cloud_sync.dashboard.events import Feed
+from cloud_sync.dashboard.throttle import LoginThrottle
 from cloud_sync.errors import NotFound, Unauthorized
 from cloud_sync.store import ResultQuery
 from edge_agent.serving.openapi import Responses, errors, no_content
@@ -38,6 +40,7 @@ FAILED_LOGIN_DELAY_S = 0.5
 CSV_MAX_ROWS = 100_000
 CSV_COLUMNS = ("id", "device", "model", "version", "label", "created", "received", "source", "ref", "body")
 NO_STORE = {"Cache-Control": "no-store"}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 HTML: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
 PAGE: Responses = {
@@ -115,9 +118,11 @@ LOGIN_HTML = """<!doctype html>
 """
 
 
-def _login_page(message: str = "", status: int = 200) -> HTMLResponse:
+def _login_page(message: str = "", status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
     text = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
-    return HTMLResponse(LOGIN_HTML.format(message=text), status_code=status, headers=NO_STORE)
+    return HTMLResponse(
+        LOGIN_HTML.format(message=text), status_code=status, headers=NO_STORE | (headers or {})
+    )
 
 
 @router.get("/login", summary="The login form", response_class=HTMLResponse)
@@ -147,11 +152,19 @@ async def login(
     if origin is not None and origin != str(request.base_url).rstrip("/"):
         return _login_page("Log in from this server's own page.", 403)
     sessions = sessions_of(request)
-    who = sessions.login(user, password, token)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = request.client.host if request.client else "unknown"
+    account = user if not token else "(api token)"
+    wait = throttle.attempt(client, account)
+    if wait is not None:
+        logger.warning("dashboard: login throttled (client %s, user %r)", client, account[:64])
+        return _login_page(f"Too many failed logins: try again in {wait} s.", 429, {"Retry-After": str(wait)})
+    who = await run_in_threadpool(sessions.login, user, password, token)  # scrypt: off the event loop
     if who is None:
-        logger.warning("dashboard: failed login (user %r)", user[:64])
+        logger.warning("dashboard: failed login (client %s, user %r)", client, user[:64])
         await asyncio.sleep(FAILED_LOGIN_DELAY_S)
         return _login_page("Wrong user name, password or token.", 401)
+    throttle.succeeded(client, account)
     cookie, _ = sessions.issue(who)
     response = RedirectResponse(f"{PREFIX}/", status_code=303)
     sessions.set_cookie(response, cookie, request)
@@ -165,9 +178,13 @@ async def login(
     response_class=RedirectResponse,
     responses={303: no_content("Logged out: to the login page")},
 )
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    session = current_session(request)
+    if session is not None:
+        sessions_of(request).revoke(session)
+        logger.info("dashboard: %s logged out", session.user)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    sessions_of(request).clear_cookie(response, request)
     return response
 
 
@@ -193,6 +210,14 @@ def events(request: Request) -> StreamingResponse:
         media_type="text/event-stream",
         headers=NO_STORE | {"X-Accel-Buffering": "no"},
     )
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading
+    apostrophe, which spreadsheets show as text (OWASP's CSV injection advice); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 @router.get(
@@ -221,7 +246,7 @@ def results_csv(
                 ResultQuery(device, model, None, since, until, min(left, 1000), cursor=cursor)
             )
             for r in page.items:
-                writer.writerow([json.dumps(r[c]) if c == "body" else r[c] for c in CSV_COLUMNS])
+                writer.writerow([csv_cell(json.dumps(r[c]) if c == "body" else r[c]) for c in CSV_COLUMNS])
             yield out.getvalue()
             out.seek(0)
             out.truncate()
