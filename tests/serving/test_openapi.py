@@ -41,3 +41,26 @@ def test_405_names_every_method_of_the_path(tmp_path: Path) -> None:
         assert "securitySchemes" not in doc["components"]
         assert list(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
         assert doc["paths"]["/v2/health/live"]["get"]["responses"]["200"].get("content", {}) == {}
+
+
+def test_fast_path_answers_as_the_routed_endpoint(tmp_path: Path) -> None:
+    """The hot routes skip FastAPI without a query string (serving/fastpath.py); with ``?raw=false``
+    they go through it. Both must give the documented answers, byte for byte the same."""
+    root = copy_models(tmp_path / "models", ["iris", "face"])
+    bad_multipart = {"content-type": "multipart/form-data; boundary=abc"}
+    cases = [
+        ("/v1/models/face/predict", b"--abc\r\n[]--abc--\r\n", bad_multipart),  # was a 500 on the fast path
+        ("/v1/models/face/predict", b"x", {"content-type": "multipart/form-data"}),
+        ("/v1/models/iris/predict", b"{}", {"content-type": "application/json"}),
+        ("/v1/models/nope/predict", b'{"data": [[1, 2, 3, 4]]}', {"content-type": "application/json"}),
+        ("/v1/models/iris/predict", b'{"data": [[1, 2]]}', {"content-type": "application/json"}),
+    ]
+    with run_gateway(root, tmp_path / "data") as gw:
+        doc = httpx.get(f"{gw.url}/openapi.json", timeout=5).json()
+        documented = doc["paths"]["/v1/models/{name}/predict"]["post"]["responses"]
+        for path, body, headers in cases:
+            fast = httpx.post(gw.url + path, content=body, headers=headers, timeout=10)
+            routed = httpx.post(f"{gw.url}{path}?raw=false", content=body, headers=headers, timeout=10)
+            assert (fast.status_code, fast.content) == (routed.status_code, routed.content), path
+            assert str(fast.status_code) in documented and fast.status_code < 500, (path, fast.text)
+        assert "internal" not in gw.logs()
