@@ -355,10 +355,16 @@ async def _gate(request: Request, call_next: Any) -> Response:
     """Login (token or session + CSRF), checked before any parsing (no 422 leaks); the body limit
     (:mod:`cloud_sync.bodylimit`) runs next, before the body is parsed."""
     refused = await dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
-    if refused is not None:
+    if refused is not None and not _unserved_method(request):
         return refused
     response: Response = await call_next(request)
     return response
+
+
+def _unserved_method(request: Request) -> bool:
+    """A method the path does not serve: routing answers 405 (with Allow) before any login is asked."""
+    methods = allowed_methods(request.app.openapi(), request.url.path)
+    return bool(methods) and request.method not in methods
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:

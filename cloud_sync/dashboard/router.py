@@ -43,10 +43,13 @@ NO_STORE = {"Cache-Control": "no-store"}
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 HTML: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+# Every dashboard route but the login form and its style sheet needs a session (or the API token):
+# without one, a page asked for as HTML redirects to the login form, anything else gets a 401.
 PAGE: Responses = {
     200: {"description": "The page", "content": HTML},
     303: no_content("Not logged in: to the login page"),
 }
+PAGE |= errors(401)
 LOGIN_ANSWERS: Responses = {
     303: no_content("Logged in: the session cookie is set; to the fleet page"),
     401: {"description": "Wrong user name, password or token (the form again)", "content": HTML},
@@ -56,7 +59,11 @@ LOGIN_ANSWERS: Responses = {
 
 TEXT = {"schema": {"type": "string"}}
 ASSET: Responses = {200: {"description": "The asset", "content": {"text/css": TEXT, "text/javascript": TEXT}}}
-ASSET |= errors(404)
+ASSET |= errors(401, 404)
+LOGOUT: Responses = {303: no_content("Logged out: to the login page")}
+LOGOUT |= errors(401, 403)
+CSV: Responses = {200: {"description": "CSV", "content": {"text/csv": TEXT}}}
+CSV |= errors(401)
 
 router = APIRouter(prefix=PREFIX, tags=["dashboard"])
 
@@ -140,6 +147,7 @@ def login_form(request: Request) -> HTMLResponse:
     summary="Log in: user and password, or the API token; sets the session cookie",
     response_model=None,
     response_class=HTMLResponse,
+    status_code=303,
     responses=LOGIN_ANSWERS,
 )
 async def login(
@@ -176,7 +184,8 @@ async def login(
     "/logout",
     summary="Log out: ends the session on the server and clears the cookie",
     response_class=RedirectResponse,
-    responses={303: no_content("Logged out: to the login page")},
+    status_code=303,
+    responses=LOGOUT,
 )
 def logout(request: Request) -> Response:
     session = current_session(request)
@@ -224,7 +233,7 @@ def csv_cell(value: Any) -> Any:
     "/results.csv",
     summary="Results as CSV (cells a spreadsheet would run as formulas are neutralised)",
     response_class=StreamingResponse,
-    responses={200: {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}},
+    responses=CSV,
 )
 def results_csv(
     request: Request,

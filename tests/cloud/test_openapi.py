@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.cloud import Role, cloud_env, free_port, wait_for
 from tests.dashboard import api_role
 from tests.schemathesis import conformance
 from tests.sync.broker import run_broker
@@ -31,3 +32,34 @@ def test_cloud_openapi_conformance(tmp_path: Path) -> None:
         assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
         allow = httpx.put(f"{base}/commands", headers=auth, timeout=5)
         assert allow.status_code == 405 and allow.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_cloud_openapi_conformance_without_a_login(tmp_path: Path) -> None:
+    """The default: no token, no dashboard user. The API is open on loopback, the dashboard
+    refuses everything but its login form; the document says so (no security schemes)."""
+    port = free_port()
+    with run_broker(tmp_path / "broker") as broker:
+        env = cloud_env(broker, tmp_path / "cloud.sqlite3", api_port=str(port), log_level="WARNING")
+        role = Role(["api"], env, tmp_path / "api.log")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: _connected(base, role), 20, "the API")
+            doc = httpx.get(f"{base}/openapi.json", timeout=10).json()
+            assert "securitySchemes" not in doc["components"]
+            run = conformance("cloud", f"{base}/openapi.json", examples=10)
+            assert run.returncode == 0, run.stdout[-6000:]
+            # an unserved method is a 405 before any login is asked for
+            r = httpx.request("TRACE", f"{base}/dashboard/", timeout=5)
+            assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+            assert httpx.get(f"{base}/dashboard/", timeout=5).status_code == 401
+        finally:
+            role.stop()
+
+
+def _connected(base: str, role: Role) -> bool:
+    if not role.alive:
+        raise AssertionError(f"api exited:\n{role.text()}")
+    try:
+        return httpx.get(f"{base}/health", timeout=1).json()["broker_connected"] is True
+    except httpx.TransportError:
+        return False

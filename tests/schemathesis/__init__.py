@@ -30,11 +30,16 @@ def schemathesis_bin() -> str:
 
 
 def conformance(
-    config: str, schema_url: str, *, headers: dict[str, str] | None = None, timeout: float = 300
+    config: str,
+    schema_url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    examples: int = EXAMPLES,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """``schemathesis --config-file tests/schemathesis/<config>.toml run <schema_url> --checks all ...``"""
     cmd = [schemathesis_bin(), "--config-file", str(HERE / f"{config}.toml"), "run", schema_url]
-    cmd += ["--checks", "all", "--phases", PHASES, "--max-examples", str(EXAMPLES), "--seed", str(SEED)]
+    cmd += ["--checks", "all", "--phases", PHASES, "--max-examples", str(examples), "--seed", str(SEED)]
     cmd += ["--no-color", "--request-timeout", "10", "--generation-database", "none"]
     for name, value in (headers or {}).items():
         cmd += ["--header", f"{name}: {value}"]
