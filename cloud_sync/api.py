@@ -32,12 +32,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from cloud_sync import __version__, dashboard, deploy
+from cloud_sync.bodylimit import BodyLimit
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import BrokerSettings, MqttLink
 from cloud_sync.store import ResultQuery, Store
+from edge_agent.serving.openapi import Responses, allowed_methods, errors, finish_schema
 from edge_agent.sync import protocol
 
 logger = logging.getLogger(__name__)
@@ -46,12 +49,21 @@ MAX_WAIT_S = 60.0
 POLL_S = 0.1
 PUBLISH_WAIT_S = 5.0
 MAX_BODY_BYTES = 1024 * 1024
+MAX_OFFSET = 1_000_000_000  # SQLite takes 64-bit integers; past this, page with the cursor
 PUBLIC_PATHS = frozenset({"/health"})
 # Artifacts are public: named by their sha256 (known only from a device's desired state) and
 # verified on the device against a signed manifest; devices hold no API token.
 PUBLIC_PREFIXES = ("/artifacts/",)
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Row = dict[str, Any]
+TAR = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}
+ARTIFACT: Responses = {
+    200: {"description": "The archive", "content": TAR},
+    206: {"description": "The requested byte range", "content": TAR},
+    416: {"description": "Range not satisfiable"},
+}
+ARTIFACT |= errors(404)
+Filter = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
 class CommandRequest(BaseModel):
@@ -102,22 +114,34 @@ def list_devices(cloud: CloudDep, online: bool | None = None) -> Row:
     return {"devices": cloud.store.devices(online)}
 
 
-@router.get("/devices/{device_id}", tags=["devices"], summary="One device and its recent status history")
+@router.get(
+    "/devices/{device_id}",
+    tags=["devices"],
+    summary="One device and its recent status history",
+    responses=errors(404),
+)
 def get_device(cloud: CloudDep, device_id: str, history: Annotated[int, Query(ge=0, le=1000)] = 20) -> Row:
     return cloud.store.device(device_id) | {"status_history": cloud.store.status_history(device_id, history)}
 
 
-@router.get("/results", tags=["results"], summary="Stored results, filtered, newest first, paged")
+@router.get(
+    "/results",
+    tags=["results"],
+    summary="Stored results, filtered, newest first, paged (offset or cursor, not both)",
+    responses=errors(422),
+)
 def list_results(
     cloud: CloudDep,
-    device: str | None = None,
-    model: str | None = None,
-    label: str | None = None,
+    device: Filter = None,
+    model: Filter = None,
+    label: Filter = None,
     since: Annotated[float | None, Query(description="Created at or after (Unix time).")] = None,
     until: Annotated[float | None, Query(description="Created before (Unix time).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    cursor: Annotated[
+        str | None, Query(min_length=1, description="next_cursor of the previous page.")
+    ] = None,
     order: Literal["desc", "asc"] = "desc",
 ) -> Row:
     q = ResultQuery(device, model, label, since, until, limit, offset, cursor, newest_first=order == "desc")
@@ -125,15 +149,20 @@ def list_results(
     return {"results": page.items, "next_cursor": page.next_cursor}
 
 
-@router.get("/results/{result_id}", tags=["results"], summary="One stored result")
+@router.get("/results/{result_id}", tags=["results"], summary="One stored result", responses=errors(404))
 def get_result(cloud: CloudDep, result_id: str) -> Row:
     return cloud.store.result(result_id)
 
 
-@router.get("/telemetry", tags=["devices"], summary="A device's telemetry snapshots, newest first")
+@router.get(
+    "/telemetry",
+    tags=["devices"],
+    summary="A device's telemetry snapshots, newest first",
+    responses=errors(404),
+)
 def list_telemetry(
     cloud: CloudDep,
-    device: str,
+    device: Annotated[str, Query(min_length=1, max_length=200)],
     since: float | None = None,
     until: float | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
@@ -142,7 +171,13 @@ def list_telemetry(
 
 
 # -- commands ----------------------------------------------------------------------------------
-@router.post("/commands", tags=["commands"], status_code=202, summary="Send a command to a device")
+@router.post(
+    "/commands",
+    tags=["commands"],
+    status_code=202,
+    summary="Send a command to a device (one the cloud has heard from)",
+    responses=errors(404, 422, 503),
+)
 def post_command(cloud: CloudDep, body: CommandRequest) -> Row:
     if not cloud.link.connected:
         raise BrokerError("the API is not connected to the broker; try again shortly")
@@ -175,13 +210,16 @@ def post_command(cloud: CloudDep, body: CommandRequest) -> Row:
 
 @router.get("/commands", tags=["commands"], summary="Recent commands, newest first")
 def list_commands(
-    cloud: CloudDep, device: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    cloud: CloudDep, device: Filter = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> Row:
     return {"commands": cloud.store.commands(device, limit)}
 
 
 @router.get(
-    "/commands/{command_id}", tags=["commands"], summary="A command and its reply (long-poll with wait)"
+    "/commands/{command_id}",
+    tags=["commands"],
+    summary="A command and its reply (long-poll with wait)",
+    responses=errors(404),
 )
 async def get_command(
     cloud: CloudDep,
@@ -202,7 +240,7 @@ def list_models(cloud: CloudDep) -> Row:
     return {"models": cloud.store.models()}
 
 
-@router.get("/models/{name}", tags=["models"], summary="A model and its versions")
+@router.get("/models/{name}", tags=["models"], summary="A model and its versions", responses=errors(404))
 def get_model(cloud: CloudDep, name: str) -> Row:
     return cloud.store.model(name)
 
@@ -221,12 +259,23 @@ def list_deployments(cloud: CloudDep, limit: Annotated[int, Query(ge=1, le=1000)
     return {"deployments": [cloud.store.deployment_status(d["id"]) for d in cloud.store.deployments(limit)]}
 
 
-@router.get("/deployments/{deployment_id}", tags=["deployments"], summary="A deployment and per-device state")
+@router.get(
+    "/deployments/{deployment_id}",
+    tags=["deployments"],
+    summary="A deployment and per-device state",
+    responses=errors(404),
+)
 def get_deployment(cloud: CloudDep, deployment_id: str) -> Row:
     return cloud.store.deployment_status(deployment_id)
 
 
-@router.post("/deployments", tags=["deployments"], status_code=201, summary="Deploy a signed model version")
+@router.post(
+    "/deployments",
+    tags=["deployments"],
+    status_code=201,
+    summary="Deploy a signed model version",
+    responses=errors(404, 422, 503),
+)
 def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) -> Row:
     return deploy.deploy(
         cloud.store,
@@ -246,6 +295,8 @@ def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) 
     tags=["models"],
     summary="A model package archive (HTTP Range: resumable); no token needed",
     response_model=None,
+    response_class=FileResponse,
+    responses=ARTIFACT,
 )
 def get_artifact(cloud: CloudDep, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)]) -> Response:
     path = deploy.artifact_path(cloud.artifacts, sha256)
@@ -295,23 +346,34 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
 
     app.include_router(router)
     feed = dashboard.mount(app, config, store, link)
+    app.openapi = finish_schema(  # type: ignore[method-assign]
+        app.openapi,
+        public=lambda path: dashboard.is_public(path, PUBLIC_PATHS, PUBLIC_PREFIXES),
+        bearer=config.api_token is not None,
+        cookie=dashboard.COOKIE if config.api_token or config.dashboard_user else None,
+    )
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.middleware("http")(_gate)
+    if config.trusted_proxies:  # outermost: the gate and the cookies see the client's scheme and address
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in config.trusted_proxies])
     return app
 
 
 async def _gate(request: Request, call_next: Any) -> Response:
-    """Login (token or session + CSRF) and body size, checked before any parsing (no 422 leaks)."""
-    refused = dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
-    if refused is not None:
+    """Login (token or session + CSRF), checked before any parsing (no 422 leaks); the body limit
+    (:mod:`cloud_sync.bodylimit`) runs next, before the body is parsed."""
+    refused = await dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
+    if refused is not None and not _unserved_method(request):
         return refused
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit():
-        return _error(400, "invalid Content-Length header", "bad_request")
-    if int(declared) > MAX_BODY_BYTES:
-        return _error(413, f"request body is over {MAX_BODY_BYTES} bytes", "payload_too_large")
     response: Response = await call_next(request)
     return response
+
+
+def _unserved_method(request: Request) -> bool:
+    """A method the path does not serve: routing answers 405 (with Allow) before any login is asked."""
+    methods = allowed_methods(request.app.openapi(), request.url.path)
+    return bool(methods) and request.method not in methods
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -333,7 +395,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail), "http_error", getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names only the first route's methods
+            methods = allowed_methods(app.openapi(), request.url.path)
+            headers = {"Allow": ", ".join(methods)} if methods else headers
+        return _error(exc.status_code, str(exc.detail), "http_error", headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -351,5 +417,6 @@ def serve(config: CloudConfig) -> None:
         port=config.api_port,
         log_level=config.log_level.lower(),
         access_log=config.log_level == "DEBUG",
+        proxy_headers=False,  # X-Forwarded-* are honoured from trusted_proxies only (create_app)
         timeout_graceful_shutdown=3,  # open event streams (dashboard) never end on their own
     )

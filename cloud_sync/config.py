@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cloud_sync.errors import ConfigError
 from edge_agent.access import off_loopback_problem
@@ -97,6 +106,11 @@ class CloudConfig(BaseModel):
     session_max_age_s: int = Field(
         default=12 * 3600, ge=60, le=30 * 24 * 3600, description="Dashboard sessions expire after this."
     )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Addresses or networks of TLS-terminating proxies in front of the API, comma-separated "
+        "(127.0.0.1, 10.0.0.0/8): only their X-Forwarded-Proto and X-Forwarded-For are honoured.",
+    )
     command_expiry_s: int = Field(
         default=300, ge=1, le=7 * 24 * 3600, description="Commands undelivered by then are dropped (MQTT 5)."
     )
@@ -107,6 +121,14 @@ class CloudConfig(BaseModel):
     )
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        """``CLOUD_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8``: a comma-separated list in a variable."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CloudConfig:

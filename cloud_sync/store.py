@@ -20,6 +20,7 @@ import json
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,8 +205,13 @@ def _v2(db: Database) -> None:
     )
 
 
+def _v3(db: Database) -> None:
+    # dashboard sessions ended by a logout before they expire (cloud_sync/dashboard/auth.py)
+    db.table("revoked_sessions").create({"nonce": str, "expires": float}, pk="nonce", not_null=["expires"])
+
+
 # Each migration moves the schema from version i to i + 1. Append only.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3)
 
 
 # -- pages -------------------------------------------------------------------------------
@@ -648,6 +654,22 @@ class Store:
         return self._query(
             "SELECT * FROM commands WHERE device = ? ORDER BY created DESC LIMIT ?", [device, limit]
         )
+
+    # -- dashboard sessions --------------------------------------------------------------
+    def revoke_session(self, nonce: str, expires: float) -> None:
+        """End a session for good (a logout); rows past their expiry are dropped on the way."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM revoked_sessions WHERE expires < ?", [time.time()])
+            db.execute(
+                "INSERT OR IGNORE INTO revoked_sessions (nonce, expires) VALUES (?, ?)", [nonce, expires]
+            )
+
+    def session_revoked(self, nonce: str) -> bool:
+        try:
+            row = self.db.execute("SELECT 1 FROM revoked_sessions WHERE nonce = ?", [nonce]).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from None
+        return row is not None
 
     # -- models and deployments (filled by the signed-update tooling) ---------------------
     def add_model_version(

@@ -10,19 +10,21 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cloud_sync.config import CloudConfig
-from cloud_sync.dashboard.auth import Sessions, refuse
+from cloud_sync.dashboard.auth import COOKIE, Sessions, is_public, refuse
 from cloud_sync.dashboard.events import Feed
 from cloud_sync.dashboard.router import router
+from cloud_sync.dashboard.throttle import LoginThrottle
 from cloud_sync.mqtt import MqttLink
 from cloud_sync.store import Store
 
-__all__ = ["Feed", "mount", "refuse"]
+__all__ = ["COOKIE", "Feed", "is_public", "mount", "refuse"]
 
 
 def mount(app: FastAPI, config: CloudConfig, store: Store, link: MqttLink) -> Feed:
     """Add the dashboard's routes to ``app``; the returned feed is closed at shutdown."""
     feed = Feed(store, link)
-    app.state.sessions = Sessions(config)
+    app.state.sessions = Sessions(config, store)
+    app.state.login_throttle = LoginThrottle()
     app.state.feed = feed
     app.include_router(router)
     return feed

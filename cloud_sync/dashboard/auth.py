@@ -2,8 +2,11 @@
 
 A login is the configured ``dashboard_user`` with the password whose scrypt hash is
 ``dashboard_password_hash``, or the ``api_token`` alone. A successful login sets a session
-cookie: ``<payload>.<hmac>``, HttpOnly, SameSite=Strict (Secure over HTTPS), signed with
-``session_secret`` (a random key per process when unset: sessions then end with the process).
+cookie: ``<payload>.<hmac>``, HttpOnly, SameSite=Strict (Secure over HTTPS, including HTTPS
+ended at a proxy listed in ``trusted_proxies``), signed with ``session_secret`` (a random key per
+process when unset: sessions then end with the process). A logout ends the session on the server
+too: its nonce goes into the database's ``revoked_sessions`` until the cookie would have expired,
+so a copy of the cookie is refused from then on. Failed logins are throttled (``throttle.py``).
 Every state-changing request made with the cookie must carry the session's CSRF token in the
 ``X-CSRF-Token`` header; a request with ``Authorization: Bearer <api_token>`` needs none (browsers
 never add that header on their own). Make a hash with::
@@ -23,10 +26,12 @@ import sys
 import time
 from dataclasses import dataclass
 
+from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from cloud_sync.config import CloudConfig
+from cloud_sync.store import Store
 from edge_agent.access import bearer_ok
 
 COOKIE = "edge_session"
@@ -81,10 +86,10 @@ class Session:
 
 
 class Sessions:
-    """Issues and checks signed session cookies for one app."""
+    """Issues, checks and revokes signed session cookies for one app."""
 
-    def __init__(self, config: CloudConfig) -> None:
-        self.config = config
+    def __init__(self, config: CloudConfig, store: Store) -> None:
+        self.config, self.store = config, store
         secret = config.session_secret
         self.key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
 
@@ -123,7 +128,13 @@ class Sessions:
             return None
         if not isinstance(expires, (int, float)) or expires < time.time():
             return None
+        if self.store.session_revoked(str(nonce)):  # logged out
+            return None
         return Session(str(user), float(expires), str(nonce))
+
+    def revoke(self, session: Session) -> None:
+        """End ``session`` on the server: its cookie is refused from now on, wherever it is."""
+        self.store.revoke_session(session.nonce, session.expires)
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest())
@@ -139,6 +150,11 @@ class Sessions:
             secure=request.url.scheme == "https",
         )
 
+    def clear_cookie(self, response: Response, request: Request) -> None:
+        response.delete_cookie(
+            COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        )
+
 
 def sessions_of(request: Request) -> Sessions:
     sessions: Sessions = request.app.state.sessions
@@ -150,7 +166,12 @@ def current_session(request: Request) -> Session | None:
 
 
 # -- the gate ----------------------------------------------------------------------------------
-def refuse(
+def is_public(path: str, public_paths: frozenset[str], public_prefixes: tuple[str, ...]) -> bool:
+    """Whether ``path`` is open without a login (the API's public paths, the login form)."""
+    return path in public_paths or path.startswith(public_prefixes) or path in PUBLIC_DASHBOARD_PATHS
+
+
+async def refuse(
     request: Request, public_paths: frozenset[str], public_prefixes: tuple[str, ...]
 ) -> Response | None:
     """Why ``request`` may not go on (a response to send instead), or None to let it through.
@@ -160,7 +181,7 @@ def refuse(
     before, but the dashboard pages are still refused.
     """
     path = request.url.path
-    if path in public_paths or path.startswith(public_prefixes) or path in PUBLIC_DASHBOARD_PATHS:
+    if is_public(path, public_paths, public_prefixes):
         return None
     sessions = sessions_of(request)
     config = sessions.config
@@ -169,7 +190,8 @@ def refuse(
         if bearer_ok(bearer, config.api_token.get_secret_value()):
             return None
         return _unauthorized("wrong API token: send 'Authorization: Bearer <token>'")
-    session = sessions.check(request.cookies.get(COOKIE))
+    cookie = request.cookies.get(COOKIE)
+    session = await run_in_threadpool(sessions.check, cookie) if cookie else None
     if session is not None:
         if request.method in SAFE_METHODS:
             return None

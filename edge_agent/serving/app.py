@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from edge_agent import __version__
 from edge_agent.bootstrap import build_engine
@@ -27,7 +27,8 @@ from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
 from edge_agent.serving.fastpath import FastPath
 from edge_agent.serving.metrics import Metrics
-from edge_agent.serving.middleware import BearerAuth, BodyLimit, CountRequests
+from edge_agent.serving.middleware import PUBLIC_PATHS, BearerAuth, BodyLimit, CountRequests
+from edge_agent.serving.openapi import allowed_methods, finish_schema
 from edge_agent.serving.service import InferenceService
 from edge_agent.storage import Storage
 
@@ -77,9 +78,19 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics (text exposition format 0.0.4)",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_endpoint(request: Request) -> Response:
         return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.openapi = finish_schema(  # type: ignore[method-assign]
+        app.openapi, public=PUBLIC_PATHS.__contains__, bearer=config.api_token is not None
+    )
 
     _install_error_handlers(app, metrics)
     app.add_middleware(FastPath)  # innermost of ours: the body limit and the token still apply
@@ -113,10 +124,12 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names only the first route's methods
+            methods = allowed_methods(app.openapi(), request.url.path)
+            headers = {"Allow": ", ".join(methods)} if methods else headers
         return json_response(
-            {"error": str(exc.detail), "code": "http_error"},
-            status=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            {"error": str(exc.detail), "code": "http_error"}, status=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)

@@ -24,6 +24,7 @@ from edge_agent.runtime.inputs import validate
 from edge_agent.runtime.package import Manifest
 from edge_agent.serving.codec import json_response, read_inputs
 from edge_agent.serving.deps import TENSOR_BODY, Gateway, gateway
+from edge_agent.serving.openapi import errors
 from edge_agent.storage import new_id
 from edge_agent.workers.doorbell import Doorbell
 from edge_agent.workers.jobs import SOURCE_SYNC_ASYNC, Job, JobNotFound, JobQueue, PayloadKind, idempotent_id
@@ -107,6 +108,7 @@ def _idempotency_key(request: Request) -> str | None:
     status_code=202,
     summary="Queue a prediction; answers at once with a job id (Idempotency-Key header honoured)",
     openapi_extra={"requestBody": TENSOR_BODY},
+    responses=errors(404, 422, 503),
 )
 async def submit(name: str, request: Request, version: str | None = None) -> Response:
     gw = gateway(request)
@@ -128,7 +130,9 @@ async def submit(name: str, request: Request, version: str | None = None) -> Res
     )
 
 
-@router.get("/jobs/{job_id}", summary="A job: status, attempts, timestamps, result or error")
+@router.get(
+    "/jobs/{job_id}", summary="A job: status, attempts, timestamps, result or error", responses=errors(404)
+)
 async def job_status(job_id: str, request: Request) -> Response:
     queue = _queue(request)
     return json_response(_job_doc(queue, queue.get(job_id)))
@@ -143,6 +147,7 @@ async def job_counts(request: Request) -> Response:
     "/sync-async",
     summary="Fast model's answer now, accurate model's answer later through a linked job",
     openapi_extra={"requestBody": TENSOR_BODY},
+    responses=errors(404, 422, 503),
 )
 async def sync_async(request: Request) -> Response:
     gw = gateway(request)
@@ -194,7 +199,11 @@ async def sync_async(request: Request) -> Response:
     )
 
 
-@router.get("/sync-async/{link}", summary="Both halves of a sync-async request: fast result and accurate job")
+@router.get(
+    "/sync-async/{link}",
+    summary="Both halves of a sync-async request: fast result and accurate job",
+    responses=errors(404),
+)
 async def sync_async_status(link: str, request: Request) -> Response:
     gw = gateway(request)
     queue = _queue(request)

@@ -10,10 +10,9 @@ inference itself. ``GET /batch/items`` lists items with their results.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,8 +20,17 @@ from edge_agent.errors import ConfigError, InvalidInput
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.inputs import validate
 from edge_agent.runtime.package import Manifest
-from edge_agent.serving.codec import IMAGE_TYPES, NPY_TYPES, b64_image, json_response, loads, npy_array
+from edge_agent.serving.codec import (
+    IMAGE_TYPES,
+    NPY_TYPES,
+    b64_image,
+    form_files,
+    json_response,
+    loads,
+    npy_array,
+)
 from edge_agent.serving.deps import Gateway, gateway
+from edge_agent.serving.openapi import Responses, errors, multipart_files
 from edge_agent.workers.batch_items import FILTERS, BatchItems, PayloadKind, encode_rows
 from edge_agent.workers.doorbell import Doorbell
 from edge_agent.workers.schedule import batch_doorbell, schedule_from_config
@@ -36,25 +44,46 @@ MAX_IDEMPOTENCY_KEY = 200
 ITEM_FORMS = '{"data": row}, {"inputs": {name: value}} or {"image": base64}'
 FORMS = '"data": rows, "inputs": {name: rows}, "images": [base64, ...] or "items": [{...}, ...]'
 
+FORM_KEYS = ("data", "inputs", "images", "image_data", "items")
 ITEMS_BODY = {
     "required": True,
     "content": {
         "application/json": {
             "schema": {
                 "type": "object",
+                "description": "model (here or ?model=) and exactly one of data, inputs, images, "
+                "image_data, items",
+                "oneOf": [
+                    {"required": [k], "not": {"anyOf": [{"required": [o]} for o in FORM_KEYS if o != k]}}
+                    for k in FORM_KEYS
+                ],
                 "properties": {
-                    "model": {"type": "string"},
-                    "data": {"type": "array", "items": {}},
-                    "inputs": {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
-                    "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                    "model": {"type": "string", "minLength": 1},
+                    "data": {"type": "array", "minItems": 1, "items": {}},
+                    "inputs": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": {"type": "array", "items": {}},
+                    },
+                    "images": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_ITEMS,
+                        "items": {"type": "string", "format": "byte"},
+                    },
+                    "image_data": {"type": "string", "format": "byte"},
                     "items": {
                         "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_ITEMS,
                         "items": {
                             "type": "object",
+                            "anyOf": [{"required": [k]} for k in ("data", "inputs", "image", "image_data")],
                             "properties": {
                                 "data": {"type": "array", "items": {}},
                                 "inputs": {"type": "object"},
                                 "image": {"type": "string", "format": "byte"},
+                                "image_data": {"type": "string", "format": "byte"},
                             },
                         },
                     },
@@ -64,18 +93,13 @@ ITEMS_BODY = {
         "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "model": {"type": "string"},
-                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
+        "multipart/form-data": {"schema": multipart_files("files", MAX_FILES, "model")},
     },
 }
 
+REGISTER: Responses = {200: {"description": "A replay of an earlier request with the same Idempotency-Key"}}
+REGISTER |= errors(404, 409, 422, 503)
+StatusFilter = Literal["pending", "running", "done", "failed", "predicted", "unpredicted"]  # FILTERS
 Raw = tuple[str, dict[str, Any] | bytes]  # (where, named tensors of one item | image bytes)
 Stored = list[tuple[PayloadKind, bytes]]
 
@@ -116,7 +140,7 @@ def _item(manifest: Manifest, i: int, item: Any) -> Raw:
 
 def _bulk(manifest: Manifest, doc: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Raw]]:
     """JSON forms -> (tensors of N rows, or None) and per-item raws."""
-    forms = [k for k in ("data", "inputs", "images", "image_data", "items") if k in doc]
+    forms = [k for k in FORM_KEYS if k in doc]
     if len(forms) != 1:
         raise InvalidInput(f"send exactly one of {FORMS}" + (f"; got {forms}" if forms else ""))
     form, value = forms[0], doc[forms[0]]
@@ -142,11 +166,8 @@ async def _read(
 ) -> tuple[Manifest, dict[str, Any] | None, list[Raw]]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=MAX_FILES, max_fields=16)
-        manifest = _manifest(gw, _model_name(form.get("model") or model))
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not files:
-            raise InvalidInput("multipart body has no file: upload each image as a file field")
+        files, texts = await form_files(request, "files", max_files=MAX_FILES, text_fields=("model",))
+        manifest = _manifest(gw, _model_name(texts.get("model") or model))
         return manifest, None, [(f"files[{i}] ({f.filename})", await f.read()) for i, f in enumerate(files)]
     body = await request.body()
     if ctype in IMAGE_TYPES or ctype in NPY_TYPES:
@@ -229,6 +250,7 @@ def _statuses(status: str | None) -> tuple[str, ...] | None:
     status_code=201,
     summary="Register items for the batch role: validated, then stored all or none",
     openapi_extra={"requestBody": ITEMS_BODY},
+    responses=REGISTER,
 )
 async def register(request: Request, model: str | None = None) -> Response:
     gw = gateway(request)
@@ -244,7 +266,7 @@ async def register(request: Request, model: str | None = None) -> Response:
 @router.get("/items", summary="Items with their status, and results once predicted")
 async def list_items(
     request: Request,
-    status: str | None = Query(None, description="pending, running, done, failed, predicted, unpredicted"),
+    status: StatusFilter | None = None,
     model: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=1_000_000_000),
@@ -260,7 +282,11 @@ async def list_items(
     return json_response({"items": found, "total": total, "limit": limit, "offset": offset})
 
 
-@router.get("/items/{item_id}", summary="One item: status, attempts, error, result and model version")
+@router.get(
+    "/items/{item_id}",
+    summary="One item: status, attempts, error, result and model version",
+    responses=errors(404),
+)
 async def get_item(item_id: str, request: Request) -> Response:
     item = await asyncio.to_thread(BatchItems(gateway(request).storage).get, item_id)
     return json_response(item.to_dict())

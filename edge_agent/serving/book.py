@@ -18,6 +18,10 @@ from edge_agent.runtime.engine import Prediction
 from edge_agent.runtime.package import load_golden
 from edge_agent.serving.codec import json_response, read_inputs
 from edge_agent.serving.deps import TENSOR_BODY, gateway
+from edge_agent.serving.openapi import errors
+
+MODEL = errors(404, 503)
+PREDICT = errors(404, 422, 503)
 
 router = APIRouter(tags=["book patterns (web single, synchronous)"])
 
@@ -39,7 +43,7 @@ async def health() -> dict[str, str]:
     return {"health": "ok"}
 
 
-@router.get("/metadata", summary="Input and output description of the default model")
+@router.get("/metadata", summary="Input and output description of the default model", responses=MODEL)
 async def metadata(request: Request) -> Response:
     gw = gateway(request)
     name = gw.config.default_model
@@ -61,14 +65,14 @@ async def metadata(request: Request) -> Response:
     )
 
 
-@router.get("/label", summary="Class index -> label of the default model")
+@router.get("/label", summary="Class index -> label of the default model", responses=MODEL)
 async def label(request: Request) -> Response:
     gw = gateway(request)
     m = gw.engine.model(gw.config.default_model).manifest
     return json_response({str(i): name for i, name in enumerate(m.labels)})
 
 
-@router.get("/predict/test", summary="Predict the default model's golden sample")
+@router.get("/predict/test", summary="Predict the default model's golden sample", responses=MODEL)
 async def predict_test(request: Request) -> Response:
     gw = gateway(request)
     name = gw.config.default_model
@@ -78,7 +82,12 @@ async def predict_test(request: Request) -> Response:
     return json_response(_shape(pred, [_answer(r) for r in pred.results]))
 
 
-@router.post("/predict", summary="Predict with the default model", openapi_extra={"requestBody": TENSOR_BODY})
+@router.post(
+    "/predict",
+    summary="Predict with the default model",
+    openapi_extra={"requestBody": TENSOR_BODY},
+    responses=PREDICT,
+)
 async def predict(request: Request) -> Response:
     gw = gateway(request)
     name = gw.config.default_model
@@ -91,6 +100,7 @@ async def predict(request: Request) -> Response:
     "/predict/label",
     summary="Predicted label(s) of the default model",
     openapi_extra={"requestBody": TENSOR_BODY},
+    responses=PREDICT,
 )
 async def predict_label(request: Request) -> Response:
     gw = gateway(request)

@@ -16,13 +16,13 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
 from edge_agent.errors import InvalidInput
-from edge_agent.serving.codec import b64_image, json_response, loads
+from edge_agent.serving.codec import b64_image, form_files, json_response, loads
 from edge_agent.serving.deps import Gateway, gateway
+from edge_agent.serving.openapi import errors, multipart_files
 
 router = APIRouter(tags=["data cache, prediction cache"])
 
@@ -32,11 +32,13 @@ IMAGE_BODY = {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
-        },
+        "multipart/form-data": {"schema": multipart_files("file", 1)},
         "application/json": {
-            "schema": {"type": "object", "properties": {"image_data": {"type": "string", "format": "byte"}}}
+            "schema": {
+                "type": "object",
+                "required": ["image_data"],
+                "properties": {"image_data": {"type": "string", "format": "byte"}},
+            }
         },
     },
 }
@@ -45,10 +47,7 @@ IMAGE_BODY = {
 async def _image_body(request: Request) -> bytes:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
-        files = [v for v in form.values() if isinstance(v, UploadFile)]
-        if not files:
-            raise InvalidInput("multipart body has no file: upload the image as a file field")
+        files, _ = await form_files(request, "file", max_files=1)
         return await files[0].read()
     body = await request.body()
     if ctype == "application/json":
@@ -64,6 +63,7 @@ async def _image_body(request: Request) -> bytes:
     status_code=201,
     summary="Register an image (JPEG, PNG, BMP); answers its id, the sha256 of its bytes",
     openapi_extra={"requestBody": IMAGE_BODY},
+    responses=errors(422, 503),
 )
 async def register(request: Request) -> Response:
     gw = gateway(request)
@@ -74,7 +74,9 @@ async def register(request: Request) -> Response:
     return json_response(item.to_dict(), status=201, headers={"Location": f"/data/{item_id}"})
 
 
-@router.get("/data/{item_id}", summary="A data item's metadata and the tensors cached for it")
+@router.get(
+    "/data/{item_id}", summary="A data item's metadata and the tensors cached for it", responses=errors(404)
+)
 async def describe(item_id: str, request: Request) -> Response:
     gw = gateway(request)
     item = await asyncio.get_running_loop().run_in_executor(
@@ -83,7 +85,9 @@ async def describe(item_id: str, request: Request) -> Response:
     return json_response(item.to_dict())
 
 
-@router.delete("/data/{item_id}", summary="Delete a data item and its cached tensors")
+@router.delete(
+    "/data/{item_id}", summary="Delete a data item and its cached tensors", responses=errors(404, 503)
+)
 async def delete(item_id: str, request: Request) -> Response:
     gw = gateway(request)
     await asyncio.get_running_loop().run_in_executor(gw.service.executor, gw.service.data.delete, item_id)
@@ -106,7 +110,11 @@ async def _predict(gw: Gateway, request: Request, name: str, version: str | None
     return json_response(body)
 
 
-@router.post("/v1/models/{name}/predict/data/{item_id}", summary="Predict on a registered data item")
+@router.post(
+    "/v1/models/{name}/predict/data/{item_id}",
+    summary="Predict on a registered data item",
+    responses=errors(404, 422, 503),
+)
 async def predict_item(name: str, item_id: str, request: Request) -> Response:
     return await _predict(gateway(request), request, name, None, item_id)
 
@@ -114,6 +122,7 @@ async def predict_item(name: str, item_id: str, request: Request) -> Response:
 @router.post(
     "/v1/models/{name}/versions/{version}/predict/data/{item_id}",
     summary="Predict on a registered data item with one version",
+    responses=errors(404, 422, 503),
 )
 async def predict_item_version(name: str, version: str, item_id: str, request: Request) -> Response:
     return await _predict(gateway(request), request, name, version, item_id)

@@ -23,6 +23,7 @@ from edge_agent.runtime.package import Manifest
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/jpg")
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+MAX_FILES = 64  # images per multipart request
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -80,6 +81,30 @@ def tensors_from_doc(doc: Any, manifest: Manifest) -> tuple[dict[str, Any] | Non
     raise InvalidInput('expected "data", "inputs", "image_data" or "images" in the JSON body')
 
 
+async def form_files(
+    request: Request, field: str, *, max_files: int, text_fields: tuple[str, ...] = ()
+) -> tuple[list[UploadFile], dict[str, str]]:
+    """The files uploaded as ``field`` and the named text fields of a multipart body.
+
+    Exactly what the OpenAPI document describes: any other field is refused (422), so is a
+    text value where a file belongs. Over ``max_files`` files is a 400 from Starlette's parser.
+    """
+    form = await request.form(max_files=max_files, max_fields=len(text_fields) + 1)
+    files: list[UploadFile] = []
+    texts: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if name == field and isinstance(value, UploadFile):
+            files.append(value)
+        elif name in text_fields and isinstance(value, str):
+            texts[name] = value
+        else:
+            expected = ", ".join([f"{field!r} (files)", *(repr(t) for t in text_fields)])
+            raise InvalidInput(f"unexpected multipart field {name!r}: this route takes {expected}")
+    if not files:
+        raise InvalidInput(f"multipart body has no file: upload each image as a file field named {field!r}")
+    return files, texts
+
+
 def npy_array(body: bytes) -> np.ndarray:
     try:
         arr = np.load(io.BytesIO(body), allow_pickle=False)
@@ -95,10 +120,7 @@ async def read_inputs(
 ) -> tuple[dict[str, Any] | None, list[bytes] | None]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=64, max_fields=64)
-        files = [v for v in form.values() if isinstance(v, UploadFile)]
-        if not files:
-            raise InvalidInput("multipart body has no file: upload the image as a file field")
+        files, _ = await form_files(request, "file", max_files=MAX_FILES)
         return None, [await f.read() for f in files]
     body = await request.body()
     if ctype in IMAGE_TYPES:

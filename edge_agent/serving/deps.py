@@ -8,7 +8,9 @@ from starlette.requests import Request
 
 from edge_agent.config import AgentConfig
 from edge_agent.runtime.engine import Engine
+from edge_agent.serving.codec import MAX_FILES
 from edge_agent.serving.metrics import Metrics
+from edge_agent.serving.openapi import multipart_files
 from edge_agent.serving.service import InferenceService
 from edge_agent.storage import Storage
 
@@ -36,19 +38,24 @@ TENSOR_BODY = {
         "application/json": {
             "schema": {
                 "type": "object",
+                "description": "One of: data (rows of the single input), inputs (by name), "
+                "image_data or images (base64 JPEG/PNG/BMP, image models)",
+                "anyOf": [{"required": [k]} for k in ("data", "inputs", "image_data", "images")],
                 "properties": {
-                    "data": {"type": "array", "items": {}},
-                    "inputs": {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
+                    "data": {"type": "array", "minItems": 1, "items": {}},
+                    "inputs": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": {"type": "array", "items": {}},
+                    },
                     "image_data": {"type": "string", "format": "byte"},
-                    "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                    "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}},
                 },
             }
         },
         "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
-        },
+        "multipart/form-data": {"schema": multipart_files("file", MAX_FILES)},
     },
 }

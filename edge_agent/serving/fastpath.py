@@ -6,7 +6,8 @@ without FastAPI's routing, parameter solving and exception layers: on a tiny
 model those cost more CPU than the model itself. The gateway's own middleware
 (request counter, token, body limit) still wraps this, errors get the same JSON
 answers and the same failure counts, and every other request (and these routes
-with a query string) goes through FastAPI as usual.
+with a query string) goes through FastAPI as usual. What it answers is what the
+OpenAPI document says of the routed versions (tests/serving/test_openapi.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -68,6 +70,10 @@ class FastPath:
             if status == 500:
                 logger.error("POST %s failed: %s", path, exc.message)
             response = json_response(exc.to_dict(), status=status)
+        except HTTPException as exc:  # Starlette's own (a malformed multipart body): as the app answers it
+            response = json_response(
+                {"error": str(exc.detail), "code": "http_error"}, exc.status_code, dict(exc.headers or {})
+            )
         except Exception as exc:  # a bug: the same JSON 500 as the routed endpoints give
             gw.metrics.failures.labels(name, route.path, "internal").inc()
             logger.exception("POST %s: unexpected error", path)

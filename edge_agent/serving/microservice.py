@@ -36,6 +36,7 @@ from edge_agent.services.client import (
 )
 from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import gateway
+from edge_agent.serving.openapi import errors
 from edge_agent.serving.prep_pred import services
 from edge_agent.supervisor import read_status
 
@@ -49,7 +50,11 @@ ROWS_BODY = {
                 "type": "object",
                 "required": ["data"],
                 "properties": {
-                    "data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+                    "data": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "array", "minItems": 1, "items": {"type": "number"}},
+                    }
                 },
             }
         }
@@ -87,6 +92,7 @@ async def _call(hub: Services, name: str, rows: np.ndarray, timeout_s: float) ->
     "/microservice/iris",
     summary="Fan out to the one-vs-rest services; winner, every score, weak flag; degrades when one is down",
     openapi_extra={"requestBody": ROWS_BODY},
+    responses=errors(404, 409, 415, 422, 503, 504),
 )
 async def microservice_iris(request: Request) -> Response:
     cfg = gateway(request).config.services

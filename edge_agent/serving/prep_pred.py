@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,8 +29,16 @@ from edge_agent.errors import InvalidInput
 from edge_agent.runtime.package import Manifest
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.services.client import Inferred, Prepped, Services, VersionChanged
-from edge_agent.serving.codec import IMAGE_TYPES, json_response, loads, tensors_from_doc
+from edge_agent.serving.codec import (
+    IMAGE_TYPES,
+    MAX_FILES,
+    form_files,
+    json_response,
+    loads,
+    tensors_from_doc,
+)
 from edge_agent.serving.deps import gateway
+from edge_agent.serving.openapi import errors, multipart_files
 
 logger = logging.getLogger(__name__)
 IMAGE_BODY = {
@@ -40,15 +47,14 @@ IMAGE_BODY = {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
-        },
+        "multipart/form-data": {"schema": multipart_files("file", MAX_FILES)},
         "application/json": {
             "schema": {
                 "type": "object",
+                "anyOf": [{"required": ["image_data"]}, {"required": ["images"]}],
                 "properties": {
                     "image_data": {"type": "string", "format": "byte"},
-                    "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                    "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}},
                 },
             }
         },
@@ -83,10 +89,7 @@ def services(request: Request) -> Services:
 async def _images(request: Request, manifest: Manifest) -> list[bytes]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=64, max_fields=64)
-        files = [v for v in form.values() if isinstance(v, UploadFile)]
-        if not files:
-            raise InvalidInput("multipart body has no file: upload the image as a file field")
+        files, _ = await form_files(request, "file", max_files=MAX_FILES)
         return [await f.read() for f in files]
     body = await request.body()
     if ctype in (*IMAGE_TYPES, "application/octet-stream"):
@@ -129,6 +132,7 @@ async def _chain(
     "/prep-pred/{name}",
     summary="Image -> prep service -> model@NAME service -> answer, with both versions and hop timings",
     openapi_extra={"requestBody": IMAGE_BODY},
+    responses=errors(404, 409, 415, 422, 503, 504),
 )
 async def prep_pred(name: str, request: Request) -> Response:
     gw = gateway(request)

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import gateway
+from edge_agent.serving.openapi import errors
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 
@@ -37,7 +38,11 @@ async def index(request: Request) -> Response:
     return json_response(rows)
 
 
-@router.post("/models/{name}/load", summary="Load (self-test) the active version of a model")
+@router.post(
+    "/models/{name}/load",
+    summary="Load (self-test) the active version of a model",
+    responses=errors(404, 422, 503),
+)
 async def load(name: str, request: Request) -> Response:
     gw = gateway(request)
     version = await asyncio.get_running_loop().run_in_executor(gw.service.executor, gw.engine.load, name)
@@ -46,7 +51,11 @@ async def load(name: str, request: Request) -> Response:
     return json_response({"model": name, "version": version, "state": "READY"})
 
 
-@router.post("/models/{name}/unload", summary="Unload a model; its requests get 503 until loaded again")
+@router.post(
+    "/models/{name}/unload",
+    summary="Unload a model; its requests get 503 until loaded again",
+    responses=errors(404),
+)
 async def unload(name: str, request: Request) -> Response:
     gw = gateway(request)
     gw.engine.unload(name)

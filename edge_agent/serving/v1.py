@@ -12,6 +12,9 @@ from starlette.responses import Response
 
 from edge_agent.serving.codec import json_response, read_inputs
 from edge_agent.serving.deps import TENSOR_BODY, Gateway, gateway
+from edge_agent.serving.openapi import errors
+
+PREDICT = errors(404, 422, 503)
 
 router = APIRouter(prefix="/v1", tags=["models (v1)"])
 
@@ -22,7 +25,11 @@ async def list_models(request: Request) -> Response:
     return json_response({"models": [gw.engine.describe(n) for n in gw.engine.store.names()]})
 
 
-@router.get("/models/{name}", summary="One model: versions, inputs, outputs, labels, backend, quantization")
+@router.get(
+    "/models/{name}",
+    summary="One model: versions, inputs, outputs, labels, backend, quantization",
+    responses=errors(404),
+)
 async def describe(name: str, request: Request) -> Response:
     return json_response(gateway(request).engine.describe(name))
 
@@ -53,6 +60,7 @@ async def _predict(gw: Gateway, request: Request, name: str, version: str | None
     "/models/{name}/predict",
     summary="Predict with the active version",
     openapi_extra={"requestBody": TENSOR_BODY},
+    responses=PREDICT,
 )
 async def predict(name: str, request: Request, raw: bool = False) -> Response:
     return await _predict(gateway(request), request, name, None, raw)
@@ -62,6 +70,7 @@ async def predict(name: str, request: Request, raw: bool = False) -> Response:
     "/models/{name}/versions/{version}/predict",
     summary="Predict with one version",
     openapi_extra={"requestBody": TENSOR_BODY},
+    responses=PREDICT,
 )
 async def predict_version(name: str, version: str, request: Request, raw: bool = False) -> Response:
     return await _predict(gateway(request), request, name, version, raw)
@@ -70,6 +79,7 @@ async def predict_version(name: str, version: str, request: Request, raw: bool =
 @router.post(
     "/models/{name}/versions/{version}/activate",
     summary="Self-test a version, then make it the serving one (the old one serves on failure)",
+    responses=errors(404, 422, 503),
 )
 async def activate(name: str, version: str, request: Request) -> Response:
     gw = gateway(request)
@@ -88,7 +98,11 @@ async def activate(name: str, version: str, request: Request) -> Response:
     )
 
 
-@router.post("/models/{name}/rollback", summary="Re-activate the previously active version")
+@router.post(
+    "/models/{name}/rollback",
+    summary="Re-activate the previously active version",
+    responses=errors(404, 422, 503),
+)
 async def rollback(name: str, request: Request) -> Response:
     gw = gateway(request)
     target = await asyncio.get_running_loop().run_in_executor(gw.service.executor, gw.engine.rollback, name)

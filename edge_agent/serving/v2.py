@@ -30,6 +30,7 @@ from edge_agent.runtime.engine import Prediction
 from edge_agent.runtime.package import DETECTORS, Classification, Manifest
 from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import gateway
+from edge_agent.serving.openapi import Responses, errors, no_content
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -56,6 +57,21 @@ MANIFEST_TO_V2 = {
     "int32": "INT32",
     "int64": "INT64",
     "bool": "BOOL",
+}
+READY: Responses = {
+    200: no_content("Ready"),
+    400: no_content("Not ready (not loaded, or failed its self-test)"),
+}
+READY |= errors(404)
+INFER: Responses = {
+    200: {
+        "description": "Outputs: JSON, or a JSON header then binary tensors (binary_data)",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    **errors(404, 422, 503),
 }
 PLATFORM = {"onnx": "onnxruntime_onnx", "litert": "tensorflow_lite"}
 INFER_BODY = {
@@ -108,12 +124,22 @@ async def server_metadata() -> dict[str, Any]:
     }
 
 
-@router.get("/health/live", summary="Liveness")
+@router.get(
+    "/health/live",
+    summary="Liveness (200, empty body)",
+    response_class=Response,
+    responses={200: no_content("The server is live")},
+)
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="Readiness: every model loaded and self-tested")
+@router.get(
+    "/health/ready",
+    summary="Readiness: every model loaded and self-tested (200 ready, 400 not; empty body)",
+    response_class=Response,
+    responses={200: no_content("Ready"), 400: no_content("Not ready yet")},
+)
 async def ready(request: Request) -> Response:
     return Response(status_code=200 if gateway(request).ready else 400)
 
@@ -152,12 +178,12 @@ def _model_metadata(request: Request, name: str, version: str | None) -> dict[st
     }
 
 
-@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}", summary="Model metadata", responses=errors(404))
 async def model_metadata(name: str, request: Request) -> Response:
     return json_response(_model_metadata(request, name, None))
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=errors(404))
 async def model_version_metadata(name: str, version: str, request: Request) -> Response:
     gateway(request).engine.store.package_dir(name, version)
     return json_response(_model_metadata(request, name, version))
@@ -172,12 +198,22 @@ def _ready(request: Request, name: str, version: str | None) -> Response:
     return Response(status_code=200 if engine.is_ready(name, version) else 400)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (200 ready, 400 not)")
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness (200 ready, 400 not; empty body)",
+    response_class=Response,
+    responses=READY,
+)
 async def model_ready(name: str, request: Request) -> Response:
     return _ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version readiness (200 ready, 400 not; empty body)",
+    response_class=Response,
+    responses=READY,
+)
 async def model_version_ready(name: str, version: str, request: Request) -> Response:
     return _ready(request, name, version)
 
@@ -423,7 +459,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return _encode_response(doc, pred, manifest)
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra={"requestBody": INFER_BODY})
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference",
+    openapi_extra={"requestBody": INFER_BODY},
+    responses=INFER,
+)
 async def infer(name: str, request: Request) -> Response:
     return await _infer(request, name, None)
 
@@ -432,6 +473,7 @@ async def infer(name: str, request: Request) -> Response:
     "/models/{name}/versions/{version}/infer",
     summary="Inference with one version",
     openapi_extra={"requestBody": INFER_BODY},
+    responses=INFER,
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(request, name, version)

@@ -34,18 +34,15 @@ PASSWORD_HASH = hash_password(PASSWORD)
 
 @contextmanager
 def api_role(broker: Broker, db: Path, workdir: Path, **settings: str) -> Iterator[str]:
-    """``cloud-sync api`` with the dashboard login configured; yields its base URL."""
+    """``cloud-sync api`` with the dashboard login configured (``settings`` override); yields its base URL."""
     port = free_port()
-    env = cloud_env(
-        broker,
-        db,
-        api_port=str(port),
-        dashboard_user=USER,
-        dashboard_password_hash=PASSWORD_HASH,
-        session_secret="test-session-secret",
-        log_level="WARNING",
-        **settings,
-    )
+    defaults = {
+        "dashboard_user": USER,
+        "dashboard_password_hash": PASSWORD_HASH,
+        "session_secret": "test-session-secret",
+        "log_level": "WARNING",
+    }
+    env = cloud_env(broker, db, api_port=str(port), **(defaults | settings))
     role = Role(["api"], env, workdir / "api.log")
     base = f"http://127.0.0.1:{port}"
 
