@@ -1,0 +1,29 @@
+"""Child processes of a benchmark: free loopback ports and an environment without the agent's
+settings (a benchmark sets the ones it measures itself)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import ExitStack
+
+
+def free_port() -> int:
+    """A free loopback port (free when asked: the caller binds it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held until every one is chosen)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def env_without(*prefixes: str, **extra: str) -> dict[str, str]:
+    """This process's environment minus the variables starting with ``prefixes``, plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | extra
