@@ -154,9 +154,10 @@ if [ "$have" != "$digest" ]; then
         --cmd python3 --annotation "org.edge-agent.rootfs=$digest" "$ctr"
     "${BUILDAH[@]}" commit --quiet --rm "$ctr" "$BASE" >/dev/null
 fi
-log "base ready in $(($(date +%s) - step)) s: $BASE ($("${BUILDAH[@]}" run --isolation chroot \
-    "$("${BUILDAH[@]}" from --pull-never --quiet "$BASE")" -- python3 -V 2>&1 | tail -1))"
-"${BUILDAH[@]}" rm --all >/dev/null
+probe="$("${BUILDAH[@]}" from --pull-never --quiet "$BASE")"
+base_python="$("${BUILDAH[@]}" run --isolation chroot "$probe" -- python3 -V 2>&1 | tail -1)"
+"${BUILDAH[@]}" rm "$probe" >/dev/null
+log "base ready in $(($(date +%s) - step)) s: $BASE ($base_python)"
 
 # -- 3. build -----------------------------------------------------------------------------------
 step=$(date +%s)
