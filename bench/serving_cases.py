@@ -46,15 +46,6 @@ FORMAT_LABEL = {
 }
 GATEWAY_FORMATS = ("json", "bin", "png", "npy", "v2json")
 
-# Run a command so that it gets SIGTERM when this process dies (even by SIGKILL): no server
-# outlives the benchmark. argv: parent pid, command...
-_PDEATHSIG = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
-    "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Budget:

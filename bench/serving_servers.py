@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
-from bench.common.procs import env_without, free_port
+from bench.common.procs import PDEATHSIG, env_without, free_port
 from bench.serving_cases import (
-    _PDEATHSIG,
     NO_CACHE_VAR,
     QUIET_CORES,
     READY_TIMEOUT_S,
@@ -33,7 +32,7 @@ from bench.serving_cases import (
 
 # -- processes -------------------------------------------------------------------------------------
 def spawn(cmd: Sequence[str], core: int | None, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    full = [sys.executable, "-c", _PDEATHSIG, str(os.getpid())]
+    full = [sys.executable, "-c", PDEATHSIG, str(os.getpid())]
     if core is not None and shutil.which("taskset"):
         full += ["taskset", "-c", str(core)]
     with log.open("wb") as fh:

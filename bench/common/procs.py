@@ -1,11 +1,20 @@
-"""Child processes of a benchmark: free loopback ports and an environment without the agent's
-settings (a benchmark sets the ones it measures itself)."""
+"""Child processes of a benchmark: a launcher that dies with the benchmark, free loopback ports
+and an environment without the agent's settings (a benchmark sets the ones it measures itself)."""
 
 from __future__ import annotations
 
 import os
 import socket
 from contextlib import ExitStack
+
+# Run a command so that it gets SIGTERM when this process dies (even by SIGKILL): no server
+# outlives the benchmark. argv: parent pid, command...
+PDEATHSIG = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def free_port() -> int:
