@@ -51,6 +51,7 @@ export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
 # buildah's own storage, apart from anything else on the host
 BUILDAH=(buildah --root "$CACHE/storage" --runroot "/run/edge-agent-image" --storage-driver vfs)
 CTR=""
+MNT=""
 
 T0=$(date +%s)
 in_background() {
@@ -60,9 +61,28 @@ in_background() {
 log() { printf '[image %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 die() { log "FAIL: $*"; exit 1; }
 
+stop_chroot_processes() {
+    # processes whose root is the mounted container are the smoke's own (an interrupted run)
+    local p pids=()
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$MNT" ] && pids+=("${p#/proc/}")
+    done
+    [ "${#pids[@]}" -eq 0 ] && return 0
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    sleep 2
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [ -n "$MNT" ]; then
+        stop_chroot_processes
+        for m in $(awk -v p="$MNT" 'index($2, p "/") == 1 { print $2 }' /proc/self/mounts | sort -r); do
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
+        done
+        "${BUILDAH[@]}" umount "$CTR" >/dev/null 2>&1 || true
+    fi
     if [ -n "$CTR" ]; then
         "${BUILDAH[@]}" rm "$CTR" >/dev/null 2>&1 || log "could not remove container $CTR"
     fi
@@ -154,7 +174,7 @@ if [ "$have" != "$digest" ]; then
         --cmd python3 --annotation "org.edge-agent.rootfs=$digest" "$ctr"
     "${BUILDAH[@]}" commit --quiet --rm "$ctr" "$BASE" >/dev/null
 fi
-probe="$("${BUILDAH[@]}" from --pull-never --quiet "$BASE")"
+probe="$("${BUILDAH[@]}" from --arch "$ARCH" --pull-never --quiet "$BASE")"
 base_python="$("${BUILDAH[@]}" run --isolation chroot "$probe" -- python3 -V 2>&1 | tail -1)"
 "${BUILDAH[@]}" rm "$probe" >/dev/null
 log "base ready in $(($(date +%s) - step)) s: $BASE ($base_python)"
@@ -186,21 +206,51 @@ step=$(date +%s)
 config="$("${BUILDAH[@]}" inspect --type image "$IMAGE" | python3 -c '
 import json, sys
 config = json.load(sys.stdin)["Docker"]["config"]
-for key in ("Healthcheck", "Entrypoint", "Cmd", "User"):
-    value = config.get(key)
-    print(json.dumps(value["Test"] if key == "Healthcheck" and value else value))
+print(json.dumps((config.get("Healthcheck") or {}).get("Test")))
+print(json.dumps(config.get("Entrypoint")))
+print(json.dumps(config.get("Cmd")))
+print(config.get("User") or "root")
+print(config.get("WorkingDir") or "/")
+print("\n".join(config.get("Env") or []))  # one VAR=value a line, last
 ')"
-{ read -r health; read -r entrypoint; read -r command; read -r user; } <<<"$config"
-log "image config: HEALTHCHECK $health, ENTRYPOINT $entrypoint, CMD $command, USER $user"
+mapfile -t cfg <<<"$config"
+health="${cfg[0]}" entrypoint="${cfg[1]}" command="${cfg[2]}" user="${cfg[3]}" workdir="${cfg[4]}"
+image_env=("${cfg[@]:5}")
+log "image config: HEALTHCHECK $health, ENTRYPOINT $entrypoint, CMD $command, USER $user, WORKDIR $workdir"
 [ "$health" != null ] && [ -n "$health" ] || die "the image has no HEALTHCHECK (built without --format docker?)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-CTR="$("${BUILDAH[@]}" from --pull-never --quiet "$IMAGE")"
+CTR="$("${BUILDAH[@]}" from --arch "$ARCH" --pull-never --quiet "$IMAGE")"
 "${BUILDAH[@]}" copy --quiet "$CTR" "$HERE/smoke.sh" /usr/local/share/edge-image-smoke.sh >/dev/null
+smoke_env=(EDGE_PORT="$port" SMOKE_HEALTHCHECK="$health" SMOKE_ENTRYPOINT="$entrypoint" SMOKE_CMD="$command")
 log "container $CTR ready in $(($(date +%s) - step)) s; running the smoke inside (gateway on 127.0.0.1:$port)"
 step=$(date +%s)
-# the host's network (chroot isolation): the gateway binds loopback on a free port
-in_background "${BUILDAH[@]}" run --isolation chroot \
-    --env EDGE_PORT="$port" --env SMOKE_HEALTHCHECK="$health" --env SMOKE_ENTRYPOINT="$entrypoint" \
-    --env SMOKE_CMD="$command" --env QEMU_CPU="$QEMU_CPU" \
-    "$CTR" -- /bin/sh /usr/local/share/edge-image-smoke.sh
+if [ "$ARCH" = "$host_arch" ]; then
+    # a container as `docker run` would start it: the image's user, environment and working
+    # directory; the host's network (chroot isolation), so the gateway binds a free loopback port
+    env_args=()
+    for kv in "${smoke_env[@]}"; do env_args+=(--env "$kv"); done
+    in_background "${BUILDAH[@]}" run --isolation chroot "${env_args[@]}" \
+        "$CTR" -- /bin/sh /usr/local/share/edge-image-smoke.sh
+else
+    # Under qemu, buildah run always binds the host's /sys, and onnxruntime (cpuinfo) crashes
+    # reading the host's CPU topology there ("qemu: uncaught target signal 11"). So the
+    # container's root is mounted and entered with chroot as buildah run would, with the
+    # image's user, environment and working directory, /proc, a minimal /dev and no /sys
+    # (onnxruntime then warns that cpuinfo failed: expected).
+    MNT="$("${BUILDAH[@]}" mount "$CTR")"
+    mount -t proc proc "$MNT/proc"
+    mount -t tmpfs -o mode=0755,nosuid,size=16m edge-image-dev "$MNT/dev"
+    for node in "null c 1 3" "zero c 1 5" "full c 1 7" "random c 1 8" "urandom c 1 9" "tty c 5 0"; do
+        # shellcheck disable=SC2086 # split "name type major minor" on purpose
+        set -- $node
+        mknod -m 0666 "$MNT/dev/$1" "$2" "$3" "$4"
+    done
+    mkdir -p "$MNT/dev/shm" && ln -s /proc/self/fd "$MNT/dev/fd"
+    mount -t tmpfs -o mode=1777,nosuid,size=256m edge-image-tmp "$MNT/tmp"
+    uid="$(awk -F: -v u="$user" '$1 == u || $3 == u { print $3 ":" $4; exit }' "$MNT/etc/passwd")"
+    [ -n "$uid" ] || die "user $user of the image is not in its /etc/passwd"
+    in_background env -i "${image_env[@]}" HOME=/data QEMU_CPU="$QEMU_CPU" "${smoke_env[@]}" \
+        chroot --userspec="$uid" "$MNT" /bin/sh -c 'cd "$1" && exec /bin/sh /usr/local/share/edge-image-smoke.sh' \
+        sh "$workdir"
+fi
 log "smoke inside the $ARCH image passed in $(($(date +%s) - step)) s"
