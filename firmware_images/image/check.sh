@@ -48,8 +48,9 @@ ROOTFS_TAR="$CACHE/$SUITE-$ARCH-minbase-python3.tar.gz"
 BASE="localhost/edge-agent-base:$SUITE-$ARCH"
 IMAGE="localhost/edge-agent:$ARCH"
 export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
-# buildah's own storage, apart from anything else on the host
-BUILDAH=(buildah --root "$CACHE/storage" --runroot "/run/edge-agent-image" --storage-driver vfs)
+# buildah's own storage, apart from anything else on the host (one run root per cache)
+RUNROOT="/run/edge-agent-image-$(printf '%s' "$CACHE" | sha256sum | cut -c1-12)"
+BUILDAH=(buildah --root "$CACHE/storage" --runroot "$RUNROOT" --storage-driver vfs)
 CTR=""
 MNT=""
 
