@@ -131,6 +131,33 @@ class CameraConfig(_Section):
     )
 
 
+class StorageConfig(_Section):
+    """The device's SQLite file and the disk it lives on (see docs/operations.md)."""
+
+    free_floor_mb: float = Field(
+        default=64.0, ge=0, description="Free space under which caches and thumbnails stop being written."
+    )
+    free_reserve_mb: float = Field(
+        default=16.0,
+        ge=0,
+        description="Below this much free space new work is refused (HTTP 507, camera stops recording).",
+    )
+    retention_days: float | None = Field(
+        default=7.0,
+        gt=0,
+        description="Delivered results, finished jobs and batch items older than this are deleted "
+        "(none: kept for ever). Undelivered results are never pruned.",
+    )
+
+    @property
+    def floor_bytes(self) -> int:
+        return int(self.free_floor_mb * 1024 * 1024)
+
+    @property
+    def reserve_bytes(self) -> int:
+        return int(self.free_reserve_mb * 1024 * 1024)
+
+
 class UpConfig(_Section):
     roles: list[str] = Field(
         default_factory=lambda: ["serve", "worker", "batch"], description="Roles `edge-agent up` starts."
@@ -187,6 +214,7 @@ class AgentConfig(BaseModel):
     services: ServicesConfig = Field(default_factory=ServicesConfig, description="prep-pred, microservice.")
     camera: CameraConfig = Field(default_factory=CameraConfig, description="Edge-AI camera role.")
     up: UpConfig = Field(default_factory=UpConfig, description="`edge-agent up` supervisor.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="SQLite file and its disk.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="MQTT fleet link (sync role).")
 
     @model_validator(mode="after")
@@ -210,6 +238,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "services": ServicesConfig,
     "camera": CameraConfig,
     "up": UpConfig,
+    "storage": StorageConfig,
     "sync": SyncConfig,
 }
 ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields if name not in SECTIONS}

@@ -13,7 +13,9 @@ result the device has is a result the fleet link will deliver.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -23,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.diskspace import DEFAULT_FLOOR_BYTES, DEFAULT_RESERVE_BYTES, DiskSpace
 from edge_agent.errors import EdgeAgentError
+
+logger = logging.getLogger(__name__)
 
 DB_NAME = "agent.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -149,6 +154,34 @@ class NotFound(EdgeAgentError):
     code = "not_found"
 
 
+class DiskFull(StorageError):
+    """The data directory's filesystem has no room for this write (HTTP 507)."""
+
+    status = 507
+    code = "disk_full"
+
+
+_FULL_CODES = frozenset({13})  # SQLITE_FULL
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_message(disk: DiskSpace, what: str) -> str:
+    st = disk.state(fresh=True)
+    return (
+        f"{what}: the device's disk is full ({st.free_bytes // 1024} KiB free on {disk.directory}, "
+        f"{st.reserve_bytes // 1024} KiB kept for results already accepted). Work already accepted is "
+        "kept and finishes; retry later, after the fleet link has delivered results or after freeing "
+        "space (shorter retention, or remove other files on that filesystem)"
+    )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF in _FULL_CODES) or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -171,15 +204,23 @@ class Result:
 class Storage:
     """One connection per thread to the device database (sqlite3 objects are not shareable)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, disk: DiskSpace | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.disk = disk or DiskSpace(self.path.parent)
         self._local = threading.local()
         self._migrate()
 
     @classmethod
-    def in_dir(cls, data_dir: Path) -> Storage:
-        return cls(Path(data_dir) / DB_NAME)
+    def in_dir(
+        cls,
+        data_dir: Path,
+        *,
+        floor_bytes: int = DEFAULT_FLOOR_BYTES,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+    ) -> Storage:
+        disk = DiskSpace(Path(data_dir), floor_bytes=floor_bytes, reserve_bytes=reserve_bytes)
+        return cls(Path(data_dir) / DB_NAME, disk)
 
     # -- connections ---------------------------------------------------------------
     @property
@@ -199,24 +240,52 @@ class Storage:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` takes the write lock up front: no lost-update races."""
+    def transaction(self, immediate: bool = True, *, what: str = "write") -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` takes the write lock up front: no lost-update races.
+
+        The first error is the one raised: SQLite ends some failed transactions itself (SQLITE_FULL,
+        SQLITE_IOERR), so the rollback runs only if one is still open, and a rollback that fails is
+        logged, never raised over it. SQLite errors leave as ``StorageError`` (``DiskFull``, 507,
+        when the disk is full); ``what`` names the write in that message."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         except sqlite3.Error as exc:
-            raise StorageError(f"database busy or unavailable: {exc}") from None
+            raise self.translate(exc, what, "database busy or unavailable") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise self.translate(exc, what, "write failed") from exc
             raise
         else:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StorageError(f"commit failed: {exc}") from None
+                self._rollback(conn)
+                raise self.translate(exc, what, "commit failed") from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # never hides the error that got us here
+            logger.warning("rollback after a failed transaction also failed: %s", exc)
+
+    def translate(self, exc: BaseException, what: str, context: str = "storage error") -> StorageError:
+        """A library error as this package's: ``DiskFull`` (507) for a full disk, else ``StorageError``."""
+        if is_disk_full(exc):
+            self.disk.note_full(what)
+            return DiskFull(disk_full_message(self.disk, what))
+        return StorageError(f"{context}: {exc}")
+
+    def require_room(self, what: str) -> None:
+        """Refuse new work (``DiskFull``, 507) while free space is under the reserve."""
+        if not self.disk.has_room(what):
+            raise DiskFull(disk_full_message(self.disk, what))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

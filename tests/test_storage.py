@@ -53,3 +53,32 @@ def test_concurrent_processes_count_exactly(tmp_path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT) for _ in range(4)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert Storage.in_dir(tmp_path).counter("n") == 800
+
+
+def test_a_full_disk_is_disk_full_not_a_masked_rollback_error(tmp_path: Path) -> None:
+    """SQLite ends a transaction that hit SQLITE_FULL itself; the helper must raise that first
+    error (as DiskFull, 507), not "cannot rollback - no transaction is active"."""
+    import sqlite3 as sq
+
+    from edge_agent.diskspace import DiskSpace
+    from edge_agent.storage import DiskFull, Storage
+    from tests.device import fill, small_filesystem
+
+    with small_filesystem(tmp_path / "disk", 4) as disk:
+        storage = Storage(disk / "agent.sqlite3", DiskSpace(disk, floor_bytes=0, reserve_bytes=0))
+        fill(disk, disk / "ballast", 256 * 1024)
+        with pytest.raises(DiskFull) as caught:
+            for i in range(10_000):
+                with storage.transaction(what="test rows") as conn:
+                    storage.record_result(
+                        conn, source="t", model="m", version="1", body={"x": "y" * 4000, "i": i}
+                    )
+        assert isinstance(caught.value.__cause__, sq.Error)
+        assert caught.value.__cause__.sqlite_errorcode & 0xFF == 13  # SQLITE_FULL
+        assert caught.value.status == 507 and "test rows" in caught.value.message
+        assert storage.disk.refused["test rows"] == 1
+        (disk / "ballast").unlink()
+        with storage.transaction() as conn:  # the same connection works again once space is back
+            storage.record_result(conn, source="t", model="m", version="1", body={"after": True})
+        assert storage.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        storage.close()

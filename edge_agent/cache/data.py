@@ -41,7 +41,7 @@ from edge_agent.errors import EdgeAgentError, ImageDecodeError, InvalidInput
 from edge_agent.runtime.imageio import DEFAULT_MAX_PIXELS, sniff
 from edge_agent.runtime.package import ImagePreprocess, Manifest
 from edge_agent.runtime.preprocess import Geometry, preprocess
-from edge_agent.storage import NotFound, Storage, StorageError
+from edge_agent.storage import DiskFull, NotFound, Storage, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ class DataCache:
                     (BYTES, size),
                 )
                 self._evict(conn)
+        except DiskFull as exc:  # a full disk must not keep the gateway from starting
+            logger.warning("data cache: size not recounted at start: %s", exc.message)
         except sqlite3.Error as exc:
             raise _translate(exc) from None
 
@@ -158,8 +160,9 @@ class DataCache:
                 height=info.height,
             )
         item_id = hashlib.sha256(data).hexdigest()
+        self.storage.require_room("registering a data item")
         try:
-            with self.storage.transaction() as conn:
+            with self.storage.transaction(what="registering a data item") as conn:
                 conn.execute(
                     "INSERT OR IGNORE INTO data_items (id, content_type, data, size, created) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -277,7 +280,7 @@ class DataCache:
 
     # -- internals ---------------------------------------------------------------------
     def _store(self, key: tuple[str, str], blob: bytes) -> None:
-        if len(blob) > self.max_bytes:
+        if len(blob) > self.max_bytes or not self.storage.disk.allow_optional("data_cache"):
             return
         try:
             with self.storage.transaction() as conn:

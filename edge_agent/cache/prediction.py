@@ -233,7 +233,8 @@ class PredictionCache:
         expires = now + self.ttl_s
         with self._lock:
             self._hold(key, _Held(model, version, blob, expires))
-        self._submit(self._store, key, model, version, blob, now, expires)
+        if self.storage.disk.allow_optional("prediction_cache"):  # short of space: memory tier only
+            self._submit(self._store, key, model, version, blob, now, expires)
         return True
 
     def purge(self, model: str | None = None, keep_version: str | None = None) -> None:

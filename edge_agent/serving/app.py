@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge_agent import __version__
-from edge_agent.bootstrap import build_engine
+from edge_agent.bootstrap import build_engine, open_storage
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.engine import Engine
@@ -29,7 +29,6 @@ from edge_agent.serving.fastpath import FastPath
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.middleware import BearerAuth, BodyLimit, CountRequests
 from edge_agent.serving.service import InferenceService
-from edge_agent.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,8 @@ ROUTERS = (
 def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(config)
     metrics = Metrics()
-    storage = Storage.in_dir(config.data_dir)
+    storage = open_storage(config)
+    metrics.watch_disk(storage.disk)
     gw = Gateway(config, engine, InferenceService(engine, config, metrics, storage), metrics, storage)
 
     @asynccontextmanager
@@ -100,7 +100,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(EdgeAgentError)
     async def agent_error(request: Request, exc: EdgeAgentError) -> Response:
         failure(request, exc.code)
-        status = exc.status if exc.status < 500 or exc.status in (503, 504) else 500
+        status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
         if status == 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         return json_response(exc.to_dict(), status=status)

@@ -162,7 +162,8 @@ async def sync_async(request: Request) -> Response:
     job_id, fast_id = new_id(), new_id()
 
     def store() -> None:
-        with gw.storage.transaction() as conn:
+        gw.storage.require_room("queueing a sync-async job")
+        with gw.storage.transaction(what="queueing a sync-async job") as conn:
             queue.add(
                 conn,
                 model=accurate.name,

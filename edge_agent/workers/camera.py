@@ -31,7 +31,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeAgentError, InvalidInput
 from edge_agent.runtime.backends import LoadedModel
 from edge_agent.runtime.engine import Engine
-from edge_agent.storage import Storage
+from edge_agent.storage import DiskFull, Storage, is_disk_full
 from edge_agent.workers.frames import Frame, FrameReader, parse_source
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class CameraStats:
     inferred: int = 0
     failed: int = 0  # frames whose inference or recording failed
     failed_in_row: int = 0
+    unrecorded: int = 0  # frames inferred but not recorded: the disk was full
     last_result_id: str | None = None
     last_frame: int | None = None
     first_at: float | None = None  # monotonic time the first inferred frame was taken
@@ -195,10 +196,16 @@ class CameraLoop:
             t1 = time.monotonic()
             body = self.body(frame, row)
             m = self.model.manifest
-            with self.storage.transaction() as conn:
+            self.storage.require_room("recording a camera frame")
+            with self.storage.transaction(what="recording a camera frame") as conn:
                 rid = self.storage.record_result(
                     conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
                 )
+        except DiskFull as exc:  # a state, not a failure: count the frame, keep the loop and status
+            st.unrecorded += 1
+            if st.unrecorded == 1 or st.unrecorded % 100 == 0:
+                logger.warning("frame %d not recorded (%d so far): %s", frame.index, st.unrecorded, exc)
+            return
         except EdgeAgentError as exc:
             st.failed += 1
             st.failed_in_row += 1
@@ -226,7 +233,7 @@ class CameraLoop:
             "height": h,
             "camera": self.source.text,
         }
-        if self.options.thumbnails:
+        if self.options.thumbnails and self.storage.disk.allow_optional("thumbnail"):
             body["thumbnail"] = thumbnail(frame.image)
         return body
 
@@ -251,6 +258,8 @@ class CameraLoop:
             "reconnects": rs.reconnects,
             "cycles": rs.cycles,
             "frames_failed": st.failed,
+            "frames_unrecorded_disk_full": st.unrecorded,
+            "disk": self.storage.disk.to_dict(),
             "connected": self.reader.connected,
             "fps": round(st.fps(now), 3),
             "fps_avg": round(st.fps_avg(), 3),
@@ -263,21 +272,38 @@ class CameraLoop:
         }
 
     def write_status(self) -> None:
+        text = json.dumps(self.status(), indent=1)
         tmp = self.status_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self.status(), indent=1))
+            tmp.write_text(text)
             os.replace(tmp, self.status_path)
         except OSError as exc:
-            logger.warning("cannot write %s: %s", self.status_path, exc)
+            tmp.unlink(missing_ok=True)
+            if not is_disk_full(exc) or not self._overwrite_status(text):
+                logger.warning("cannot write %s: %s", self.status_path, exc)
+
+    def _overwrite_status(self, text: str) -> bool:
+        """A full disk has no block for a new file: rewrite the old one in place (its blocks are
+        already allocated), so the status stays fresh; a reader may rarely see a torn copy."""
+        data = text.encode()
+        try:
+            with open(self.status_path, "r+b") as f:
+                if os.fstat(f.fileno()).st_blocks * 512 < len(data):
+                    return False
+                f.write(data)
+                f.truncate(len(data))
+        except OSError:
+            return False
+        return True
 
 
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``camera`` role: exit 0 at the end of a file, after ``--max-frames`` or on SIGTERM."""
-    from edge_agent.bootstrap import build_engine
+    from edge_agent.bootstrap import build_engine, open_storage
 
     options = CameraOptions.from_config(config, args)
     engine = build_engine(config)
-    storage = Storage.in_dir(config.data_dir)
+    storage = open_storage(config)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.errors import InvalidInput
-from edge_agent.storage import NotFound, Storage, new_id, now
+from edge_agent.storage import NotFound, Storage, StorageError, new_id, now
 from edge_agent.workers.doorbell import Doorbell
 
 PayloadKind = Literal["tensors", "images"]
@@ -166,7 +166,8 @@ class JobQueue:
         link: str | None = None,
         job_id: str | None = None,
     ) -> str:
-        with self.storage.transaction() as conn:
+        self.storage.require_room("queueing a job")
+        with self.storage.transaction(what="queueing a job") as conn:
             jid = self.add(
                 conn, model=model, version=version, kind=kind, payload=payload, link=link, job_id=job_id
             )
@@ -268,6 +269,20 @@ class JobQueue:
         if n != 1:
             return None
         return "failed" if final else "queued"
+
+    def give_back(self, job: Job) -> bool:
+        """Put a claimed job back in the queue without counting the attempt (the disk was full:
+        not the job's fault). False if that write failed too; the lease then expires as usual."""
+        try:
+            with self.storage.transaction(what="giving a job back") as conn:
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), "
+                    "lease_expires = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                    (job.id, job.lease_owner),
+                )
+        except StorageError:
+            return False
+        return True
 
     def next_deadline(self) -> float | None:
         """The earliest time a job may become claimable without a ring (lease end, retry time)."""

@@ -20,17 +20,19 @@ import socket
 import time
 from types import FrameType
 
-from edge_agent.bootstrap import build_engine
+from edge_agent.bootstrap import build_engine, open_storage
 from edge_agent.config import AgentConfig
 from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.runtime.engine import Engine
-from edge_agent.storage import Storage, StorageError
+from edge_agent.storage import DiskFull, StorageError
 from edge_agent.workers.doorbell import Doorbell
 from edge_agent.workers.jobs import Job, JobQueue, unpack
 
 logger = logging.getLogger(__name__)
 
 DEADLINE_MARGIN_S = 0.005  # wake just after a deadline, so the lease has surely passed
+PAUSE_S = 0.5  # first pause after the disk was full; doubles up to MAX_PAUSE_S while it stays full
+MAX_PAUSE_S = 8.0
 
 
 class Worker:
@@ -40,12 +42,14 @@ class Worker:
         self.engine = engine or build_engine(config)
         self.doorbell = Doorbell(config.data_dir)
         self.queue = JobQueue(
-            Storage.in_dir(config.data_dir),
+            open_storage(config),
             lease_s=config.worker.lease_s,
             max_attempts=config.worker.max_attempts,
         )
         self.stopping = False
         self.done = 0
+        self.paused_until = 0.0  # monotonic; claims wait until then (the disk was full)
+        self._pause_s = PAUSE_S
 
     def stop(self) -> None:
         self.stopping = True
@@ -72,6 +76,9 @@ class Worker:
         }
         try:
             recorded = self.queue.complete(job, body, pred.version)
+        except DiskFull as exc:  # a state, not a crash: give the job back and pause
+            self.pause(exc, job)
+            return "paused"
         except StorageError:
             raise  # the database is unusable: exit, the supervisor restarts, the lease retries
         except Exception as exc:  # an answer the result store cannot hold is a bug: keep it visible
@@ -93,8 +100,20 @@ class Worker:
         self.done += 1
         return "done"
 
+    def pause(self, exc: DiskFull, job: Job | None = None) -> None:
+        """The disk is full: stop claiming for a while (doubling up to ``MAX_PAUSE_S``)."""
+        if job is not None:
+            self.queue.give_back(job)
+        self.paused_until = time.monotonic() + self._pause_s
+        logger.warning("worker %s paused for %.0f s: %s", self.id, self._pause_s, exc.message)
+        self._pause_s = min(self._pause_s * 2, MAX_PAUSE_S)
+
     def _fail(self, job: Job, error: str, *, retry: bool) -> str:
-        status = self.queue.fail(job, error, retry=retry)
+        try:
+            status = self.queue.fail(job, error, retry=retry)
+        except DiskFull as exc:
+            self.pause(exc, job)
+            return "paused"
         logger.warning(
             "job %s attempt %d/%d: %s -> %s", job.id, job.attempts, job.max_attempts, error, status
         )
@@ -104,11 +123,16 @@ class Worker:
     def drain(self) -> int:
         """Run claimable jobs until none is left (or a stop was asked); returns how many ran."""
         n = 0
-        while not self.stopping:
-            job = self.queue.claim(self.id)
+        while not self.stopping and time.monotonic() >= self.paused_until:
+            try:
+                job = self.queue.claim(self.id)
+            except DiskFull as exc:
+                self.pause(exc)
+                break
             if job is None:
                 break
-            self.run_job(job)
+            if self.run_job(job) == "done":
+                self._pause_s = PAUSE_S
             n += 1
         return n
 
@@ -124,6 +148,9 @@ class Worker:
                     break
                 deadline = self.queue.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - time.time()) + DEADLINE_MARGIN_S
+                if self.paused_until > time.monotonic():  # disk full: look again after the pause
+                    pause = self.paused_until - time.monotonic()
+                    timeout = pause if timeout is None else min(timeout, pause)
                 bell.wait(timeout, also)
                 if wake_fd is not None:
                     _drain_fd(wake_fd)
