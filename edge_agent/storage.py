@@ -190,6 +190,17 @@ def now() -> float:
     return time.time()
 
 
+OUTBOX_DROPPED = "outbox_dropped"  # counters: outbox entries given up by the on-full policy
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBound:
+    """The outbox's bound, held where rows are written (``record_result``), whatever role runs."""
+
+    max_rows: int = 100_000
+    on_full: str = "drop_oldest"  # or "refuse_new": the entry just recorded is not forwarded
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     id: str
@@ -204,10 +215,11 @@ class Result:
 class Storage:
     """One connection per thread to the device database (sqlite3 objects are not shareable)."""
 
-    def __init__(self, path: Path, disk: DiskSpace | None = None) -> None:
+    def __init__(self, path: Path, disk: DiskSpace | None = None, outbox: OutboxBound | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.disk = disk or DiskSpace(self.path.parent)
+        self.outbox_bound = outbox or OutboxBound()
         self._local = threading.local()
         self._migrate()
 
@@ -218,9 +230,10 @@ class Storage:
         *,
         floor_bytes: int = DEFAULT_FLOOR_BYTES,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        outbox: OutboxBound | None = None,
     ) -> Storage:
         disk = DiskSpace(Path(data_dir), floor_bytes=floor_bytes, reserve_bytes=reserve_bytes)
-        return cls(Path(data_dir) / DB_NAME, disk)
+        return cls(Path(data_dir) / DB_NAME, disk, outbox)
 
     # -- connections ---------------------------------------------------------------
     @property
@@ -348,7 +361,34 @@ class Storage:
             "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', ?, ?)",
             (rid, envelope, created),
         )
+        self.bound_outbox(conn)
         return rid
+
+    def bound_outbox(self, conn: sqlite3.Connection, bound: OutboxBound | None = None) -> int:
+        """Trim the outbox to its bound by the on-full policy, inside the caller's transaction;
+        the number dropped (counted in ``outbox_dropped``). The results themselves stay."""
+        bound = bound or self.outbox_bound
+        lo, hi = conn.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
+        if lo is None or hi - lo + 1 <= bound.max_rows:  # the seq span bounds the count: the usual case
+            return 0
+        excess = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) - bound.max_rows
+        if excess <= 0:
+            return 0
+        newest = bound.on_full == "refuse_new"
+        conn.execute(
+            f"DELETE FROM outbox WHERE seq IN "
+            f"(SELECT seq FROM outbox ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?)",
+            (excess,),
+        )
+        self.bump(conn, OUTBOX_DROPPED, excess)
+        logger.warning(
+            "outbox over %d entries: dropped the %d %s (on_full=%s)",
+            bound.max_rows,
+            excess,
+            "newest" if newest else "oldest",
+            bound.on_full,
+        )
+        return excess
 
     def result(self, result_id: str) -> Result:
         row = self.conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()

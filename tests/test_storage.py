@@ -82,3 +82,20 @@ def test_a_full_disk_is_disk_full_not_a_masked_rollback_error(tmp_path: Path) ->
             storage.record_result(conn, source="t", model="m", version="1", body={"after": True})
         assert storage.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         storage.close()
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop_oldest", range(20, 30)), ("refuse_new", range(10))])
+def test_the_outbox_bound_holds_where_rows_are_written(tmp_path: Path, policy: str, kept: range) -> None:
+    """No sync role runs here: the bound is applied in the transaction that records the result."""
+    from edge_agent.storage import OUTBOX_DROPPED, OutboxBound
+
+    st = Storage.in_dir(tmp_path, outbox=OutboxBound(10, policy))
+    ids = []
+    for i in range(30):
+        with st.transaction() as conn:
+            ids.append(st.record_result(conn, source="t", model="m", version="1", body={"i": i}))
+        assert st.outbox_depth() <= 10
+    left = [r[0] for r in st.conn.execute("SELECT id FROM outbox ORDER BY seq")]
+    assert left == [ids[i] for i in kept]
+    assert st.counter(OUTBOX_DROPPED) == 20
+    assert len(st.results(limit=100)) == 30  # only forwarding is given up

@@ -31,7 +31,7 @@ from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config, with_overrides
 from edge_agent.diskspace import LEVELS
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.storage import Storage
+from edge_agent.storage import OutboxBound, Storage
 from edge_agent.sync.commands import CommandContext, Commands
 from edge_agent.sync.mqtt import Message, MqttError, MqttLink
 from edge_agent.sync.outbox import DROPPED, REJECTED, UNSENDABLE, Outbox
@@ -79,6 +79,7 @@ class SyncAgent:
             config.data_dir,
             floor_bytes=config.storage.floor_bytes,
             reserve_bytes=config.storage.reserve_bytes,
+            outbox=OutboxBound(settings.outbox_max_rows, settings.on_full),
         )
         self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
         self.on_models_desired: Callable[[ModelsDesired], None] | None = None
