@@ -60,6 +60,12 @@ class _Section(BaseModel):
 class WorkerConfig(_Section):
     lease_s: float = Field(default=30.0, gt=0, le=3600, description="A claimed job is retried after this.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Tries before a job is marked failed.")
+    group: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Queued jobs one worker claims, runs and records together (one commit for all).",
+    )
 
 
 class BatchConfig(_Section):
@@ -123,6 +129,13 @@ class CameraConfig(_Section):
     model: str = Field(default="face", description="Model run on each frame.")
     fps: float = Field(default=2.0, gt=0, le=1000, description="Frames inferred per second at most.")
     thumbnails: bool = Field(default=False, description="Store a small JPEG with each result.")
+    commit_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Frames' results are written together this often (0: each at once); "
+        "a crash loses at most this much.",
+    )
     loop: bool = Field(default=False, description="Restart a video file at its end.")
     realtime: bool = Field(
         default=True,

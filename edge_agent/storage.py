@@ -16,19 +16,21 @@ import contextlib
 import errno
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.diskspace import DEFAULT_FLOOR_BYTES, DEFAULT_RESERVE_BYTES, DiskSpace
 from edge_agent.errors import EdgeAgentError
+from edge_agent.groupcommit import GroupCommit
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DB_NAME = "agent.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -183,7 +185,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch (48 bits), then 80 random bits (like a UUIDv7).
+    Ids made close in time sort close together, so new rows append to the same pages of every
+    index on an id instead of touching one random page each (fewer pages written per result);
+    80 random bits keep them unguessable and unique, whatever the clock says."""
+    return f"{time.time_ns() // 1_000_000 % (1 << 48):012x}{secrets.token_hex(10)}"
 
 
 def now() -> float:
@@ -220,6 +226,8 @@ class Storage:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.disk = disk or DiskSpace(self.path.parent)
         self.outbox_bound = outbox or OutboxBound()
+        self._group: GroupCommit | None = None
+        self._group_lock = threading.Lock()
         self._local = threading.local()
         self._migrate()
 
@@ -295,12 +303,29 @@ class Storage:
             return DiskFull(disk_full_message(self.disk, what))
         return StorageError(f"{context}: {exc}")
 
+    def write(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> T:
+        """``fn(conn)`` committed together with this process's concurrent writes (group commit,
+        see ``groupcommit.py``); returns once its transaction is on disk."""
+        with self._group_lock:
+            if self._group is None:
+                self._group = GroupCommit(self)
+            group = self._group
+        return group.run(fn, what)
+
     def require_room(self, what: str) -> None:
         """Refuse new work (``DiskFull``, 507) while free space is under the reserve."""
         if not self.disk.has_room(what):
             raise DiskFull(disk_full_message(self.disk, what))
 
     def close(self) -> None:
+        with self._group_lock:
+            group, self._group = self._group, None
+        if group is not None:
+            group.close()
+        self.close_connection()
+
+    def close_connection(self) -> None:
+        """Close this thread's connection only."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

@@ -13,6 +13,7 @@ linked (the link id is the job id).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from fastapi import APIRouter
@@ -163,26 +164,28 @@ async def sync_async(request: Request) -> Response:
 
     def store() -> None:
         gw.storage.require_room("queueing a sync-async job")
-        with gw.storage.transaction(what="queueing a sync-async job") as conn:
-            queue.add(
-                conn,
-                model=accurate.name,
-                version=accurate.version,
-                kind=kind,
-                payload=payload,
-                link=fast_id,
-                job_id=job_id,
-            )
-            gw.storage.record_result(
-                conn,
-                source=SOURCE_SYNC_ASYNC,
-                model=pred.model,
-                version=pred.version,
-                body=body,
-                ref=job_id,
-                result_id=fast_id,
-            )
+        gw.storage.write(record, "queueing a sync-async job")
         queue.notify()
+
+    def record(conn: sqlite3.Connection) -> None:
+        queue.add(
+            conn,
+            model=accurate.name,
+            version=accurate.version,
+            kind=kind,
+            payload=payload,
+            link=fast_id,
+            job_id=job_id,
+        )
+        gw.storage.record_result(
+            conn,
+            source=SOURCE_SYNC_ASYNC,
+            model=pred.model,
+            version=pred.version,
+            body=body,
+            ref=job_id,
+            result_id=fast_id,
+        )
 
     await asyncio.to_thread(store)
     return json_response(

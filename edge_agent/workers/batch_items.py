@@ -202,7 +202,8 @@ class BatchItems:
         rows = [(i, model, kind, payload) for i, (kind, payload) in zip(ids, items, strict=True)]
         t = now()
         self.storage.require_room("registering batch items")
-        with self.storage.transaction(what="registering batch items") as conn:
+
+        def store(conn: sqlite3.Connection) -> tuple[list[str], bool]:
             if key is not None:
                 marks = ", ".join("?" * len(ids))
                 stored = {
@@ -225,7 +226,9 @@ class BatchItems:
                 "VALUES (?, ?, ?, ?, 'pending', ?)",
                 [(*r, t) for r in rows],
             )
-        return ids, False
+            return ids, False
+
+        return self.storage.write(store, "registering batch items")
 
     def get(self, item_id: str) -> Item:
         row = self.storage.conn.execute(

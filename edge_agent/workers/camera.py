@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ THUMBNAIL_WIDTH = 160
 THUMBNAIL_QUALITY = 70
 MAX_CONSECUTIVE_ERRORS = 10
 FPS_WINDOW_S = 5.0
+MAX_PENDING = 256  # results buffered at most before they are recorded
 
 
 class CameraError(EdgeAgentError):
@@ -59,6 +61,7 @@ class CameraOptions:
     realtime: bool = True  # play a file at its own frame rate (False: every frame, no drops)
     max_frames: int | None = None
     status_interval_s: float = 1.0
+    commit_interval_s: float = 0.0  # results buffered this long and recorded in one transaction
 
     @classmethod
     def from_config(cls, config: AgentConfig, args: argparse.Namespace) -> CameraOptions:
@@ -73,7 +76,16 @@ class CameraOptions:
             raise ConfigError(problems)
         # camera.realtime is a requested config field; until it exists a file plays in real time
         realtime = bool(cam.realtime)
-        return cls(str(source), cam.model, cam.fps, cam.thumbnails, cam.loop, realtime, args.max_frames)
+        return cls(
+            str(source),
+            cam.model,
+            cam.fps,
+            cam.thumbnails,
+            cam.loop,
+            realtime,
+            args.max_frames,
+            commit_interval_s=cam.commit_interval_s,
+        )
 
 
 def thumbnail(image: Any, width: int = THUMBNAIL_WIDTH) -> dict[str, Any]:
@@ -96,6 +108,7 @@ class CameraStats:
     failed: int = 0  # frames whose inference or recording failed
     failed_in_row: int = 0
     unrecorded: int = 0  # frames inferred but not recorded: the disk was full
+    recorded: int = 0  # frames whose result is in the database
     last_result_id: str | None = None
     last_frame: int | None = None
     first_at: float | None = None  # monotonic time the first inferred frame was taken
@@ -135,6 +148,8 @@ class CameraLoop:
         self.state = "starting"
         self.started = time.time()
         self.reader = FrameReader(self.source, realtime=options.realtime, loop=options.loop)
+        self._pending: list[dict[str, Any]] = []  # results not yet recorded (commit_interval_s)
+        self._commit_due = 0.0
 
     def run(self, stop: threading.Event) -> str:
         """Loop until the source ends, ``max_frames`` or ``stop``; returns why it stopped."""
@@ -153,10 +168,12 @@ class CameraLoop:
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                if self._pending and now >= self._commit_due:
+                    self.commit()
                 if now >= next_status:
                     self.write_status()
                     next_status = now + self.options.status_interval_s
-                wait = min(next_due, next_status) - now
+                wait = min(next_due, next_status, self._commit_due if self._pending else next_due) - now
                 if wait > 0:
                     stop.wait(wait)  # the throttle: no frame is taken before next_due
                     continue
@@ -178,6 +195,7 @@ class CameraLoop:
             raise
         finally:
             self.reader.close()
+            self.commit()
             self.write_status()
         return self.state
 
@@ -195,17 +213,11 @@ class CameraLoop:
             row = postprocess(self.model.manifest, outputs, [geo])[0]
             t1 = time.monotonic()
             body = self.body(frame, row)
-            m = self.model.manifest
-            self.storage.require_room("recording a camera frame")
-            with self.storage.transaction(what="recording a camera frame") as conn:
-                rid = self.storage.record_result(
-                    conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
-                )
-        except DiskFull as exc:  # a state, not a failure: count the frame, keep the loop and status
-            st.unrecorded += 1
-            if st.unrecorded == 1 or st.unrecorded % 100 == 0:
-                logger.warning("frame %d not recorded (%d so far): %s", frame.index, st.unrecorded, exc)
-            return
+            self._pending.append(body)
+            if len(self._pending) == 1:
+                self._commit_due = t1 + self.options.commit_interval_s
+            if t1 >= self._commit_due or len(self._pending) >= MAX_PENDING:
+                self.commit()
         except EdgeAgentError as exc:
             st.failed += 1
             st.failed_in_row += 1
@@ -216,10 +228,34 @@ class CameraLoop:
         t2 = time.monotonic()
         st.failed_in_row = 0
         st.inferred += 1
-        st.last_result_id, st.last_frame, st.last_at = rid, frame.index, t0
+        st.last_frame, st.last_at = frame.index, t0
         st.recent.append(t2)
         for key, value in (("infer", t1 - t0), ("record", t2 - t1), ("age", taken - frame.captured)):
             st.ms[key] += value * 1000
+
+    def commit(self) -> None:
+        """Record the buffered results in one transaction (one fsync for all of them)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        m, st = self.model.manifest, self.stats
+        try:
+            self.storage.require_room("recording camera frames")
+
+            def record(conn: sqlite3.Connection) -> str:
+                rid = ""
+                for body in pending:
+                    rid = self.storage.record_result(
+                        conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
+                    )
+                return rid
+
+            with self.storage.transaction(what="recording camera frames") as conn:
+                st.last_result_id = record(conn)
+            st.recorded += len(pending)
+        except DiskFull as exc:  # a state, not a failure: count the frames, keep the loop and status
+            st.unrecorded += len(pending)
+            logger.warning("%d frames not recorded (%d so far): %s", len(pending), st.unrecorded, exc)
 
     def body(self, frame: Frame, row: dict[str, Any]) -> dict[str, Any]:
         h, w = frame.image.shape[:2]
@@ -258,6 +294,7 @@ class CameraLoop:
             "reconnects": rs.reconnects,
             "cycles": rs.cycles,
             "frames_failed": st.failed,
+            "frames_recorded": st.recorded,
             "frames_unrecorded_disk_full": st.unrecorded,
             "disk": self.storage.disk.to_dict(),
             "connected": self.reader.connected,

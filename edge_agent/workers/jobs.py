@@ -167,10 +167,12 @@ class JobQueue:
         job_id: str | None = None,
     ) -> str:
         self.storage.require_room("queueing a job")
-        with self.storage.transaction(what="queueing a job") as conn:
-            jid = self.add(
+        jid = self.storage.write(
+            lambda conn: self.add(
                 conn, model=model, version=version, kind=kind, payload=payload, link=link, job_id=job_id
-            )
+            ),
+            "queueing a job",
+        )
         self.notify()
         return jid
 
@@ -182,22 +184,34 @@ class JobQueue:
     # -- worker side -------------------------------------------------------------------
     def claim(self, owner: str) -> Job | None:
         """Take the oldest claimable job under a fresh lease, or None."""
-        with self.storage.transaction() as conn:
+        jobs = self.claim_many(owner, 1)
+        return jobs[0] if jobs else None
+
+    def claim_many(self, owner: str, limit: int) -> list[Job]:
+        """Take up to ``limit`` of the oldest claimable jobs, each under a fresh lease, in one
+        transaction (one commit for them all)."""
+        with self.storage.transaction(what="claiming jobs") as conn:
             t = now()
             self._expire(conn, t)
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' "
-                "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT 1",
-                (t,),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
+            ids = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' "
+                    "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT ?",
+                    (t, limit),
+                )
+            ]
+            if not ids:
+                return []
+            conn.executemany(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
                 "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
-                (owner, t + self.lease_s, t, row["id"]),
+                [(owner, t + self.lease_s, t, jid) for jid in ids],
             )
-            return Job.from_row(conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+            return [
+                Job.from_row(conn.execute("SELECT * FROM jobs WHERE id = ?", (jid,)).fetchone())
+                for jid in ids
+            ]
 
     def _expire(self, conn: sqlite3.Connection, t: float) -> None:
         """Leases that passed: back to the queue, or failed when out of attempts."""
@@ -225,25 +239,31 @@ class JobQueue:
         unchanged) still counts: nobody else holds the job, so the work is not wasted.
         The stored input is dropped once the result is kept (a failed job keeps it).
         """
-        with self.storage.transaction() as conn:
-            done = conn.execute(
-                "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
-                "error = NULL, payload = x'' "
-                "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
-                (now(), job.id, job.lease_owner),
-            ).rowcount
-            if done != 1:
-                return False  # the lease was taken over: the other claim records the result
-            self.storage.record_result(
-                conn,
-                source=job.source,
-                model=job.model,
-                version=version,
-                body=body,
-                ref=job.link,
-                result_id=job.id,
-            )
-        return True
+        return self.complete_many([(job, body, version)])[0]
+
+    def complete_many(self, done: Sequence[tuple[Job, dict[str, Any], str]]) -> list[bool]:
+        """``complete`` for several jobs in one transaction (one commit); recorded or not, each."""
+        out = []
+        with self.storage.transaction(what="recording job results") as conn:
+            for job, body, version in done:
+                n = conn.execute(
+                    "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
+                    "error = NULL, payload = x'' "
+                    "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
+                    (now(), job.id, job.lease_owner),
+                ).rowcount
+                if n == 1:  # else the lease was taken over: the other claim records the result
+                    self.storage.record_result(
+                        conn,
+                        source=job.source,
+                        model=job.model,
+                        version=version,
+                        body=body,
+                        ref=job.link,
+                        result_id=job.id,
+                    )
+                out.append(n == 1)
+        return out
 
     def fail(self, job: Job, error: str, *, retry: bool = True) -> Status | None:
         """Record a failed attempt: queued again (after a backoff) or failed for good.

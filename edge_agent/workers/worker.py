@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from types import FrameType
+from typing import Any
 
 from edge_agent.bootstrap import build_engine, open_storage
 from edge_agent.config import AgentConfig
@@ -48,61 +49,90 @@ class Worker:
         )
         self.stopping = False
         self.done = 0
+        self.group = config.worker.group  # jobs claimed, run and recorded together
         self.paused_until = 0.0  # monotonic; claims wait until then (the disk was full)
         self._pause_s = PAUSE_S
 
     def stop(self) -> None:
         self.stopping = True
 
-    # -- one job ----------------------------------------------------------------------
+    # -- jobs ---------------------------------------------------------------------------
     def run_job(self, job: Job) -> str:
         """Run one claimed job; returns its new status (or 'lost' if its lease was taken over)."""
-        t0 = time.perf_counter()
+        return self.run_jobs([job])[0]
+
+    def run_jobs(self, jobs: list[Job]) -> list[str]:
+        """Run claimed jobs one by one, then record every answer in one transaction (group
+        commit: one fsync, shared pages); a failed job is recorded as it fails. Returns each
+        job's new status ('lost' if its lease was taken over, 'paused' if the disk was full)."""
+        status: dict[str, str] = {}
+        answers: list[tuple[Job, dict[str, Any], str, float]] = []
+        for job in jobs:
+            t0 = time.perf_counter()
+            try:
+                tensors, images = unpack(job.payload_kind, job.payload)
+                pred = self.engine.predict(job.model, tensors, images=images, version=job.version)
+            except InvalidInput as exc:  # the same input fails every time: no retry
+                status[job.id] = self._fail(job, exc.message, retry=False)
+                continue
+            except EdgeAgentError as exc:  # model missing, corrupt, runtime failure: may pass later
+                status[job.id] = self._fail(job, exc.message, retry=True)
+                continue
+            except Exception as exc:  # a bug: record it on the job, keep serving the queue
+                logger.exception("job %s (%s): unexpected error", job.id, job.model)
+                status[job.id] = self._fail(job, f"internal error: {type(exc).__name__}: {exc}", retry=True)
+                continue
+            body = {
+                "model": pred.model,
+                "version": pred.version,
+                "results": pred.results,
+                "timings_ms": pred.timings_ms,
+            }
+            answers.append((job, body, pred.version, t0))
+        status.update(self._record(answers))
+        return [status[job.id] for job in jobs]
+
+    def _record(self, answers: list[tuple[Job, dict[str, Any], str, float]]) -> dict[str, str]:
+        if not answers:
+            return {}
         try:
-            tensors, images = unpack(job.payload_kind, job.payload)
-            pred = self.engine.predict(job.model, tensors, images=images, version=job.version)
-        except InvalidInput as exc:  # the same input fails every time: no retry
-            return self._fail(job, exc.message, retry=False)
-        except EdgeAgentError as exc:  # model missing, corrupt, runtime failure: may pass later
-            return self._fail(job, exc.message, retry=True)
-        except Exception as exc:  # a bug: record it on the job, keep serving the queue
-            logger.exception("job %s (%s): unexpected error", job.id, job.model)
-            return self._fail(job, f"internal error: {type(exc).__name__}: {exc}", retry=True)
-        body = {
-            "model": pred.model,
-            "version": pred.version,
-            "results": pred.results,
-            "timings_ms": pred.timings_ms,
-        }
-        try:
-            recorded = self.queue.complete(job, body, pred.version)
-        except DiskFull as exc:  # a state, not a crash: give the job back and pause
-            self.pause(exc, job)
-            return "paused"
+            recorded = self.queue.complete_many([(job, body, version) for job, body, version, _ in answers])
+        except DiskFull as exc:  # a state, not a crash: give the jobs back and pause
+            self.pause(exc, *(a[0] for a in answers))
+            return {a[0].id: "paused" for a in answers}
         except StorageError:
             raise  # the database is unusable: exit, the supervisor restarts, the lease retries
         except Exception as exc:  # an answer the result store cannot hold is a bug: keep it visible
+            if len(answers) > 1:  # find which one, recording the others
+                out: dict[str, str] = {}
+                for a in answers:
+                    out.update(self._record([a]))
+                return out
+            job = answers[0][0]
             logger.exception("job %s (%s): cannot record the result", job.id, job.model)
-            return self._fail(
-                job, f"internal error recording the result: {type(exc).__name__}: {exc}", retry=False
+            error = f"internal error recording the result: {type(exc).__name__}: {exc}"
+            return {job.id: self._fail(job, error, retry=False)}
+        out = {}
+        for (job, _, version, t0), ok in zip(answers, recorded, strict=True):
+            if not ok:
+                logger.warning("job %s: lease lost before completion; result not recorded", job.id)
+                out[job.id] = "lost"
+                continue
+            logger.info(
+                "job %s done: %s/%s, attempt %d, %.1f ms",
+                job.id,
+                job.model,
+                version,
+                job.attempts,
+                (time.perf_counter() - t0) * 1000,
             )
-        if not recorded:
-            logger.warning("job %s: lease lost before completion; result not recorded", job.id)
-            return "lost"
-        logger.info(
-            "job %s done: %s/%s, attempt %d, %.1f ms",
-            job.id,
-            pred.model,
-            pred.version,
-            job.attempts,
-            (time.perf_counter() - t0) * 1000,
-        )
-        self.done += 1
-        return "done"
+            self.done += 1
+            out[job.id] = "done"
+        return out
 
-    def pause(self, exc: DiskFull, job: Job | None = None) -> None:
+    def pause(self, exc: DiskFull, *jobs: Job) -> None:
         """The disk is full: stop claiming for a while (doubling up to ``MAX_PAUSE_S``)."""
-        if job is not None:
+        for job in jobs:
             self.queue.give_back(job)
         self.paused_until = time.monotonic() + self._pause_s
         logger.warning("worker %s paused for %.0f s: %s", self.id, self._pause_s, exc.message)
@@ -125,15 +155,15 @@ class Worker:
         n = 0
         while not self.stopping and time.monotonic() >= self.paused_until:
             try:
-                job = self.queue.claim(self.id)
+                jobs = self.queue.claim_many(self.id, self.group)
             except DiskFull as exc:
                 self.pause(exc)
                 break
-            if job is None:
+            if not jobs:
                 break
-            if self.run_job(job) == "done":
+            if "done" in self.run_jobs(jobs):
                 self._pause_s = PAUSE_S
-            n += 1
+            n += len(jobs)
         return n
 
     def serve(self, wake_fd: int | None = None) -> None:
