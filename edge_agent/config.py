@@ -66,6 +66,12 @@ class WorkerConfig(_Section):
         le=256,
         description="Queued jobs one worker claims, runs and records together (one commit for all).",
     )
+    group_window_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="After a wake-up, wait this long for more jobs to group (adds to their latency).",
+    )
 
 
 class BatchConfig(_Section):

@@ -52,10 +52,13 @@ class GroupCommit:
 
     def run(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> T:
         """``fn(conn)`` inside a shared transaction; its result once that transaction committed."""
+        return self.submit(fn, what).result()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> Future[T]:
         fut: Future[T] = Future()
         self._ensure_thread()
         self._queue.put((fn, fut, what))
-        return fut.result()
+        return fut
 
     def close(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,12 @@ T = TypeVar("T")
 
 DB_NAME = "agent.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
+# SD-card wear (docs/operations.md): a commit writes every page it changed whole to the WAL. A
+# result changes a few bytes on each of ~10 pages (table and index leaves), so 1 KiB pages write
+# a quarter of what SQLite's default 4 KiB pages write for the same rows. Set when the file is
+# created; an existing file keeps its page size.
+PAGE_SIZE = 1024
+WAL_AUTOCHECKPOINT_PAGES = 4096  # 4 MiB of WAL between checkpoints, as SQLite's default with 4 KiB
 
 # Each migration moves the schema from version i to i + 1. Append only.
 MIGRATIONS: tuple[str, ...] = (
@@ -253,8 +260,10 @@ class Storage:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {self.path}: {exc}") from None
             conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only when the file is created
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -306,11 +315,16 @@ class Storage:
     def write(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> T:
         """``fn(conn)`` committed together with this process's concurrent writes (group commit,
         see ``groupcommit.py``); returns once its transaction is on disk."""
+        return self.submit(fn, what).result()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> Future[T]:
+        """``write`` without blocking: the future is done once the transaction is on disk (an
+        event loop awaits it with ``asyncio.wrap_future``, holding no thread meanwhile)."""
         with self._group_lock:
             if self._group is None:
                 self._group = GroupCommit(self)
             group = self._group
-        return group.run(fn, what)
+        return group.submit(fn, what)
 
     def require_room(self, what: str) -> None:
         """Refuse new work (``DiskFull``, 507) while free space is under the reserve."""

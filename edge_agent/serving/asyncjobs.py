@@ -115,14 +115,21 @@ async def submit(name: str, request: Request, version: str | None = None) -> Res
     manifest = _manifest(gw, name, version)
     kind, payload = await _payload(gw, request, manifest)
     queue = _queue(request)
-    job_id = await asyncio.to_thread(
-        queue.enqueue,
-        model=manifest.name,
-        version=manifest.version,
-        kind=kind,
-        payload=payload,
-        job_id=idempotent_id(key) if key else None,
+    gw.storage.require_room("queueing a job")
+    job_id = await asyncio.wrap_future(
+        gw.storage.submit(
+            lambda conn: queue.add(
+                conn,
+                model=manifest.name,
+                version=manifest.version,
+                kind=kind,
+                payload=payload,
+                job_id=idempotent_id(key) if key else None,
+            ),
+            "queueing a job",
+        )
     )
+    queue.notify()
     status = queue.get(job_id).status if key else "queued"  # a replayed key shows the job as it is now
     return json_response(
         {"job_id": job_id, "status": status, "links": {"self": f"/jobs/{job_id}"}}, status=202
@@ -162,11 +169,6 @@ async def sync_async(request: Request) -> Response:
     queue = _queue(request)
     job_id, fast_id = new_id(), new_id()
 
-    def store() -> None:
-        gw.storage.require_room("queueing a sync-async job")
-        gw.storage.write(record, "queueing a sync-async job")
-        queue.notify()
-
     def record(conn: sqlite3.Connection) -> None:
         queue.add(
             conn,
@@ -187,7 +189,9 @@ async def sync_async(request: Request) -> Response:
             result_id=fast_id,
         )
 
-    await asyncio.to_thread(store)
+    gw.storage.require_room("queueing a sync-async job")
+    await asyncio.wrap_future(gw.storage.submit(record, "queueing a sync-async job"))
+    queue.notify()
     return json_response(
         {
             "link": job_id,

@@ -190,7 +190,17 @@ class JobQueue:
     def claim_many(self, owner: str, limit: int) -> list[Job]:
         """Take up to ``limit`` of the oldest claimable jobs, each under a fresh lease, in one
         transaction (one commit for them all)."""
-        with self.storage.transaction(what="claiming jobs") as conn:
+        return self.exchange(owner, (), limit)[1]
+
+    def exchange(
+        self, owner: str, done: Sequence[tuple[Job, dict[str, Any], str]], limit: int
+    ) -> tuple[list[bool], list[Job]]:
+        """Record finished jobs (see ``complete``) and claim up to ``limit`` more, in one
+        transaction: a busy worker commits once per group of jobs, not twice per job."""
+        with self.storage.transaction(what="recording job results") as conn:
+            recorded = [self._complete(conn, job, body, version) for job, body, version in done]
+            if limit <= 0:
+                return recorded, []
             t = now()
             self._expire(conn, t)
             ids = [
@@ -201,17 +211,13 @@ class JobQueue:
                     (t, limit),
                 )
             ]
-            if not ids:
-                return []
             conn.executemany(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
                 "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
                 [(owner, t + self.lease_s, t, jid) for jid in ids],
             )
-            return [
-                Job.from_row(conn.execute("SELECT * FROM jobs WHERE id = ?", (jid,)).fetchone())
-                for jid in ids
-            ]
+            select = "SELECT * FROM jobs WHERE id = ?"
+            return recorded, [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
 
     def _expire(self, conn: sqlite3.Connection, t: float) -> None:
         """Leases that passed: back to the queue, or failed when out of attempts."""
@@ -243,27 +249,27 @@ class JobQueue:
 
     def complete_many(self, done: Sequence[tuple[Job, dict[str, Any], str]]) -> list[bool]:
         """``complete`` for several jobs in one transaction (one commit); recorded or not, each."""
-        out = []
-        with self.storage.transaction(what="recording job results") as conn:
-            for job, body, version in done:
-                n = conn.execute(
-                    "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
-                    "error = NULL, payload = x'' "
-                    "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
-                    (now(), job.id, job.lease_owner),
-                ).rowcount
-                if n == 1:  # else the lease was taken over: the other claim records the result
-                    self.storage.record_result(
-                        conn,
-                        source=job.source,
-                        model=job.model,
-                        version=version,
-                        body=body,
-                        ref=job.link,
-                        result_id=job.id,
-                    )
-                out.append(n == 1)
-        return out
+        return self.exchange("", done, 0)[0]
+
+    def _complete(self, conn: sqlite3.Connection, job: Job, body: dict[str, Any], version: str) -> bool:
+        n = conn.execute(
+            "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
+            "error = NULL, payload = x'' "
+            "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
+            (now(), job.id, job.lease_owner),
+        ).rowcount
+        if n != 1:  # the lease was taken over: the other claim records the result
+            return False
+        self.storage.record_result(
+            conn,
+            source=job.source,
+            model=job.model,
+            version=version,
+            body=body,
+            ref=job.link,
+            result_id=job.id,
+        )
+        return True
 
     def fail(self, job: Job, error: str, *, retry: bool = True) -> Status | None:
         """Record a failed attempt: queued again (after a backoff) or failed for good.

@@ -30,6 +30,7 @@ from edge_agent.workers.doorbell import Doorbell
 from edge_agent.workers.jobs import Job, JobQueue, unpack
 
 logger = logging.getLogger(__name__)
+_Answer = tuple[Job, dict[str, Any], str, float]  # a job, its result body, the version, start time
 
 DEADLINE_MARGIN_S = 0.005  # wake just after a deadline, so the lease has surely passed
 PAUSE_S = 0.5  # first pause after the disk was full; doubles up to MAX_PAUSE_S while it stays full
@@ -50,6 +51,7 @@ class Worker:
         self.stopping = False
         self.done = 0
         self.group = config.worker.group  # jobs claimed, run and recorded together
+        self.group_window_s = config.worker.group_window_s
         self.paused_until = 0.0  # monotonic; claims wait until then (the disk was full)
         self._pause_s = PAUSE_S
 
@@ -62,11 +64,16 @@ class Worker:
         return self.run_jobs([job])[0]
 
     def run_jobs(self, jobs: list[Job]) -> list[str]:
-        """Run claimed jobs one by one, then record every answer in one transaction (group
-        commit: one fsync, shared pages); a failed job is recorded as it fails. Returns each
-        job's new status ('lost' if its lease was taken over, 'paused' if the disk was full)."""
+        """Run claimed jobs, then record every answer in one transaction; each job's new status
+        ('lost' if its lease was taken over, 'paused' if the disk was full)."""
+        answers, status = self._predict_all(jobs)
+        status.update(self._record(answers)[0])
+        return [status[job.id] for job in jobs]
+
+    def _predict_all(self, jobs: list[Job]) -> tuple[list[_Answer], dict[str, str]]:
+        """Each job's answer; a job that fails is recorded as failed (or retried) at once."""
         status: dict[str, str] = {}
-        answers: list[tuple[Job, dict[str, Any], str, float]] = []
+        answers: list[_Answer] = []
         for job in jobs:
             t0 = time.perf_counter()
             try:
@@ -89,29 +96,33 @@ class Worker:
                 "timings_ms": pred.timings_ms,
             }
             answers.append((job, body, pred.version, t0))
-        status.update(self._record(answers))
-        return [status[job.id] for job in jobs]
+        return answers, status
 
-    def _record(self, answers: list[tuple[Job, dict[str, Any], str, float]]) -> dict[str, str]:
-        if not answers:
-            return {}
+    def _record(self, answers: list[_Answer], claim: int = 0) -> tuple[dict[str, str], list[Job]]:
+        """Record ``answers`` and claim up to ``claim`` more jobs, in one transaction."""
+        if not answers and claim <= 0:
+            return {}, []
         try:
-            recorded = self.queue.complete_many([(job, body, version) for job, body, version, _ in answers])
+            recorded, claimed = self.queue.exchange(
+                self.id, [(job, body, version) for job, body, version, _ in answers], claim
+            )
         except DiskFull as exc:  # a state, not a crash: give the jobs back and pause
             self.pause(exc, *(a[0] for a in answers))
-            return {a[0].id: "paused" for a in answers}
+            return {a[0].id: "paused" for a in answers}, []
         except StorageError:
             raise  # the database is unusable: exit, the supervisor restarts, the lease retries
         except Exception as exc:  # an answer the result store cannot hold is a bug: keep it visible
             if len(answers) > 1:  # find which one, recording the others
                 out: dict[str, str] = {}
                 for a in answers:
-                    out.update(self._record([a]))
-                return out
+                    out.update(self._record([a])[0])
+                return out, []
+            if not answers:
+                raise
             job = answers[0][0]
             logger.exception("job %s (%s): cannot record the result", job.id, job.model)
             error = f"internal error recording the result: {type(exc).__name__}: {exc}"
-            return {job.id: self._fail(job, error, retry=False)}
+            return {job.id: self._fail(job, error, retry=False)}, []
         out = {}
         for (job, _, version, t0), ok in zip(answers, recorded, strict=True):
             if not ok:
@@ -128,7 +139,7 @@ class Worker:
             )
             self.done += 1
             out[job.id] = "done"
-        return out
+        return out, claimed
 
     def pause(self, exc: DiskFull, *jobs: Job) -> None:
         """The disk is full: stop claiming for a while (doubling up to ``MAX_PAUSE_S``)."""
@@ -153,17 +164,20 @@ class Worker:
     def drain(self) -> int:
         """Run claimable jobs until none is left (or a stop was asked); returns how many ran."""
         n = 0
-        while not self.stopping and time.monotonic() >= self.paused_until:
-            try:
-                jobs = self.queue.claim_many(self.id, self.group)
-            except DiskFull as exc:
-                self.pause(exc)
-                break
-            if not jobs:
-                break
-            if "done" in self.run_jobs(jobs):
-                self._pause_s = PAUSE_S
+        if self.stopping or time.monotonic() < self.paused_until:
+            return 0
+        try:
+            jobs = self.queue.claim_many(self.id, self.group)
+        except DiskFull as exc:
+            self.pause(exc)
+            return 0
+        while jobs:  # each turn records a group and claims the next in the same commit
+            answers, _ = self._predict_all(jobs)
             n += len(jobs)
+            more = not self.stopping and time.monotonic() >= self.paused_until
+            status, jobs = self._record(answers, self.group if more else 0)
+            if "done" in status.values():
+                self._pause_s = PAUSE_S
         return n
 
     def serve(self, wake_fd: int | None = None) -> None:
@@ -181,9 +195,11 @@ class Worker:
                 if self.paused_until > time.monotonic():  # disk full: look again after the pause
                     pause = self.paused_until - time.monotonic()
                     timeout = pause if timeout is None else min(timeout, pause)
-                bell.wait(timeout, also)
+                rung = bell.wait(timeout, also)
                 if wake_fd is not None:
                     _drain_fd(wake_fd)
+                if rung and self.group > 1 and self.group_window_s > 0 and not self.stopping:
+                    time.sleep(self.group_window_s)  # let a burst queue up: one commit records it
 
     def close(self) -> None:
         if self._own_engine:
