@@ -61,7 +61,7 @@ class WorkerConfig(_Section):
     lease_s: float = Field(default=30.0, gt=0, le=3600, description="A claimed job is retried after this.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Tries before a job is marked failed.")
     group: int = Field(
-        default=8,
+        default=16,
         ge=1,
         le=256,
         description="Queued jobs one worker claims, runs and records together (one commit for all).",

@@ -203,6 +203,32 @@ def now() -> float:
     return time.time()
 
 
+# Outbox rows with what their envelope is made of: ``body`` is the envelope itself for rows
+# written before results were stored once (non-empty), else empty and the result's columns hold it.
+OUTBOX_ROWS = (
+    "SELECT o.seq, o.id, o.body, r.source, r.ref, r.model, r.version, r.created, r.body AS result "
+    "FROM outbox o LEFT JOIN results r ON r.id = o.id"
+)
+
+
+def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
+    """The result envelope an ``OUTBOX_ROWS`` row stands for; None if its result is gone."""
+    _, rid, body, source, ref, model, version, created, result = tuple(row)
+    if body:
+        return dict(json.loads(body))
+    if source is None:
+        return None
+    return {
+        "id": rid,
+        "source": source,
+        "ref": ref,
+        "model": model,
+        "version": version,
+        "created": created,
+        "body": json.loads(result),
+    }
+
+
 OUTBOX_DROPPED = "outbox_dropped"  # counters: outbox entries given up by the on-full policy
 
 
@@ -384,21 +410,11 @@ class Storage:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rid, source, ref, model, version, created, text),
         )
-        envelope = json.dumps(
-            {
-                "id": rid,
-                "source": source,
-                "ref": ref,
-                "model": model,
-                "version": version,
-                "created": created,
-                "body": body,
-            },
-            separators=(",", ":"),
-        )
+        # the outbox row names the result; its envelope is built from ``results`` when sent
+        # (``OUTBOX_ROWS``), so the body is written once, not twice
         conn.execute(
-            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', ?, ?)",
-            (rid, envelope, created),
+            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', '', ?)",
+            (rid, created),
         )
         self.bound_outbox(conn)
         return rid

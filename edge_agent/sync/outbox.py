@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from edge_agent.storage import OUTBOX_DROPPED, OutboxBound, Storage
+from edge_agent.storage import OUTBOX_DROPPED, OUTBOX_ROWS, OutboxBound, Storage, envelope
 from edge_agent.sync.protocol import ProtocolError, ResultRecord, Results, encode
 from edge_agent.sync.settings import SyncConfig
 
@@ -123,18 +123,25 @@ class Outbox:
         This process is the outbox's only sender, so reading before the write transaction is safe."""
         now = self._clock()
         found = self.storage.conn.execute(
-            "SELECT seq, id, body FROM outbox WHERE kind = 'result' "
-            "AND (last_sent IS NULL OR last_sent <= ? OR last_sent > ?) ORDER BY seq LIMIT ?",
+            f"{OUTBOX_ROWS} WHERE o.kind = 'result' "
+            "AND (o.last_sent IS NULL OR o.last_sent <= ? OR o.last_sent > ?) ORDER BY o.seq LIMIT ?",
             (now - self.settings.ack_timeout_s, now + CLOCK_SKEW_S, limit),
         ).fetchall()
         if not found:
             return []
         rows, bad = [], []
-        for seq, rid, body in found:
+        for row in found:
+            seq, rid = row[0], row[1]
             try:
-                rows.append(_Row(seq, rid, ResultRecord.model_validate_json(body)))
+                doc = envelope(row)
+                if doc is None:
+                    bad.append((seq, rid, "its result is no longer on the device"))
+                    continue
+                rows.append(_Row(seq, rid, ResultRecord.model_validate(doc)))
             except ValidationError as exc:
                 bad.append((seq, rid, f"corrupt envelope: {exc.errors()[0]['msg']}"))
+            except ValueError as exc:  # not JSON
+                bad.append((seq, rid, f"corrupt envelope: {exc}"))
         with self.storage.transaction() as conn:
             conn.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE seq = ?",

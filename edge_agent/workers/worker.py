@@ -175,6 +175,8 @@ class Worker:
             answers, _ = self._predict_all(jobs)
             n += len(jobs)
             more = not self.stopping and time.monotonic() >= self.paused_until
+            if more and len(jobs) < self.group and self.group_window_s > 0:
+                time.sleep(self.group_window_s)  # a trickle: let more queue up for this commit
             status, jobs = self._record(answers, self.group if more else 0)
             if "done" in status.values():
                 self._pause_s = PAUSE_S
