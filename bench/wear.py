@@ -1,15 +1,17 @@
 """SD-card wear: bytes written to the block layer per result, old code and new side by side.
 
-``python bench/wear.py [--n 300] [--idle-s 60] [--baseline REV]``
+``python bench/wear.py [--n 600] [--idle-s 600] [--baseline REV]``
 
 For each pattern that writes, a fresh ``edge-agent up`` (real processes, a fresh data
 directory on the real disk, not a tmpfs) gets ``--n`` operations; the figure is the growth of
 ``write_bytes`` in ``/proc/<pid>/io`` summed over the supervisor and every role process, from
-just before the first request until every result is recorded (plus one second), divided by
-the results recorded. ``write_bytes`` counts page-cache pages a process dirtied for a file on
-a block device (4 KiB each, counted again if the page was cleaned in between), which is what
-an SD card ends up writing (before its own write amplification). Idle: the roles started and
-left alone for ``--idle-s`` seconds after a warm-up, scaled to an hour.
+just before the first request until every result is recorded (plus one second), plus what
+the checkpoint of the frames still in the WAL then writes (run by the benchmark, so both
+sides pay for every page they left to copy), divided by the results recorded.
+``write_bytes`` counts page-cache pages a process dirtied for a file on a block device (4 KiB
+each, counted again if the page was cleaned in between), which is what an SD card ends up
+writing (before its own write amplification). Idle: the roles started and left alone for
+``--idle-s`` seconds after a warm-up, scaled to an hour.
 
 The old path is the code of ``--baseline`` (default: the commit before this work),
 exported with ``git archive`` into a temporary directory and run from there with the same
@@ -30,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -237,7 +240,8 @@ def measure(side: Side, work: Path, name: str, args: argparse.Namespace, video: 
         before = a.written()
         results = fn(a, args.n, args.concurrency)
         time.sleep(1.0)
-        return (a.written() - before) / max(results, 1)
+        roles = a.written() - before
+        return (roles + checkpoint(data)) / max(results, 1)
     finally:
         a.stop()
 
@@ -254,6 +258,22 @@ def idle(side: Side, work: Path, args: argparse.Namespace) -> float:
         a.stop()
 
 
+def checkpoint(data: Path) -> int:
+    """Bytes the checkpoint of what is still in the WAL writes (this process's write_bytes):
+    pages not yet copied to the database file are a cost of these results, whichever side ran."""
+
+    def own() -> int:
+        line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("write_bytes:"))
+        return int(line.split()[1])
+
+    before = own()
+    with sqlite3.connect(data / "agent.sqlite3") as conn:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if busy:
+        print(f"  warning: checkpoint of {data} was blocked by a reader", file=sys.stderr)
+    return own() - before
+
+
 def export(rev: str, dest: Path) -> Path:
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
@@ -263,10 +283,10 @@ def export(rev: str, dest: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=300, help="operations per pattern (default 300)")
+    p.add_argument("--n", type=int, default=600, help="operations per pattern (default 600)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent HTTP clients (default 8)")
     p.add_argument("--camera-fps", type=float, default=10.0, help="camera frames per second (default 10)")
-    p.add_argument("--idle-s", type=float, default=60.0, help="idle measurement window (default 60 s)")
+    p.add_argument("--idle-s", type=float, default=600.0, help="idle measurement window (default 600 s)")
     p.add_argument("--baseline", default=BASELINE, help=f"git revision of the old path (default {BASELINE})")
     p.add_argument("--patterns", default=",".join(PATTERNS), help="comma-separated subset")
     args = p.parse_args(argv)
