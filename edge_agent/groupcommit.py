@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_WINDOW_S = 0.002
+DEFAULT_WINDOW_S = 0.005
 DEFAULT_MAX_GROUP = 64
 
 _Item = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]", str]
