@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_agent.clock import boot_id, boot_seconds, clock_trust_cached
 from edge_agent.diskspace import DEFAULT_FLOOR_BYTES, DEFAULT_RESERVE_BYTES, DiskSpace
 from edge_agent.errors import EdgeAgentError
 from edge_agent.groupcommit import GroupCommit
@@ -150,6 +151,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS sync_commands_by_received ON sync_commands (received);
     """,
+    # 3: results recorded while the wall clock was not trusted (clock.py): marked, with the
+    # boot they were recorded in and seconds since that boot, so their time can be corrected
+    """
+    ALTER TABLE results ADD COLUMN clock TEXT;
+    ALTER TABLE results ADD COLUMN boot TEXT;
+    ALTER TABLE results ADD COLUMN boot_s REAL;
+    CREATE INDEX results_unsynced ON results (clock) WHERE clock = 'unsynced';
+    """,
 )
 
 
@@ -206,19 +215,19 @@ def now() -> float:
 # Outbox rows with what their envelope is made of: ``body`` is the envelope itself for rows
 # written before results were stored once (non-empty), else empty and the result's columns hold it.
 OUTBOX_ROWS = (
-    "SELECT o.seq, o.id, o.body, r.source, r.ref, r.model, r.version, r.created, r.body AS result "
-    "FROM outbox o LEFT JOIN results r ON r.id = o.id"
+    "SELECT o.seq, o.id, o.body, r.source, r.ref, r.model, r.version, r.created, r.body AS result, "
+    "r.rowid AS result_seq, r.clock FROM outbox o LEFT JOIN results r ON r.id = o.id"
 )
 
 
 def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
     """The result envelope an ``OUTBOX_ROWS`` row stands for; None if its result is gone."""
-    _, rid, body, source, ref, model, version, created, result = tuple(row)
+    _, rid, body, source, ref, model, version, created, result, seq, clock = tuple(row)
     if body:
         return dict(json.loads(body))
     if source is None:
         return None
-    return {
+    doc = {
         "id": rid,
         "source": source,
         "ref": ref,
@@ -226,7 +235,11 @@ def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
         "version": version,
         "created": created,
         "body": json.loads(result),
+        "seq": seq,
     }
+    if clock is not None:
+        doc["clock"] = clock
+    return doc
 
 
 OUTBOX_DROPPED = "outbox_dropped"  # counters: outbox entries given up by the on-full policy
@@ -403,13 +416,21 @@ class Storage:
     ) -> str:
         """Insert a result and its outbox entry; call inside ``transaction()``."""
         rid = result_id or new_id()
+        trust = clock_trust_cached()
         created = now()
         text = json.dumps(body, separators=(",", ":"))
-        conn.execute(
-            "INSERT INTO results (id, source, ref, model, version, created, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (rid, source, ref, model, version, created, text),
-        )
+        if trust.trusted:
+            conn.execute(
+                "INSERT INTO results (id, source, ref, model, version, created, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rid, source, ref, model, version, created, text),
+            )
+        else:  # marked, with what it takes to correct the time once the clock is trusted
+            conn.execute(
+                "INSERT INTO results (id, source, ref, model, version, created, body, clock, boot, boot_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'unsynced', ?, ?)",
+                (rid, source, ref, model, version, created, text, boot_id(), boot_seconds()),
+            )
         # the outbox row names the result; its envelope is built from ``results`` when sent
         # (``OUTBOX_ROWS``), so the body is written once, not twice
         conn.execute(

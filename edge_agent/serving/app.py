@@ -21,6 +21,7 @@ from edge_agent import __version__
 from edge_agent.bootstrap import build_engine, open_storage
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import EdgeAgentError
+from edge_agent.retention import DAY_S, Pruner
 from edge_agent.runtime.engine import Engine
 from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
 from edge_agent.serving.codec import json_response
@@ -52,9 +53,13 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     metrics.watch_disk(storage.disk)
     gw = Gateway(config, engine, InferenceService(engine, config, metrics, storage), metrics, storage)
 
+    retention_days = config.storage.retention_days
+    pruner = Pruner(open_storage(config), None if retention_days is None else retention_days * DAY_S)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw.service.start()
+        pruner.start()
         if config.preload:
             results = await asyncio.get_running_loop().run_in_executor(gw.service.executor, engine.load_all)
             for name, err in results.items():
@@ -65,6 +70,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
         logger.info("gateway ready: %d model versions loaded", len(engine.loaded()))
         yield
         gw.ready = False
+        pruner.stop()
         gw.service.close()
 
     app = FastAPI(

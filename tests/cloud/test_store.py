@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew
-from cloud_sync.store import ResultQuery, Store, result_label
+from cloud_sync.store import MIGRATIONS, ResultQuery, Store, result_label
 from edge_agent.sync import protocol
 from tests.cloud import result_record, results_msg, status_msg
 
@@ -27,13 +27,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_schema_is_created_once_and_reopening_is_harmless(tmp_path: Path) -> None:
     path = tmp_path / "cloud.sqlite3"
     first = Store(path)
-    assert first.schema_version == 1
+    assert first.schema_version == len(MIGRATIONS)
     tables = set(first.db.table_names())
     assert {"devices", "status_history", "telemetry", "results", "commands", "command_replies"} <= tables
     assert {"models", "model_versions", "deployments", "deployment_devices"} <= tables
     first.close()
     again = Store(path)
-    assert again.schema_version == 1
+    assert again.schema_version == len(MIGRATIONS)
     again.close()
 
 
@@ -62,7 +62,7 @@ def test_concurrent_opens_migrate_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert Store(path).schema_version == 1
+    assert Store(path).schema_version == len(MIGRATIONS)
 
 
 def test_a_redelivered_batch_is_stored_once(store: Store) -> None:
@@ -203,3 +203,25 @@ def test_models_deployments_and_reported_state(store: Store) -> None:
     assert [(d["device"], d["state"]) for d in deployment["device_states"]] == [("dev1", "active")]
     with pytest.raises(NotFound):
         store.deployment("nope")
+
+
+def test_implausible_and_unsynced_device_times_are_flagged_not_stored_as_1970(store: Store) -> None:
+    now = time.time()
+    good = result_record(created=now - 5).model_copy(update={"seq": 7})
+    y1970 = result_record(created=86_400.0)  # a Pi that booted without a clock, and says nothing
+    ahead = result_record(created=now + 10 * 86_400)
+    unsynced = result_record(created=now - 60).model_copy(update={"clock": "unsynced", "seq": 8})
+    fixed = result_record(created=now - 30).model_copy(update={"clock": "corrected", "seq": 9})
+    ids, refused = store.record_results(results_msg("dev1", [good, y1970, ahead, unsynced, fixed]), now, "i")
+    assert len(ids) == 5 and refused == []
+    rows = {
+        r[0]: tuple(r)
+        for r in store.db.execute(
+            "SELECT id, created, time_flag, device_created, seq FROM results"
+        ).fetchall()
+    }
+    assert rows[good.id] == (good.id, good.created, None, None, 7)
+    assert rows[y1970.id] == (y1970.id, now, "implausible", 86_400.0, None)
+    assert rows[ahead.id] == (ahead.id, now, "implausible", ahead.created, None)
+    assert rows[unsynced.id] == (unsynced.id, now, "unsynced", unsynced.created, 8)
+    assert rows[fixed.id] == (fixed.id, fixed.created, "corrected", None, 9)
