@@ -99,3 +99,31 @@ def test_the_outbox_bound_holds_where_rows_are_written(tmp_path: Path, policy: s
     assert left == [ids[i] for i in kept]
     assert st.counter(OUTBOX_DROPPED) == 20
     assert len(st.results(limit=100)) == 30  # only forwarding is given up
+
+
+def test_group_commit_shares_transactions_and_a_failing_write_fails_alone(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_agent.errors import InvalidInput
+
+    st = Storage.in_dir(tmp_path)
+
+    def write(i: int) -> str:
+        def fn(conn: sqlite3.Connection) -> str:
+            rid = st.record_result(conn, source="t", model="m", version="1", body={"i": i})
+            if i == 7:
+                raise InvalidInput("the seventh is bad")
+            return rid
+
+        return st.write(fn, f"write {i}")
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(write, i) for i in range(64)]
+    with pytest.raises(InvalidInput, match="seventh"):
+        futures[7].result()
+    ids = {f.result() for i, f in enumerate(futures) if i != 7}
+    stored = {r.id for r in st.results(limit=100)}
+    assert stored == ids and len(ids) == 63  # the bad one was undone alone
+    group = st._group
+    assert group is not None and group.writes == 64 and group.groups < 64  # some were shared
+    st.close()
