@@ -105,3 +105,10 @@ class InferenceError(EdgeAgentError):
 
     status = 500
     code = "inference_failed"
+
+
+class NoSpace(EdgeAgentError):
+    """The data directory's filesystem has no room for a write (HTTP 507): a state, not a bug."""
+
+    status = 507
+    code = "disk_full"

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from edge_agent.clock import boot_id, boot_seconds, clock_trust_cached
 from edge_agent.diskspace import DEFAULT_FLOOR_BYTES, DEFAULT_RESERVE_BYTES, DiskSpace
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, NoSpace
 from edge_agent.groupcommit import GroupCommit
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class NotFound(EdgeAgentError):
     code = "not_found"
 
 
-class DiskFull(StorageError):
+class DiskFull(StorageError, NoSpace):
     """The data directory's filesystem has no room for this write (HTTP 507)."""
 
     status = 507

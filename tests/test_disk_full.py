@@ -177,6 +177,11 @@ def test_sqlite_full_is_507_never_500_and_work_resumes(tmp_path: Path, disk: Pat
         r = httpx.post(f"{url}/batch/items", json={"model": "iris", "items": [{"data": big[0]}]})
         assert r.status_code == 507 and r.json()["code"] == "disk_full", r.text
         assert "KiB free" in r.json()["error"]
+        fill(disk, ballast, 0)  # not a block left: a model activation cannot write its pointer
+        act = httpx.post(f"{url}/v1/models/iris/versions/1/activate")
+        assert act.status_code in (200, 507), act.text  # 200 if nothing had to change; never 500
+        gone = httpx.delete(f"{url}/cache/prediction")
+        assert gone.status_code in (200, 507), gone.text
 
         ballast.unlink()  # space is back: the same processes carry on
         r = wait_for(
