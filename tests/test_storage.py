@@ -127,3 +127,29 @@ def test_group_commit_shares_transactions_and_a_failing_write_fails_alone(tmp_pa
     group = st._group
     assert group is not None and group.writes == 64 and group.groups < 64  # some were shared
     st.close()
+
+
+def test_the_outbox_drains_while_new_work_is_refused(tmp_path: Path) -> None:
+    """Under the reserve, new work is refused (507) but acknowledged rows can still be deleted:
+    the reserve is what keeps the sync role draining (at 0 bytes free even a delete needs WAL
+    space SQLite cannot get, which is why the reserve exists)."""
+    from edge_agent.diskspace import DiskSpace
+    from edge_agent.storage import DiskFull
+    from edge_agent.sync.outbox import Outbox
+    from edge_agent.sync.settings import SyncConfig
+    from tests.device import fill, small_filesystem
+
+    with small_filesystem(tmp_path / "disk", 16) as disk:
+        st = Storage(disk / "agent.sqlite3", DiskSpace(disk, floor_bytes=4 << 20, reserve_bytes=2 << 20))
+        with st.transaction() as conn:
+            ids = [
+                st.record_result(conn, source="t", model="m", version="1", body={"i": i}) for i in range(500)
+            ]
+        fill(disk, disk / "ballast", 1 << 20)
+        assert st.disk.state(fresh=True).level == "refusing"
+        with pytest.raises(DiskFull, match="retry later"):
+            st.require_room("queueing a job")
+        outbox = Outbox(st, "dev", lambda payload: None, SyncConfig())
+        assert outbox.acknowledge(ids[:400]) == 400
+        assert st.outbox_depth() == 100
+        st.close()
