@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: old {old / 1024:.1f} KiB, new {new / 1024:.1f} KiB", file=sys.stderr)
         if args.idle_s > 0:
             old, new = (idle(s, work, args) for s in sides)
-            rows.append(("idle", "MiB/hour", old / 2**20, new / 2**20))
+            rows.append(("idle", "KiB/hour", old / 1024, new / 1024))
         print(
             f"\nbytes written per result (write_bytes of every role), n={args.n}, {args.concurrency} clients"
         )
@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, unit, o, n in rows:
             ratio = o / n if n > 0 else float("inf")
             print(f"{name:<24}{unit:<12}{o:>10.1f}{n:>10.1f}{ratio:>8.1f}x")
-        print(f"target: <= {TARGET_KB:.0f} KiB per small result, idle <= {IDLE_TARGET_MB_H:.0f} MiB/hour")
+        idle_target = IDLE_TARGET_MB_H * 1024
+        print(f"target: <= {TARGET_KB:.0f} KiB per small result, idle <= {idle_target:.0f} KiB/hour")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
