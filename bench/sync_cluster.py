@@ -17,7 +17,7 @@ from typing import Any
 
 # -- the cloud database, read by this script -----------------------------------------------------------
 from bench.sync_procs import LABELS, BenchError, Child, clean_env, machine_ticks, proc_times, start_broker
-from edge_agent.storage import Storage
+from edge_agent.storage import OUTBOX_ROWS, Storage, envelope
 from edge_agent.sync.protocol import ResultRecord, Results, encode
 
 
@@ -127,8 +127,8 @@ class Device:
 
 def encode_batches(storage: Storage, device: str, size: int) -> list[bytes]:
     """The outbox's rows as ``Results`` messages of ``size`` results, encoded as the outbox does."""
-    rows = storage.conn.execute("SELECT body FROM outbox WHERE kind = 'result' ORDER BY seq").fetchall()
-    records = [ResultRecord.model_validate_json(r[0]) for r in rows]
+    rows = storage.conn.execute(f"{OUTBOX_ROWS} WHERE o.kind = 'result' ORDER BY o.seq").fetchall()
+    records = [ResultRecord.model_validate(envelope(r)) for r in rows]
     return [
         encode(Results(device=device, batch=uuid.uuid4().hex, results=records[i : i + size]))
         for i in range(0, len(records), size)

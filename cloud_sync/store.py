@@ -66,6 +66,9 @@ _RESULT_COLUMNS = (
     "received",
     "ingest",
     "body",
+    "time_flag",
+    "device_created",
+    "seq",
 )
 _INSERT_RESULT = (
     f"INSERT OR IGNORE INTO results ({', '.join(_RESULT_COLUMNS)}) "
@@ -210,8 +213,31 @@ def _v3(db: Database) -> None:
     db.table("revoked_sessions").create({"nonce": str, "expires": float}, pk="nonce", not_null=["expires"])
 
 
+
+def _v4(db: Database) -> None:
+    """Device clocks: a Pi without a real-time clock may stamp results with 1970 (or any time)
+    until NTP answers. ``time_flag`` says how far ``created`` can be believed, ``device_created``
+    keeps what the device said when it was not stored as ``created``, ``seq`` is the device's
+    result sequence (their order, whatever the clock)."""
+    db.execute("ALTER TABLE results ADD COLUMN time_flag TEXT")
+    db.execute("ALTER TABLE results ADD COLUMN device_created REAL")
+    db.execute("ALTER TABLE results ADD COLUMN seq INTEGER")
+
+
 # Each migration moves the schema from version i to i + 1. Append only.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3, _v4)
+
+# A device time before this (2020-01-01) or more than a day after the result was received is
+# implausible: stored as received, flagged, the device's own time kept beside it.
+PLAUSIBLE_AFTER = 1_577_836_800.0
+PLAUSIBLE_AHEAD_S = 86_400.0
+
+
+def result_time(created: float, received: float, clock: str | None) -> tuple[float, str | None, float | None]:
+    """(created to store, time_flag, device_created) for a result's device time."""
+    if clock == "unsynced" or not PLAUSIBLE_AFTER <= created <= received + PLAUSIBLE_AHEAD_S:
+        return received, clock or "implausible", created
+    return created, clock, None
 
 
 # -- pages -------------------------------------------------------------------------------
@@ -430,6 +456,9 @@ class Store:
         refused: list[str] = []
         for r in msg.results:
             try:
+                created, flag, device_created = result_time(
+                    _finite(r.created, f"result {r.id} created"), received, r.clock
+                )
                 rows.append(
                     {
                         "id": r.id,
@@ -440,10 +469,13 @@ class Store:
                         "model": r.model,
                         "version": r.version,
                         "label": result_label(r.body),
-                        "created": _finite(r.created, f"result {r.id} created"),
+                        "created": created,
                         "received": received,
                         "ingest": ingest,
                         "body": _dumps(r.body, f"result {r.id} body"),
+                        "time_flag": flag,
+                        "device_created": device_created,
+                        "seq": r.seq,
                     }
                 )
             except Rejected:

@@ -124,13 +124,13 @@ class AllInOne:
     def _add_batch(self) -> None:
         import os
 
-        from edge_agent.storage import Storage
+        from edge_agent.bootstrap import open_storage
         from edge_agent.workers.batch import BatchRunner, RunnerOptions, serve
         from edge_agent.workers.schedule import batch_doorbell, schedule_from_config
 
         schedule = schedule_from_config(self.config.batch)
         runner = BatchRunner(
-            self.engine, Storage.in_dir(self.config.data_dir), RunnerOptions.from_config(self.config.batch)
+            self.engine, open_storage(self.config), RunnerOptions.from_config(self.config.batch)
         )
         r, w = socket.socketpair()
         w.setblocking(False)
@@ -153,12 +153,12 @@ class AllInOne:
     def _add_camera(self) -> None:
         import argparse
 
-        from edge_agent.storage import Storage
+        from edge_agent.bootstrap import open_storage
         from edge_agent.workers.camera import STATUS_FILE, CameraLoop, CameraOptions
 
         options = CameraOptions.from_config(self.config, argparse.Namespace(source=None, max_frames=None))
         camera = CameraLoop(
-            self.engine, Storage.in_dir(self.config.data_dir), options, self.config.data_dir / STATUS_FILE
+            self.engine, open_storage(self.config), options, self.config.data_dir / STATUS_FILE
         )
         self.threads.append(
             threading.Thread(target=camera.run, args=(self.stop,), name="camera", daemon=True)

@@ -59,6 +59,18 @@ class _Section(BaseModel):
 class WorkerConfig(_Section):
     lease_s: float = Field(default=30.0, gt=0, le=3600, description="A claimed job is retried after this.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Tries before a job is marked failed.")
+    group: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Queued jobs one worker claims, runs and records together (one commit for all).",
+    )
+    group_window_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="After a wake-up, wait this long for more jobs to group (adds to their latency).",
+    )
 
 
 class BatchConfig(_Section):
@@ -134,6 +146,13 @@ class CameraConfig(_Section):
     model: str = Field(default="face", description="Model run on each frame.")
     fps: float = Field(default=2.0, gt=0, le=1000, description="Frames inferred per second at most.")
     thumbnails: bool = Field(default=False, description="Store a small JPEG with each result.")
+    commit_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Frames' results are written together this often (0: each at once); "
+        "a crash loses at most this much.",
+    )
     loop: bool = Field(default=False, description="Restart a video file at its end.")
     realtime: bool = Field(
         default=True,
@@ -151,6 +170,33 @@ class CameraConfig(_Section):
         default=False,
         description="Detection models: record a frame only when a box is left after the label/score filters.",
     )
+
+
+class StorageConfig(_Section):
+    """The device's SQLite file and the disk it lives on (see docs/operations.md)."""
+
+    free_floor_mb: float = Field(
+        default=64.0, ge=0, description="Free space under which caches and thumbnails stop being written."
+    )
+    free_reserve_mb: float = Field(
+        default=16.0,
+        ge=0,
+        description="Below this much free space new work is refused (HTTP 507, camera stops recording).",
+    )
+    retention_days: float | None = Field(
+        default=7.0,
+        gt=0,
+        description="Delivered results, finished jobs and batch items older than this are deleted "
+        "(none: kept for ever). Undelivered results are never pruned.",
+    )
+
+    @property
+    def floor_bytes(self) -> int:
+        return int(self.free_floor_mb * 1024 * 1024)
+
+    @property
+    def reserve_bytes(self) -> int:
+        return int(self.free_reserve_mb * 1024 * 1024)
 
 
 class UpConfig(_Section):
@@ -209,6 +255,7 @@ class AgentConfig(BaseModel):
     services: ServicesConfig = Field(default_factory=ServicesConfig, description="prep-pred, microservice.")
     camera: CameraConfig = Field(default_factory=CameraConfig, description="Edge-AI camera role.")
     up: UpConfig = Field(default_factory=UpConfig, description="`edge-agent up` supervisor.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="SQLite file and its disk.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="MQTT fleet link (sync role).")
 
     @model_validator(mode="after")
@@ -230,6 +277,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "services": ServicesConfig,
     "camera": CameraConfig,
     "up": UpConfig,
+    "storage": StorageConfig,
     "sync": SyncConfig,
 }
 ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields if name not in SECTIONS}

@@ -131,3 +131,10 @@ class QualityGateFailed(EdgeAgentError):
 
     status = 422
     code = "quality_gate_failed"
+
+
+class NoSpace(EdgeAgentError):
+    """The data directory's filesystem has no room for a write (HTTP 507): a state, not a bug."""
+
+    status = 507
+    code = "disk_full"

@@ -56,17 +56,29 @@ class UserVersion:
         self.conn.execute(f"PRAGMA user_version={int(version)}")
 
 
-def connect(path: Path | str, *, busy_timeout_s: float, check_same_thread: bool = True) -> sqlite3.Connection:
+def connect(
+    path: Path | str,
+    *,
+    busy_timeout_s: float,
+    check_same_thread: bool = True,
+    page_size: int | None = None,
+    wal_autocheckpoint: int | None = None,
+) -> sqlite3.Connection:
     """A connection set up as both ends want it (see the module docstring); ``sqlite3.Error``
-    if the file cannot be opened or set up."""
+    if the file cannot be opened or set up. ``page_size`` takes effect only when the file is
+    created (it must come before WAL); ``wal_autocheckpoint`` is in pages."""
     conn = sqlite3.connect(
         path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=check_same_thread
     )
     try:
+        if page_size is not None:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
+        if wal_autocheckpoint is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
     except sqlite3.Error:
         conn.close()
         raise

@@ -13,21 +13,36 @@ result the device has is a result the fleet link will deliver.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
+import secrets
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.clock import boot_id, boot_seconds, clock_trust_cached
+from edge_agent.diskspace import DEFAULT_FLOOR_BYTES, DEFAULT_RESERVE_BYTES, DiskSpace
+from edge_agent.errors import EdgeAgentError, NoSpace
+from edge_agent.groupcommit import GroupCommit
 from edge_agent.sqlitefile import SchemaTooNewError, UserVersion, connect, migrate, sql_script
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DB_NAME = "agent.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
+# SD-card wear (docs/operations.md): a commit writes every page it changed whole to the WAL. A
+# result changes a few bytes on each of ~10 pages (table and index leaves), so 1 KiB pages write
+# a quarter of what SQLite's default 4 KiB pages write for the same rows. Set when the file is
+# created; an existing file keeps its page size.
+PAGE_SIZE = 1024
+WAL_AUTOCHECKPOINT_PAGES = 4096  # 4 MiB of WAL between checkpoints, as SQLite's default with 4 KiB
 
 # Each migration moves the schema from version i to i + 1. Append only.
 MIGRATIONS: tuple[str, ...] = (
@@ -137,6 +152,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS sync_commands_by_received ON sync_commands (received);
     """,
+    # 3: results recorded while the wall clock was not trusted (clock.py): marked, with the
+    # boot they were recorded in and seconds since that boot, so their time can be corrected
+    """
+    ALTER TABLE results ADD COLUMN clock TEXT;
+    ALTER TABLE results ADD COLUMN boot TEXT;
+    ALTER TABLE results ADD COLUMN boot_s REAL;
+    CREATE INDEX results_unsynced ON results (clock) WHERE clock = 'unsynced';
+    """,
 )
 
 
@@ -150,12 +173,85 @@ class NotFound(EdgeAgentError):
     code = "not_found"
 
 
+class DiskFull(StorageError, NoSpace):
+    """The data directory's filesystem has no room for this write (HTTP 507)."""
+
+    status = 507
+    code = "disk_full"
+
+
+_FULL_CODES = frozenset({13})  # SQLITE_FULL
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_message(disk: DiskSpace, what: str) -> str:
+    st = disk.state(fresh=True)
+    return (
+        f"{what}: the device's disk is full ({st.free_bytes // 1024} KiB free on {disk.directory}, "
+        f"{st.reserve_bytes // 1024} KiB kept for results already accepted). Work already accepted is "
+        "kept and finishes; retry later, after the fleet link has delivered results or after freeing "
+        "space (shorter retention, or remove other files on that filesystem)"
+    )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF in _FULL_CODES) or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch (48 bits), then 80 random bits (like a UUIDv7).
+    Ids made close in time sort close together, so new rows append to the same pages of every
+    index on an id instead of touching one random page each (fewer pages written per result);
+    80 random bits keep them unguessable and unique, whatever the clock says."""
+    return f"{time.time_ns() // 1_000_000 % (1 << 48):012x}{secrets.token_hex(10)}"
 
 
 def now() -> float:
     return time.time()
+
+
+# Outbox rows with what their envelope is made of: ``body`` is the envelope itself for rows
+# written before results were stored once (non-empty), else empty and the result's columns hold it.
+OUTBOX_ROWS = (
+    "SELECT o.seq, o.id, o.body, r.source, r.ref, r.model, r.version, r.created, r.body AS result, "
+    "r.rowid AS result_seq, r.clock FROM outbox o LEFT JOIN results r ON r.id = o.id"
+)
+
+
+def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
+    """The result envelope an ``OUTBOX_ROWS`` row stands for; None if its result is gone."""
+    _, rid, body, source, ref, model, version, created, result, seq, clock = tuple(row)
+    if body:
+        return dict(json.loads(body))
+    if source is None:
+        return None
+    doc = {
+        "id": rid,
+        "source": source,
+        "ref": ref,
+        "model": model,
+        "version": version,
+        "created": created,
+        "body": json.loads(result),
+        "seq": seq,
+    }
+    if clock is not None:
+        doc["clock"] = clock
+    return doc
+
+
+OUTBOX_DROPPED = "outbox_dropped"  # counters: outbox entries given up by the on-full policy
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBound:
+    """The outbox's bound, held where rows are written (``record_result``), whatever role runs."""
+
+    max_rows: int = 100_000
+    on_full: str = "drop_oldest"  # or "refuse_new": the entry just recorded is not forwarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +268,27 @@ class Result:
 class Storage:
     """One connection per thread to the device database (sqlite3 objects are not shareable)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, disk: DiskSpace | None = None, outbox: OutboxBound | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.disk = disk or DiskSpace(self.path.parent)
+        self.outbox_bound = outbox or OutboxBound()
+        self._group: GroupCommit | None = None
+        self._group_lock = threading.Lock()
         self._local = threading.local()
         self._migrate()
 
     @classmethod
-    def in_dir(cls, data_dir: Path) -> Storage:
-        return cls(Path(data_dir) / DB_NAME)
+    def in_dir(
+        cls,
+        data_dir: Path,
+        *,
+        floor_bytes: int = DEFAULT_FLOOR_BYTES,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        outbox: OutboxBound | None = None,
+    ) -> Storage:
+        disk = DiskSpace(Path(data_dir), floor_bytes=floor_bytes, reserve_bytes=reserve_bytes)
+        return cls(Path(data_dir) / DB_NAME, disk, outbox)
 
     # -- connections ---------------------------------------------------------------
     @property
@@ -188,7 +296,12 @@ class Storage:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = connect(self.path, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)
+                conn = connect(
+                    self.path,
+                    busy_timeout_s=BUSY_TIMEOUT_MS / 1000,
+                    page_size=PAGE_SIZE,
+                    wal_autocheckpoint=WAL_AUTOCHECKPOINT_PAGES,
+                )
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {self.path}: {exc}") from None
             conn.row_factory = sqlite3.Row
@@ -196,26 +309,76 @@ class Storage:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` takes the write lock up front: no lost-update races."""
+    def transaction(self, immediate: bool = True, *, what: str = "write") -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` takes the write lock up front: no lost-update races.
+
+        The first error is the one raised: SQLite ends some failed transactions itself (SQLITE_FULL,
+        SQLITE_IOERR), so the rollback runs only if one is still open, and a rollback that fails is
+        logged, never raised over it. SQLite errors leave as ``StorageError`` (``DiskFull``, 507,
+        when the disk is full); ``what`` names the write in that message."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         except sqlite3.Error as exc:
-            raise StorageError(f"database busy or unavailable: {exc}") from None
+            raise self.translate(exc, what, "database busy or unavailable") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise self.translate(exc, what, "write failed") from exc
             raise
         else:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StorageError(f"commit failed: {exc}") from None
+                self._rollback(conn)
+                raise self.translate(exc, what, "commit failed") from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # never hides the error that got us here
+            logger.warning("rollback after a failed transaction also failed: %s", exc)
+
+    def translate(self, exc: BaseException, what: str, context: str = "storage error") -> StorageError:
+        """A library error as this package's: ``DiskFull`` (507) for a full disk, else ``StorageError``."""
+        if is_disk_full(exc):
+            self.disk.note_full(what)
+            return DiskFull(disk_full_message(self.disk, what))
+        return StorageError(f"{context}: {exc}")
+
+    def write(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> T:
+        """``fn(conn)`` committed together with this process's concurrent writes (group commit,
+        see ``groupcommit.py``); returns once its transaction is on disk."""
+        return self.submit(fn, what).result()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> Future[T]:
+        """``write`` without blocking: the future is done once the transaction is on disk (an
+        event loop awaits it with ``asyncio.wrap_future``, holding no thread meanwhile)."""
+        with self._group_lock:
+            if self._group is None:
+                self._group = GroupCommit(self)
+            group = self._group
+        return group.submit(fn, what)
+
+    def require_room(self, what: str) -> None:
+        """Refuse new work (``DiskFull``, 507) while free space is under the reserve."""
+        if not self.disk.has_room(what):
+            raise DiskFull(disk_full_message(self.disk, what))
 
     def close(self) -> None:
+        with self._group_lock:
+            group, self._group = self._group, None
+        if group is not None:
+            group.close()
+        self.close_connection()
+
+    def close_connection(self) -> None:
+        """Close this thread's connection only."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -249,30 +412,55 @@ class Storage:
     ) -> str:
         """Insert a result and its outbox entry; call inside ``transaction()``."""
         rid = result_id or new_id()
+        trust = clock_trust_cached()
         created = now()
         text = json.dumps(body, separators=(",", ":"))
+        if trust.trusted:
+            conn.execute(
+                "INSERT INTO results (id, source, ref, model, version, created, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rid, source, ref, model, version, created, text),
+            )
+        else:  # marked, with what it takes to correct the time once the clock is trusted
+            conn.execute(
+                "INSERT INTO results (id, source, ref, model, version, created, body, clock, boot, boot_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'unsynced', ?, ?)",
+                (rid, source, ref, model, version, created, text, boot_id(), boot_seconds()),
+            )
+        # the outbox row names the result; its envelope is built from ``results`` when sent
+        # (``OUTBOX_ROWS``), so the body is written once, not twice
         conn.execute(
-            "INSERT INTO results (id, source, ref, model, version, created, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (rid, source, ref, model, version, created, text),
+            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', '', ?)",
+            (rid, created),
         )
-        envelope = json.dumps(
-            {
-                "id": rid,
-                "source": source,
-                "ref": ref,
-                "model": model,
-                "version": version,
-                "created": created,
-                "body": body,
-            },
-            separators=(",", ":"),
-        )
-        conn.execute(
-            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', ?, ?)",
-            (rid, envelope, created),
-        )
+        self.bound_outbox(conn)
         return rid
+
+    def bound_outbox(self, conn: sqlite3.Connection, bound: OutboxBound | None = None) -> int:
+        """Trim the outbox to its bound by the on-full policy, inside the caller's transaction;
+        the number dropped (counted in ``outbox_dropped``). The results themselves stay."""
+        bound = bound or self.outbox_bound
+        lo, hi = conn.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
+        if lo is None or hi - lo + 1 <= bound.max_rows:  # the seq span bounds the count: the usual case
+            return 0
+        excess = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) - bound.max_rows
+        if excess <= 0:
+            return 0
+        newest = bound.on_full == "refuse_new"
+        conn.execute(
+            f"DELETE FROM outbox WHERE seq IN "
+            f"(SELECT seq FROM outbox ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?)",
+            (excess,),
+        )
+        self.bump(conn, OUTBOX_DROPPED, excess)
+        logger.warning(
+            "outbox over %d entries: dropped the %d %s (on_full=%s)",
+            bound.max_rows,
+            excess,
+            "newest" if newest else "oldest",
+            bound.on_full,
+        )
+        return excess
 
     def result(self, result_id: str) -> Result:
         row = self.conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()

@@ -94,7 +94,10 @@ class Supervisor:
             "updated": time.time(),
             "roles": [c.status() for c in self.children],
         }
-        atomic_write(self.status_path, json.dumps(doc, indent=1).encode())
+        try:
+            atomic_write(self.status_path, json.dumps(doc, indent=1).encode())
+        except OSError as exc:  # a full disk must not stop the supervisor: the roles matter more
+            logger.warning("cannot write %s: %s", self.status_path, exc)
 
     def stop(self, *_: object) -> None:
         self._stopping = True

@@ -14,7 +14,7 @@ is bounded by bytes (``data_max_bytes``) with least-recently-used eviction; the
 byte total lives in the ``counters`` table, updated in the same transaction as
 the rows, so every process sharing the file (gateway, camera) keeps one bound.
 A hit writes nothing at once: ``last_used`` is batched in memory and written
-with the next store, or every ``touch_flush_s`` seconds.
+with the next store (or at ``flush``/``close``): reads never write.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from edge_agent.errors import EdgeAgentError, ImageDecodeError, InvalidInput
 from edge_agent.runtime.imageio import DEFAULT_MAX_PIXELS, sniff
 from edge_agent.runtime.package import ImagePreprocess, Manifest
 from edge_agent.runtime.preprocess import Geometry, preprocess
-from edge_agent.storage import NotFound, Storage, StorageError
+from edge_agent.storage import DiskFull, NotFound, Storage, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ def decode_tensor(blob: bytes) -> tuple[np.ndarray, Geometry]:
     return flat.reshape(shape, order="F" if fortran else "C"), geometry
 
 
+MAX_TOUCHES = 4096  # hit times held for the next write; beyond, the LRU order is approximate
+
+
 def _spec(manifest: Manifest) -> ImagePreprocess:
     if manifest.preprocessing is None:
         raise InvalidInput(f"{manifest.name} takes tensors, not images (it has no image preprocessing)")
@@ -118,7 +121,6 @@ class DataCache:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.time,
-        touch_flush_s: float = 5.0,
         background: Executor | None = None,
     ) -> None:
         """``background``: where batched last-use writes run (default: the thread of the hit)."""
@@ -128,7 +130,6 @@ class DataCache:
         self.max_pixels = max_pixels
         self._event = on_event if on_event is not None else _ignore
         self._clock = clock
-        self._touch_flush_s = touch_flush_s
         self._lock = threading.Lock()
         self._touched: dict[tuple[str, str], float] = {}
         self._last_touch_flush = clock()
@@ -142,6 +143,8 @@ class DataCache:
                     (BYTES, size),
                 )
                 self._evict(conn)
+        except DiskFull as exc:  # a full disk must not keep the gateway from starting
+            logger.warning("data cache: size not recounted at start: %s", exc.message)
         except sqlite3.Error as exc:
             raise _translate(exc) from None
 
@@ -158,15 +161,16 @@ class DataCache:
                 height=info.height,
             )
         item_id = hashlib.sha256(data).hexdigest()
-        try:
-            with self.storage.transaction() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO data_items (id, content_type, data, size, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (item_id, f"image/{info.format}", data, len(data), self._clock()),
-                )
-        except sqlite3.Error as exc:
-            raise _translate(exc) from None
+        self.storage.require_room("registering a data item")
+        row = (item_id, f"image/{info.format}", data, len(data), self._clock())
+        self.storage.write(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO data_items (id, content_type, data, size, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                row,
+            ),
+            "registering a data item",
+        )
         return item_id
 
     def require(self, item_id: str) -> None:
@@ -277,7 +281,7 @@ class DataCache:
 
     # -- internals ---------------------------------------------------------------------
     def _store(self, key: tuple[str, str], blob: bytes) -> None:
-        if len(blob) > self.max_bytes:
+        if len(blob) > self.max_bytes or not self.storage.disk.allow_optional("data_cache"):
             return
         try:
             with self.storage.transaction() as conn:
@@ -323,21 +327,11 @@ class DataCache:
             self.storage.bump(conn, BYTES, -freed)
 
     def _touch(self, key: tuple[str, str]) -> None:
-        now = self._clock()
+        """Remember a hit's time; written with the next stored tensor (or at ``flush``/``close``):
+        a stream of hits alone writes nothing (no write on the read path)."""
         with self._lock:
-            self._touched[key] = now
-            due = len(self._touched) >= 256 or now - self._last_touch_flush >= self._touch_flush_s
-            due = due and not self._flush_queued
-            self._flush_queued = self._flush_queued or due
-        if not due:
-            return
-        try:
-            if self._background is not None:
-                self._background.submit(self.flush)
-                return
-        except RuntimeError:  # the executor is shut down
-            pass
-        self.flush()
+            if len(self._touched) < MAX_TOUCHES:
+                self._touched[key] = self._clock()
 
     def _take_touches(self) -> dict[tuple[str, str], float]:
         with self._lock:

@@ -13,9 +13,10 @@ in-process LRU in front. Bounds (entries and bytes), TTL and least-recently-used
 eviction apply to the table; its totals are kept in the ``counters`` table in
 the same transactions, so every process sharing the file sees one bound.
 Writes are write-behind on one background thread: an answer is in memory at
-once and on disk soon after (``flush()`` waits). A hit writes nothing: its
-``last_used`` is kept in memory and written with the next write, or every
-``touch_flush_s`` seconds.
+once and on disk soon after (``flush()`` waits); the answers put within
+``STORE_WINDOW_S`` are stored in one transaction. A hit writes nothing: its
+``last_used`` is kept in memory and written with the next stored answer (or at
+``flush``/``close``), so a read path never writes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ BYTES = "cache.prediction.bytes"
 MAGIC = b"EPC1"
 MEMORY_MAX_BYTES = 16 * 1024 * 1024
 EVICT_CHUNK = 64
+STORE_WINDOW_S = 0.05  # answers put within this are stored in one transaction
+MAX_TOUCHES = 4096  # hit times held for the next write; beyond, the LRU order is approximate
 
 EventSink = Callable[[str, int], None]
 
@@ -158,7 +161,6 @@ class PredictionCache:
         memory_max_bytes: int | None = None,
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.time,
-        touch_flush_s: float = 5.0,
     ) -> None:
         self.storage = storage
         self.max_entries = max_entries
@@ -169,13 +171,14 @@ class PredictionCache:
         )
         self._event = on_event if on_event is not None else _ignore
         self._clock = clock
-        self._touch_flush_s = touch_flush_s
         self._lock = threading.Lock()
         self._memory: OrderedDict[str, _Held] = OrderedDict()
         self._memory_bytes = 0
         self._touched: dict[str, float] = {}
         self._last_touch_flush = clock()
         self._flush_queued = False
+        self._pending: list[tuple[str, str, str, bytes, float, float]] = []
+        self._store_queued = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prediction-cache")
         self._closed = False
         self._writer.submit(self._job, self._reconcile).result()
@@ -233,7 +236,12 @@ class PredictionCache:
         expires = now + self.ttl_s
         with self._lock:
             self._hold(key, _Held(model, version, blob, expires))
-        self._submit(self._store, key, model, version, blob, now, expires)
+        if self.storage.disk.allow_optional("prediction_cache"):  # short of space: memory tier only
+            with self._lock:
+                self._pending.append((key, model, version, blob, now, expires))
+                queued, self._store_queued = self._store_queued, True
+            if not queued:
+                self._submit(self._store_pending)
         return True
 
     def purge(self, model: str | None = None, keep_version: str | None = None) -> None:
@@ -246,6 +254,7 @@ class PredictionCache:
     def flush(self) -> None:
         """Wait until every write so far (last-use times included) is on disk."""
         if not self._closed:
+            self._writer.submit(self._job, self._store_pending).result()
             self._writer.submit(self._job, self._flush_touches).result()
 
     def stats(self) -> CacheStats:
@@ -278,11 +287,10 @@ class PredictionCache:
             self._memory_bytes -= len(held.blob)
 
     def _touch(self, key: str, now: float) -> None:
-        self._touched[key] = now
-        due = len(self._touched) >= 256 or now - self._last_touch_flush >= self._touch_flush_s
-        if due and not self._flush_queued:
-            self._flush_queued = True
-            self._submit(self._flush_touches)
+        """Remember a hit's time; written with the next stored answer (or at ``flush``), so a
+        stream of hits alone writes nothing: no write on the read path."""
+        if len(self._touched) < MAX_TOUCHES:
+            self._touched[key] = now
 
     # -- disk (writer thread) ------------------------------------------------------------
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
@@ -310,18 +318,33 @@ class PredictionCache:
             evicted = self._evict(conn)
         self._forget_evicted(evicted)
 
-    def _store(self, key: str, model: str, version: str, blob: bytes, now: float, expires: float) -> None:
-        with self.storage.transaction() as conn:
+    def _store_pending(self) -> None:
+        """Store every answer put since the last store in one transaction (group commit: the
+        pages they share are written once). Waits up to ``STORE_WINDOW_S`` for more first: the
+        cache is not on the durability path, no request waits for this."""
+        time.sleep(STORE_WINDOW_S)
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._store_queued = False
+        if not pending:
+            return
+        entries = size = 0
+        with self.storage.transaction(what="filling the prediction cache") as conn:
             self._write_touches(conn, self._take_touches())
-            old = conn.execute("SELECT length(value) FROM prediction_cache WHERE key = ?", (key,)).fetchone()
-            conn.execute(
-                "INSERT OR REPLACE INTO prediction_cache "
-                "(key, model, version, value, size, created, expires, last_used) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, model, version, blob, len(blob), now, expires, now),
-            )
-            self.storage.bump(conn, ENTRIES, 0 if old else 1)
-            self.storage.bump(conn, BYTES, len(blob) - (old[0] if old else 0))
+            for key, model, version, blob, now, expires in pending:
+                old = conn.execute(
+                    "SELECT length(value) FROM prediction_cache WHERE key = ?", (key,)
+                ).fetchone()
+                conn.execute(
+                    "INSERT OR REPLACE INTO prediction_cache "
+                    "(key, model, version, value, size, created, expires, last_used) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, model, version, blob, len(blob), now, expires, now),
+                )
+                entries += 0 if old else 1
+                size += len(blob) - (old[0] if old else 0)
+            self.storage.bump(conn, ENTRIES, entries)
+            self.storage.bump(conn, BYTES, size)
             evicted = self._evict(conn)
         self._forget_evicted(evicted)
 

@@ -12,6 +12,7 @@ active. Earlier versions stay on disk for rollback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import ModelNotFound, PackageError, SelfTestFailed, VersionNotFound
+from edge_agent.errors import ModelNotFound, NoSpace, PackageError, SelfTestFailed, VersionNotFound
 from edge_agent.runtime.backends import BackendOptions, LoadedModel, get_backend
 from edge_agent.runtime.package import (
     MANIFEST_NAME,
@@ -223,7 +224,15 @@ class ModelStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self._read_state()
             yield state
-            atomic_write(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode())
+            try:
+                atomic_write(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode())
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise NoSpace(
+                    f"cannot write {self.state_path}: the disk is full; nothing changed. "
+                    "Free space on that filesystem, then retry"
+                ) from exc
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from edge_agent import __version__
-from edge_agent.bootstrap import build_engine
+from edge_agent.bootstrap import build_engine, open_storage
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import EdgeAgentError
+from edge_agent.retention import DAY_S, Pruner
 from edge_agent.runtime.engine import Engine
 from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
 from edge_agent.serving.codec import json_response
@@ -30,7 +31,6 @@ from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.middleware import PUBLIC_PATHS, BearerAuth, BodyLimit, CountRequests
 from edge_agent.serving.openapi import allowed_methods, finish_schema
 from edge_agent.serving.service import InferenceService
-from edge_agent.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,17 @@ ROUTERS = (
 def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(config)
     metrics = Metrics()
-    storage = Storage.in_dir(config.data_dir)
+    storage = open_storage(config)
+    metrics.watch_disk(storage.disk)
     gw = Gateway(config, engine, InferenceService(engine, config, metrics, storage), metrics, storage)
+
+    retention_days = config.storage.retention_days
+    pruner = Pruner(open_storage(config), None if retention_days is None else retention_days * DAY_S)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw.service.start()
+        pruner.start()
         if config.preload:
             results = await asyncio.get_running_loop().run_in_executor(gw.service.executor, engine.load_all)
             for name, err in results.items():
@@ -66,6 +71,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
         logger.info("gateway ready: %d model versions loaded", len(engine.loaded()))
         yield
         gw.ready = False
+        pruner.stop()
         gw.service.close()
 
     app = FastAPI(
@@ -111,7 +117,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(EdgeAgentError)
     async def agent_error(request: Request, exc: EdgeAgentError) -> Response:
         failure(request, exc.code)
-        status = exc.status if exc.status < 500 or exc.status in (503, 504) else 500
+        status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
         if status == 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         return json_response(exc.to_dict(), status=status)

@@ -13,6 +13,7 @@ linked (the link id is the job id).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from fastapi import APIRouter
@@ -116,14 +117,21 @@ async def submit(name: str, request: Request, version: str | None = None) -> Res
     manifest = _manifest(gw, name, version)
     kind, payload = await _payload(gw, request, manifest)
     queue = _queue(request)
-    job_id = await asyncio.to_thread(
-        queue.enqueue,
-        model=manifest.name,
-        version=manifest.version,
-        kind=kind,
-        payload=payload,
-        job_id=idempotent_id(key) if key else None,
+    gw.storage.require_room("queueing a job")
+    job_id = await asyncio.wrap_future(
+        gw.storage.submit(
+            lambda conn: queue.add(
+                conn,
+                model=manifest.name,
+                version=manifest.version,
+                kind=kind,
+                payload=payload,
+                job_id=idempotent_id(key) if key else None,
+            ),
+            "queueing a job",
+        )
     )
+    queue.notify()
     status = queue.get(job_id).status if key else "queued"  # a replayed key shows the job as it is now
     return json_response(
         {"job_id": job_id, "status": status, "links": {"self": f"/jobs/{job_id}"}}, status=202
@@ -166,29 +174,29 @@ async def sync_async(request: Request) -> Response:
     queue = _queue(request)
     job_id, fast_id = new_id(), new_id()
 
-    def store() -> None:
-        with gw.storage.transaction() as conn:
-            queue.add(
-                conn,
-                model=accurate.name,
-                version=accurate.version,
-                kind=kind,
-                payload=payload,
-                link=fast_id,
-                job_id=job_id,
-            )
-            gw.storage.record_result(
-                conn,
-                source=SOURCE_SYNC_ASYNC,
-                model=pred.model,
-                version=pred.version,
-                body=body,
-                ref=job_id,
-                result_id=fast_id,
-            )
-        queue.notify()
+    def record(conn: sqlite3.Connection) -> None:
+        queue.add(
+            conn,
+            model=accurate.name,
+            version=accurate.version,
+            kind=kind,
+            payload=payload,
+            link=fast_id,
+            job_id=job_id,
+        )
+        gw.storage.record_result(
+            conn,
+            source=SOURCE_SYNC_ASYNC,
+            model=pred.model,
+            version=pred.version,
+            body=body,
+            ref=job_id,
+            result_id=fast_id,
+        )
 
-    await asyncio.to_thread(store)
+    gw.storage.require_room("queueing a sync-async job")
+    await asyncio.wrap_future(gw.storage.submit(record, "queueing a sync-async job"))
+    queue.notify()
     return json_response(
         {
             "link": job_id,

@@ -66,7 +66,7 @@ class FastPath:
                 response = await v2.infer_fast(request, name)
         except EdgeAgentError as exc:
             gw.metrics.failures.labels(name, route.path, exc.code).inc()
-            status = exc.status if exc.status < 500 or exc.status in (503, 504) else 500
+            status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
             if status == 500:
                 logger.error("POST %s failed: %s", path, exc.message)
             response = json_response(exc.to_dict(), status=status)

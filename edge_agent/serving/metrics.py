@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -13,6 +14,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edge_agent.diskspace import LEVELS, DiskSpace
 
 STAGE_BUCKETS = (
     0.0001,
@@ -81,5 +86,40 @@ class Metrics:
             if stage in timings_ms:
                 child.observe(timings_ms[stage] / 1000.0)
 
+    def watch_disk(self, disk: DiskSpace) -> None:
+        """Free space, the shedding level and the writes shed or refused, read at each scrape."""
+        self.registry.register(_DiskCollector(disk))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DiskCollector(Collector):
+    def __init__(self, disk: DiskSpace) -> None:
+        self.disk = disk
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        st = self.disk.state()
+        yield GaugeMetricFamily(
+            "edge_disk_free_bytes", "Free bytes on the data directory's filesystem.", value=st.free_bytes
+        )
+        level = GaugeMetricFamily(
+            "edge_disk_level",
+            "1 for the current free-space level: ok, shedding (optional writes stop), refusing (507).",
+            labels=["level"],
+        )
+        for name in LEVELS:
+            level.add_metric([name], 1.0 if st.level == name else 0.0)
+        yield level
+        shed = CounterMetricFamily(
+            "edge_disk_writes_shed", "Optional writes skipped for lack of space, by kind.", labels=["kind"]
+        )
+        for kind, n in sorted(self.disk.shed.items()):
+            shed.add_metric([kind], n)
+        yield shed
+        refused = CounterMetricFamily(
+            "edge_disk_writes_refused", "Writes refused for lack of space (507), by kind.", labels=["kind"]
+        )
+        for kind, n in sorted(self.disk.refused.items()):
+            refused.add_metric([kind], n)
+        yield refused

@@ -172,6 +172,7 @@ async def health_all(request: Request) -> Response:
         "gateway": {"status": "up" if gw.ready else "starting", "version": __version__},
         "services": entries,
         "roles": roles.get("roles", []) if roles is not None else None,
+        "disk": gw.storage.disk.to_dict(),
         "down": down,
         "checked_in_ms": round((time.perf_counter() - t0) * 1000.0, 3),
     }

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.bootstrap import open_storage
 from edge_agent.cache.data import DataCache
 from edge_agent.cache.prediction import (
     Answer,
@@ -97,7 +98,7 @@ class InferenceService:
         self.engine = engine
         self.config = config
         self.metrics = metrics
-        self.storage = storage or Storage.in_dir(config.data_dir)
+        self.storage = storage or open_storage(config)
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._inflight: dict[str, asyncio.Task[ServedPrediction]] = {}
         self._fingerprints: dict[tuple[str, str], tuple[Manifest, str]] = {}

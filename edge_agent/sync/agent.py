@@ -29,8 +29,9 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config, with_overrides
+from edge_agent.diskspace import LEVELS
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.storage import Storage
+from edge_agent.storage import OutboxBound, Storage
 from edge_agent.sync.commands import CommandContext, Commands
 from edge_agent.sync.mqtt import Message, MqttError, MqttLink
 from edge_agent.sync.outbox import DROPPED, REJECTED, UNSENDABLE, Outbox
@@ -75,7 +76,12 @@ class SyncAgent:
         self.settings = settings
         self.device = config.device_id
         self.drain = drain
-        self.storage = Storage.in_dir(config.data_dir)
+        self.storage = Storage.in_dir(
+            config.data_dir,
+            floor_bytes=config.storage.floor_bytes,
+            reserve_bytes=config.storage.reserve_bytes,
+            outbox=OutboxBound(settings.outbox_max_rows, settings.on_full),
+        )
         self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
         self.on_models_desired: Callable[[ModelsDesired], None] | None = None
         self.ota, self.ota_runner = self._build_ota()
@@ -300,7 +306,12 @@ class SyncAgent:
             "rss_bytes": float(rss_bytes()),
             "uptime_s": now - self._started,
             "models_active": float(len(self._models)),
+            **self._disk_metrics(),
         }
+
+    def _disk_metrics(self) -> dict[str, float]:
+        st = self.storage.disk.state()
+        return {"disk_free_bytes": float(st.free_bytes), "disk_level": float(LEVELS.index(st.level))}
 
     # -- for commands (command thread) ----------------------------------------------------
     def active_models(self) -> dict[str, str]:
@@ -322,6 +333,7 @@ class SyncAgent:
             "outbox_depth": self.outbox.depth(),
             "outbox_dropped": self.storage.counter(DROPPED),
             "delivered_since_start": self.outbox.delivered,
+            "disk": self.storage.disk.to_dict(),
             "models": self.active_models(),
             "settings": self.settings.model_dump(mode="json", exclude={"password"}),
         }

@@ -8,9 +8,12 @@ ack after ``ack_timeout_s`` is sent again (the cloud stores by result id, so a
 re-send is harmless). ``last_sent`` lives in the outbox row, so a restarted
 agent resumes where the killed one stopped.
 
-The outbox is bounded: ``enforce_limit`` trims it to ``outbox_max_rows``,
-giving up the oldest or the newest entries (``on_full``) and counting them in
-the ``outbox_dropped`` counter. The results themselves stay in ``results``.
+The outbox is bounded where its rows are written (``Storage.record_result``,
+in the result's own transaction, whichever role records it): over
+``outbox_max_rows`` the oldest or the newest entries are given up
+(``on_full``) and counted in the ``outbox_dropped`` counter. The results
+themselves stay in ``results``. ``enforce_limit`` applies a bound changed at
+run time.
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from edge_agent.storage import Storage
+from edge_agent.storage import OUTBOX_DROPPED, OUTBOX_ROWS, OutboxBound, Storage, envelope
 from edge_agent.sync.protocol import ProtocolError, ResultRecord, Results, encode
 from edge_agent.sync.settings import SyncConfig
 
 logger = logging.getLogger(__name__)
 
-DROPPED = "outbox_dropped"  # counters: entries given up by the on-full policy
+DROPPED = OUTBOX_DROPPED  # counters: entries given up by the on-full policy
 UNSENDABLE = "outbox_unsendable"  # entries that can never be sent (corrupt, or alone over the size limit)
 DELIVERED = "outbox_delivered"  # entries acknowledged by the cloud
 REJECTED = "outbox_rejected"  # entries the cloud says it will never store (ResultsAck.rejected)
@@ -120,18 +123,25 @@ class Outbox:
         This process is the outbox's only sender, so reading before the write transaction is safe."""
         now = self._clock()
         found = self.storage.conn.execute(
-            "SELECT seq, id, body FROM outbox WHERE kind = 'result' "
-            "AND (last_sent IS NULL OR last_sent <= ? OR last_sent > ?) ORDER BY seq LIMIT ?",
+            f"{OUTBOX_ROWS} WHERE o.kind = 'result' "
+            "AND (o.last_sent IS NULL OR o.last_sent <= ? OR o.last_sent > ?) ORDER BY o.seq LIMIT ?",
             (now - self.settings.ack_timeout_s, now + CLOCK_SKEW_S, limit),
         ).fetchall()
         if not found:
             return []
         rows, bad = [], []
-        for seq, rid, body in found:
+        for row in found:
+            seq, rid = row[0], row[1]
             try:
-                rows.append(_Row(seq, rid, ResultRecord.model_validate_json(body)))
+                doc = envelope(row)
+                if doc is None:
+                    bad.append((seq, rid, "its result is no longer on the device"))
+                    continue
+                rows.append(_Row(seq, rid, ResultRecord.model_validate(doc)))
             except ValidationError as exc:
                 bad.append((seq, rid, f"corrupt envelope: {exc.errors()[0]['msg']}"))
+            except ValueError as exc:  # not JSON
+                bad.append((seq, rid, f"corrupt envelope: {exc}"))
         with self.storage.transaction() as conn:
             conn.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE seq = ?",
@@ -209,27 +219,13 @@ class Outbox:
 
     # -- bound -------------------------------------------------------------------------
     def enforce_limit(self) -> int:
-        """Trim the outbox to ``outbox_max_rows`` by the ``on_full`` policy; the number dropped."""
-        limit = self.settings.outbox_max_rows
+        """Trim the outbox to ``outbox_max_rows`` by the ``on_full`` policy; the number dropped.
+
+        ``Storage.record_result`` already holds the bound as rows are written; this catches a
+        bound lowered at run time (``set_config``) or rows written by an older agent."""
+        bound = OutboxBound(self.settings.outbox_max_rows, self.settings.on_full)
         lo, hi = self.storage.conn.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
-        if lo is None or hi - lo + 1 <= limit:  # seq span bounds the row count: the usual, cheap case
+        if lo is None or hi - lo + 1 <= bound.max_rows:  # cheap read first: no write lock taken
             return 0
-        newest = self.settings.on_full == "refuse_new"
-        with self.storage.transaction() as conn:
-            excess = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) - limit
-            if excess <= 0:
-                return 0
-            conn.execute(
-                f"DELETE FROM outbox WHERE seq IN "
-                f"(SELECT seq FROM outbox ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?)",
-                (excess,),
-            )
-            self.storage.bump(conn, DROPPED, excess)
-        logger.warning(
-            "outbox over %d entries: dropped the %d %s (on_full=%s)",
-            limit,
-            excess,
-            "newest" if newest else "oldest",
-            self.settings.on_full,
-        )
-        return excess
+        with self.storage.transaction(what="trimming the outbox") as conn:
+            return self.storage.bound_outbox(conn, bound)

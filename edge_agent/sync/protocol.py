@@ -93,6 +93,9 @@ class Telemetry(_Msg):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+_OPTIONAL_RESULT_FIELDS = ("seq", "clock")
+
+
 class ResultRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -103,6 +106,24 @@ class ResultRecord(BaseModel):
     version: str
     created: float
     body: dict[str, Any]
+    # optional, in schema version 1 (a device that does not send them is still valid):
+    seq: int | None = Field(
+        default=None, ge=0, description="The device's result sequence: increases with each result."
+    )
+    clock: Literal["unsynced", "corrected"] | None = Field(
+        default=None,
+        description="Absent: created is from a trusted clock. unsynced: recorded before the clock was "
+        "synchronised (created may be far off). corrected: recorded then, time corrected since.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_optionals(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """seq and clock are left out when absent: the message is what an older device sends."""
+        out: dict[str, Any] = handler(self)
+        for key in _OPTIONAL_RESULT_FIELDS:
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 class Results(_Msg):

@@ -39,11 +39,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from edge_agent.bootstrap import build_engine
+from edge_agent.bootstrap import build_engine, open_storage
 from edge_agent.config import AgentConfig, BatchConfig
 from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.runtime.engine import Engine
-from edge_agent.storage import Storage, new_id
+from edge_agent.storage import DiskFull, Storage, new_id
 from edge_agent.workers.batch_items import BatchItems, Claimed, Completed, Outcome, decode_row, owner_id
 from edge_agent.workers.doorbell import Listener
 from edge_agent.workers.schedule import Schedule, batch_doorbell, schedule_from_config
@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 LEASE_S = 120.0  # far longer than a chunk takes; a crashed local predecessor is detected sooner
 MAX_ATTEMPTS = 3  # tries per item: a failing item is retried at the next runs, then marked failed
 MAX_SLEEP_S = 30.0  # re-read the wall clock at least this often (a Pi sets its clock late)
+PAUSE_S = 0.5  # first pause after the disk was full; doubles up to MAX_SLEEP_S while it stays full
 
 Progress = Callable[[int, int], None]
 
@@ -294,10 +295,15 @@ def serve(
     progress: ProgressBar | None = None,
 ) -> None:
     """Run at every fire time and at every ring until ``stop``; resume an interrupted run at once."""
-    due = runner.items.release_abandoned(runner.options.max_attempts) > 0
+    try:
+        due = runner.items.release_abandoned(runner.options.max_attempts) > 0
+    except DiskFull as exc:  # started on a full disk: the first run retries it
+        logger.warning("batch: %s", exc.message)
+        due = True
     if due:
         logger.info("resuming a run interrupted by a stopped process")
     next_fire = schedule.next_after(time.time())
+    pause_s = PAUSE_S
     while not stop.is_set():
         now = time.time()
         next_fire = min(next_fire, schedule.next_after(now))  # the clock may have been set back
@@ -312,6 +318,16 @@ def serve(
         due = False
         try:
             stats = runner.run_pending(progress, stop)
+            pause_s = PAUSE_S
+        except DiskFull as exc:  # a state: the items stay pending; run again once there is room
+            back = runner.items.give_back(runner.owner)
+            logger.warning(
+                "batch paused for %.0f s (%d items back to pending): %s", pause_s, back, exc.message
+            )
+            stop.wait(pause_s)
+            pause_s = min(pause_s * 2, MAX_SLEEP_S)
+            due = True
+            continue
         except EdgeAgentError as exc:
             logger.error("batch run failed (the items stay pending): %s", exc.message)
             continue
@@ -325,7 +341,7 @@ def serve(
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``batch`` role: ``--now`` runs the pending items once; otherwise on the schedule."""
     schedule = schedule_from_config(config.batch)  # an invalid cron fails before anything loads
-    storage = Storage.in_dir(config.data_dir)
+    storage = open_storage(config)
     engine = build_engine(config)
     runner = BatchRunner(engine, storage, RunnerOptions.from_config(config.batch))
     progress = ProgressBar() if getattr(args, "progress", False) else None

@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from edge_agent.errors import EdgeAgentError, InvalidInput
-from edge_agent.storage import NotFound, Storage, new_id, now
+from edge_agent.storage import NotFound, Storage, StorageError, new_id, now
 
 PayloadKind = Literal["tensors", "images"]
 STATUSES = ("pending", "running", "done", "failed")
@@ -201,7 +201,9 @@ class BatchItems:
         ids = [new_id() for _ in items] if key is None else idempotent_ids(key, len(items))
         rows = [(i, model, kind, payload) for i, (kind, payload) in zip(ids, items, strict=True)]
         t = now()
-        with self.storage.transaction() as conn:
+        self.storage.require_room("registering batch items")
+
+        def store(conn: sqlite3.Connection) -> tuple[list[str], bool]:
             if key is not None:
                 marks = ", ".join("?" * len(ids))
                 stored = {
@@ -224,7 +226,9 @@ class BatchItems:
                 "VALUES (?, ?, ?, ?, 'pending', ?)",
                 [(*r, t) for r in rows],
             )
-        return ids, False
+            return ids, False
+
+        return self.storage.write(store, "registering batch items")
 
     def get(self, item_id: str) -> Item:
         row = self.storage.conn.execute(
@@ -295,6 +299,20 @@ class BatchItems:
                 (t, *dead),
             )
             return int(cur.rowcount)
+
+    def give_back(self, owner: str) -> int:
+        """Items leased to ``owner`` back to pending, their attempt not counted (the disk was full:
+        not the items' fault); 0 if that write failed too (the leases then expire as usual)."""
+        try:
+            with self.storage.transaction(what="giving batch items back") as conn:
+                cur = conn.execute(
+                    "UPDATE batch_items SET status = 'pending', lease_owner = NULL, lease_expires = NULL, "
+                    "attempts = MAX(attempts - 1, 0) WHERE status = 'running' AND lease_owner = ?",
+                    (owner,),
+                )
+                return int(cur.rowcount)
+        except StorageError:
+            return 0
 
     def claim(self, owner: str, run_id: str, limit: int, lease_s: float) -> list[Claimed]:
         """Lease up to ``limit`` pending items, oldest first, skipping those already tried in ``run_id``."""

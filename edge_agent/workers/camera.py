@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeAgentError, InvalidInput
 from edge_agent.runtime.backends import LoadedModel
 from edge_agent.runtime.engine import Engine
-from edge_agent.storage import Storage
+from edge_agent.storage import DiskFull, Storage, is_disk_full
 from edge_agent.workers.frames import Frame, FrameReader, parse_source
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ THUMBNAIL_WIDTH = 160
 THUMBNAIL_QUALITY = 70
 MAX_CONSECUTIVE_ERRORS = 10
 FPS_WINDOW_S = 5.0
+MAX_PENDING = 256  # results buffered at most before they are recorded
 
 
 class CameraError(EdgeAgentError):
@@ -62,6 +64,7 @@ class CameraOptions:
     labels: tuple[str, ...] = ()  # keep only boxes with these labels; () = all
     min_score: float = 0.0  # keep only boxes scoring at least this
     only_detections: bool = False  # record a frame only when a box is left
+    commit_interval_s: float = 0.0  # results buffered this long and recorded in one transaction
 
     @classmethod
     def from_config(cls, config: AgentConfig, args: argparse.Namespace) -> CameraOptions:
@@ -87,6 +90,7 @@ class CameraOptions:
             labels=tuple(cam.labels),
             min_score=cam.min_score,
             only_detections=cam.only_detections,
+            commit_interval_s=cam.commit_interval_s,
         )
 
     @property
@@ -114,6 +118,8 @@ class CameraStats:
     failed: int = 0  # frames whose inference or recording failed
     failed_in_row: int = 0
     skipped: int = 0  # inferred frames not recorded: no box left after the filters
+    unrecorded: int = 0  # frames inferred but not recorded: the disk was full
+    recorded: int = 0  # frames whose result is in the database
     last_result_id: str | None = None
     last_frame: int | None = None
     first_at: float | None = None  # monotonic time the first inferred frame was taken
@@ -154,6 +160,8 @@ class CameraLoop:
         self.state = "starting"
         self.started = time.time()
         self.reader = FrameReader(self.source, realtime=options.realtime, loop=options.loop)
+        self._pending: list[dict[str, Any]] = []  # results not yet recorded (commit_interval_s)
+        self._commit_due = 0.0
 
     def _check_filters(self) -> None:
         from edge_agent.runtime.package import DETECTORS
@@ -198,10 +206,12 @@ class CameraLoop:
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                if self._pending and now >= self._commit_due:
+                    self.commit()
                 if now >= next_status:
                     self.write_status()
                     next_status = now + self.options.status_interval_s
-                wait = min(next_due, next_status) - now
+                wait = min(next_due, next_status, self._commit_due if self._pending else next_due) - now
                 if wait > 0:
                     stop.wait(wait)  # the throttle: no frame is taken before next_due
                     continue
@@ -223,6 +233,7 @@ class CameraLoop:
             raise
         finally:
             self.reader.close()
+            self.commit()
             self.write_status()
         return self.state
 
@@ -239,14 +250,13 @@ class CameraLoop:
             outputs = self.engine.infer(self.model, {self.spec.input: tensor[None]})
             row = postprocess(self.model.manifest, outputs, [geo])[0]
             t1 = time.monotonic()
-            rid = None
             if self.keep(row):
                 body = self.body(frame, row)
-                m = self.model.manifest
-                with self.storage.transaction() as conn:
-                    rid = self.storage.record_result(
-                        conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
-                    )
+                self._pending.append(body)
+                if len(self._pending) == 1:
+                    self._commit_due = t1 + self.options.commit_interval_s
+                if t1 >= self._commit_due or len(self._pending) >= MAX_PENDING:
+                    self.commit()
             else:
                 st.skipped += 1
         except EdgeAgentError as exc:
@@ -259,11 +269,34 @@ class CameraLoop:
         t2 = time.monotonic()
         st.failed_in_row = 0
         st.inferred += 1
-        st.last_result_id = rid or st.last_result_id
         st.last_frame, st.last_at = frame.index, t0
         st.recent.append(t2)
         for key, value in (("infer", t1 - t0), ("record", t2 - t1), ("age", taken - frame.captured)):
             st.ms[key] += value * 1000
+
+    def commit(self) -> None:
+        """Record the buffered results in one transaction (one fsync for all of them)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        m, st = self.model.manifest, self.stats
+        try:
+            self.storage.require_room("recording camera frames")
+
+            def record(conn: sqlite3.Connection) -> str:
+                rid = ""
+                for body in pending:
+                    rid = self.storage.record_result(
+                        conn, source="camera", model=m.name, version=m.version, body=body, ref=self.run_id
+                    )
+                return rid
+
+            with self.storage.transaction(what="recording camera frames") as conn:
+                st.last_result_id = record(conn)
+            st.recorded += len(pending)
+        except DiskFull as exc:  # a state, not a failure: count the frames, keep the loop and status
+            st.unrecorded += len(pending)
+            logger.warning("%d frames not recorded (%d so far): %s", len(pending), st.unrecorded, exc)
 
     def body(self, frame: Frame, row: dict[str, Any]) -> dict[str, Any]:
         h, w = frame.image.shape[:2]
@@ -277,7 +310,7 @@ class CameraLoop:
             "height": h,
             "camera": self.source.text,
         }
-        if self.options.thumbnails:
+        if self.options.thumbnails and self.storage.disk.allow_optional("thumbnail"):
             body["thumbnail"] = thumbnail(frame.image)
         return body
 
@@ -303,6 +336,9 @@ class CameraLoop:
             "cycles": rs.cycles,
             "frames_failed": st.failed,
             "frames_without_detection": st.skipped,
+            "frames_recorded": st.recorded,
+            "frames_unrecorded_disk_full": st.unrecorded,
+            "disk": self.storage.disk.to_dict(),
             "connected": self.reader.connected,
             "fps": round(st.fps(now), 3),
             "fps_avg": round(st.fps_avg(), 3),
@@ -315,21 +351,38 @@ class CameraLoop:
         }
 
     def write_status(self) -> None:
+        text = json.dumps(self.status(), indent=1)
         tmp = self.status_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self.status(), indent=1))
+            tmp.write_text(text)
             os.replace(tmp, self.status_path)
         except OSError as exc:
-            logger.warning("cannot write %s: %s", self.status_path, exc)
+            tmp.unlink(missing_ok=True)
+            if not is_disk_full(exc) or not self._overwrite_status(text):
+                logger.warning("cannot write %s: %s", self.status_path, exc)
+
+    def _overwrite_status(self, text: str) -> bool:
+        """A full disk has no block for a new file: rewrite the old one in place (its blocks are
+        already allocated), so the status stays fresh; a reader may rarely see a torn copy."""
+        data = text.encode()
+        try:
+            with open(self.status_path, "r+b") as f:
+                if os.fstat(f.fileno()).st_blocks * 512 < len(data):
+                    return False
+                f.write(data)
+                f.truncate(len(data))
+        except OSError:
+            return False
+        return True
 
 
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``camera`` role: exit 0 at the end of a file, after ``--max-frames`` or on SIGTERM."""
-    from edge_agent.bootstrap import build_engine
+    from edge_agent.bootstrap import build_engine, open_storage
 
     options = CameraOptions.from_config(config, args)
     engine = build_engine(config)
-    storage = Storage.in_dir(config.data_dir)
+    storage = open_storage(config)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.errors import InvalidInput
-from edge_agent.storage import NotFound, Storage, new_id, now
+from edge_agent.storage import NotFound, Storage, StorageError, new_id, now
 from edge_agent.workers.doorbell import Doorbell
 
 PayloadKind = Literal["tensors", "images"]
@@ -48,26 +48,56 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
-# -- payloads: the request's tensors or image bytes, as one .npz blob -----------------
+# -- payloads: the request's tensors or image bytes, as one blob ---------------------------
+# ``EJP1`` + header length (4 bytes, big-endian) + a JSON header listing each array's name,
+# dtype and shape + the arrays' raw bytes in that order: a four-float input takes 70 bytes
+# (an .npz took 290: zip headers), which is written twice per job on an SD card. Jobs queued
+# by an older agent hold an .npz and are still read.
+PAYLOAD_MAGIC = b"EJP1"
+
+
+def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
+    parts = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    header = json.dumps(
+        [[name, a.dtype.str, list(a.shape)] for name, a in parts.items()], separators=(",", ":")
+    ).encode()
+    return b"".join(
+        [PAYLOAD_MAGIC, len(header).to_bytes(4, "big"), header, *(a.tobytes() for a in parts.values())]
+    )
+
+
+def _unpack(blob: bytes) -> dict[str, np.ndarray]:
+    if not blob.startswith(PAYLOAD_MAGIC):  # an .npz written by an older agent
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    size = int.from_bytes(blob[4:8], "big")
+    offset, out = 8 + size, {}
+    for name, dtype, shape in json.loads(blob[8:offset]):
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise ValueError(f"array {name!r} has an object dtype")
+        n = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+        if offset + n > len(blob):
+            raise ValueError("truncated payload")
+        count = n // dt.itemsize if dt.itemsize else 0
+        out[name] = np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
+        offset += n
+    return out
+
+
 def pack_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, allow_pickle=False, **{name: np.ascontiguousarray(a) for name, a in tensors.items()})
-    return buf.getvalue()
+    return _pack(tensors)
 
 
 def pack_images(images: Sequence[bytes]) -> bytes:
-    buf = io.BytesIO()
-    arrays = {f"image_{i:05d}": np.frombuffer(data, dtype=np.uint8) for i, data in enumerate(images)}
-    np.savez(buf, allow_pickle=False, **arrays)
-    return buf.getvalue()
+    return _pack({f"image_{i:05d}": np.frombuffer(data, dtype=np.uint8) for i, data in enumerate(images)})
 
 
 def unpack(kind: str, blob: bytes) -> tuple[dict[str, np.ndarray] | None, list[bytes] | None]:
     """(tensors, None) or (None, images); InvalidInput if the blob is not a payload."""
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, EOFError) as exc:
+        arrays = _unpack(bytes(blob))
+    except (ValueError, OSError, EOFError, TypeError, KeyError) as exc:
         raise InvalidInput(f"stored job payload is unreadable: {exc}") from None
     if kind == "images":
         return None, [arrays[name].tobytes() for name in sorted(arrays)]
@@ -166,10 +196,13 @@ class JobQueue:
         link: str | None = None,
         job_id: str | None = None,
     ) -> str:
-        with self.storage.transaction() as conn:
-            jid = self.add(
+        self.storage.require_room("queueing a job")
+        jid = self.storage.write(
+            lambda conn: self.add(
                 conn, model=model, version=version, kind=kind, payload=payload, link=link, job_id=job_id
-            )
+            ),
+            "queueing a job",
+        )
         self.notify()
         return jid
 
@@ -181,22 +214,40 @@ class JobQueue:
     # -- worker side -------------------------------------------------------------------
     def claim(self, owner: str) -> Job | None:
         """Take the oldest claimable job under a fresh lease, or None."""
-        with self.storage.transaction() as conn:
+        jobs = self.claim_many(owner, 1)
+        return jobs[0] if jobs else None
+
+    def claim_many(self, owner: str, limit: int) -> list[Job]:
+        """Take up to ``limit`` of the oldest claimable jobs, each under a fresh lease, in one
+        transaction (one commit for them all)."""
+        return self.exchange(owner, (), limit)[1]
+
+    def exchange(
+        self, owner: str, done: Sequence[tuple[Job, dict[str, Any], str]], limit: int
+    ) -> tuple[list[bool], list[Job]]:
+        """Record finished jobs (see ``complete``) and claim up to ``limit`` more, in one
+        transaction: a busy worker commits once per group of jobs, not twice per job."""
+        with self.storage.transaction(what="recording job results") as conn:
+            recorded = [self._complete(conn, job, body, version) for job, body, version in done]
+            if limit <= 0:
+                return recorded, []
             t = now()
             self._expire(conn, t)
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' "
-                "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT 1",
-                (t,),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
+            ids = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' "
+                    "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT ?",
+                    (t, limit),
+                )
+            ]
+            conn.executemany(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
                 "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
-                (owner, t + self.lease_s, t, row["id"]),
+                [(owner, t + self.lease_s, t, jid) for jid in ids],
             )
-            return Job.from_row(conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+            select = "SELECT * FROM jobs WHERE id = ?"
+            return recorded, [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
 
     def _expire(self, conn: sqlite3.Connection, t: float) -> None:
         """Leases that passed: back to the queue, or failed when out of attempts."""
@@ -224,24 +275,30 @@ class JobQueue:
         unchanged) still counts: nobody else holds the job, so the work is not wasted.
         The stored input is dropped once the result is kept (a failed job keeps it).
         """
-        with self.storage.transaction() as conn:
-            done = conn.execute(
-                "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
-                "error = NULL, payload = x'' "
-                "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
-                (now(), job.id, job.lease_owner),
-            ).rowcount
-            if done != 1:
-                return False  # the lease was taken over: the other claim records the result
-            self.storage.record_result(
-                conn,
-                source=job.source,
-                model=job.model,
-                version=version,
-                body=body,
-                ref=job.link,
-                result_id=job.id,
-            )
+        return self.complete_many([(job, body, version)])[0]
+
+    def complete_many(self, done: Sequence[tuple[Job, dict[str, Any], str]]) -> list[bool]:
+        """``complete`` for several jobs in one transaction (one commit); recorded or not, each."""
+        return self.exchange("", done, 0)[0]
+
+    def _complete(self, conn: sqlite3.Connection, job: Job, body: dict[str, Any], version: str) -> bool:
+        n = conn.execute(
+            "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
+            "error = NULL, payload = x'' "
+            "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
+            (now(), job.id, job.lease_owner),
+        ).rowcount
+        if n != 1:  # the lease was taken over: the other claim records the result
+            return False
+        self.storage.record_result(
+            conn,
+            source=job.source,
+            model=job.model,
+            version=version,
+            body=body,
+            ref=job.link,
+            result_id=job.id,
+        )
         return True
 
     def fail(self, job: Job, error: str, *, retry: bool = True) -> Status | None:
@@ -268,6 +325,20 @@ class JobQueue:
         if n != 1:
             return None
         return "failed" if final else "queued"
+
+    def give_back(self, job: Job) -> bool:
+        """Put a claimed job back in the queue without counting the attempt (the disk was full:
+        not the job's fault). False if that write failed too; the lease then expires as usual."""
+        try:
+            with self.storage.transaction(what="giving a job back") as conn:
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), "
+                    "lease_expires = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                    (job.id, job.lease_owner),
+                )
+        except StorageError:
+            return False
+        return True
 
     def next_deadline(self) -> float | None:
         """The earliest time a job may become claimable without a ring (lease end, retry time)."""

@@ -244,3 +244,25 @@ def test_bench_figures_keep_the_latest_per_device_and_model(store: Store) -> Non
     assert iris["figures"]["rows"][0]["p50_ms"] == 0.4 and iris["ts"] == 5.0 and iris["received"] == 11.0
     assert store.bench(device="dev2") == []
     assert store.device("dev1")["last_update"]["state"] == "active"
+
+
+def test_implausible_and_unsynced_device_times_are_flagged_not_stored_as_1970(store: Store) -> None:
+    now = time.time()
+    good = result_record(created=now - 5).model_copy(update={"seq": 7})
+    y1970 = result_record(created=86_400.0)  # a Pi that booted without a clock, and says nothing
+    ahead = result_record(created=now + 10 * 86_400)
+    unsynced = result_record(created=now - 60).model_copy(update={"clock": "unsynced", "seq": 8})
+    fixed = result_record(created=now - 30).model_copy(update={"clock": "corrected", "seq": 9})
+    ids, refused = store.record_results(results_msg("dev1", [good, y1970, ahead, unsynced, fixed]), now, "i")
+    assert len(ids) == 5 and refused == []
+    rows = {
+        r[0]: tuple(r)
+        for r in store.db.execute(
+            "SELECT id, created, time_flag, device_created, seq FROM results"
+        ).fetchall()
+    }
+    assert rows[good.id] == (good.id, good.created, None, None, 7)
+    assert rows[y1970.id] == (y1970.id, now, "implausible", 86_400.0, None)
+    assert rows[ahead.id] == (ahead.id, now, "implausible", ahead.created, None)
+    assert rows[unsynced.id] == (unsynced.id, now, "unsynced", unsynced.created, 8)
+    assert rows[fixed.id] == (fixed.id, fixed.created, "corrected", None, 9)

@@ -25,7 +25,7 @@ import pytest
 
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.store import ModelStore
-from edge_agent.storage import Result, Storage
+from edge_agent.storage import OUTBOX_ROWS, Result, Storage, envelope
 from edge_agent.workers.camera import STATUS_FILE, CameraLoop, CameraOptions
 from edge_agent.workers.frames import parse_source, redact
 from tests.conftest import ROOT, copy_models
@@ -183,10 +183,10 @@ def test_every_result_is_in_the_outbox(played: Run) -> None:
     st = Storage.in_dir(played.data_dir)
     try:
         ids = {r.id for r in played.results()}
-        rows = st.conn.execute("SELECT id, body FROM outbox").fetchall()
+        rows = st.conn.execute(OUTBOX_ROWS).fetchall()
         assert st.outbox_depth() == len(ids) == len(rows)
         assert {row["id"] for row in rows} == ids
-        assert all(json.loads(row["body"])["source"] == "camera" for row in rows)
+        assert all(envelope(row)["source"] == "camera" for row in rows)  # type: ignore[index]
     finally:
         st.close()
 

@@ -274,3 +274,19 @@ def test_schema_has_what_the_queue_needs(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "agent.sqlite3")
     cols = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
     assert {"lease_owner", "lease_expires", "attempts", "max_attempts", "link", "result_id"} <= cols
+
+
+def test_payloads_are_compact_and_npz_payloads_of_older_agents_still_read() -> None:
+    import io
+
+    x = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+    blob = pack_tensors({"float_input": x})
+    assert len(blob) < 100  # an .npz of the same array takes ~290 bytes
+    old = io.BytesIO()
+    np.savez(old, allow_pickle=False, float_input=x)
+    for stored in (blob, old.getvalue()):
+        tensors, images = unpack("tensors", stored)
+        assert images is None and tensors is not None
+        np.testing.assert_array_equal(tensors["float_input"], x)
+    with pytest.raises(InvalidInput, match="unreadable"):
+        unpack("tensors", blob[:-3])

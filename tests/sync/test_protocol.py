@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.storage import Storage
+from edge_agent.storage import OUTBOX_ROWS, Storage, envelope
 from edge_agent.sync import protocol as p
 
 DEV = "dev-1"
@@ -172,6 +172,6 @@ def test_an_outbox_envelope_is_a_result_record(tmp_path: Any) -> None:
     st = Storage.in_dir(tmp_path)
     with st.transaction() as conn:
         rid = st.record_result(conn, source="camera", model="face", version="1", body={"n": 2}, ref="frame-7")
-    body = st.conn.execute("SELECT body FROM outbox WHERE id = ?", (rid,)).fetchone()[0]
-    record = p.ResultRecord.model_validate_json(body)
+    row = st.conn.execute(f"{OUTBOX_ROWS} WHERE o.id = ?", (rid,)).fetchone()
+    record = p.ResultRecord.model_validate(envelope(row))
     assert (record.id, record.source, record.ref, record.body) == (rid, "camera", "frame-7", {"n": 2})
