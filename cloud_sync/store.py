@@ -213,7 +213,6 @@ def _v3(db: Database) -> None:
     db.table("revoked_sessions").create({"nonce": str, "expires": float}, pk="nonce", not_null=["expires"])
 
 
-
 def _v4(db: Database) -> None:
     """Device clocks: a Pi without a real-time clock may stamp results with 1970 (or any time)
     until NTP answers. ``time_flag`` says how far ``created`` can be believed, ``device_created``
