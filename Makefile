@@ -52,12 +52,13 @@ arm64:
 # The shipped image really built and run: firmware_images/Dockerfile with buildah (chroot
 # isolation, vfs storage; no container registry) on a Debian bookworm base made here with
 # debootstrap, then its health check, /predict and `edge-agent backends` inside it.
-# Root; about 3 min with the base cached, about 4 min first (see firmware_images/README.md).
+# Root; 1-2.5 min with the base cached, about 6.5 min first (see firmware_images/README.md).
 image:
 	@bash scripts/sysdeps.sh buildah:/usr/bin/buildah debootstrap:/usr/sbin/debootstrap
 	bash firmware_images/image/check.sh
 
-# The same for linux/arm64 under qemu binfmt (not in CI: about 11 min with the base cached).
+# The same for linux/arm64 under qemu binfmt (not in CI: about 5.5 min with the base cached,
+# about 19 min the first time).
 image-arm64:
 	@bash scripts/sysdeps.sh buildah:/usr/bin/buildah debootstrap:/usr/sbin/debootstrap
 	EDGE_IMAGE_ARCH=arm64 bash firmware_images/image/check.sh

@@ -17,11 +17,12 @@
 #      localhost/edge-agent-base:bookworm-ARCH
 #   3. build: `buildah bud --isolation chroot --format docker` of the Dockerfile (docker
 #      format keeps its HEALTHCHECK); pip downloads the wheels from PyPI
-#   4. run: a container from the image, its entry point and default command (edge-agent serve)
-#      on a free port; the HEALTHCHECK command read from the image's config must pass, then
-#      POST /predict (iris rows, right classes), `edge-agent backends`, the user (uid 1000)
-#      and no build tools (smoke.sh)
-#   5. the container removed, on success and on failure alike
+#   4. run: a container from the image (`buildah run`; for arm64 a chroot of the mounted
+#      container without the host's /sys, see below), its entry point and default command
+#      (edge-agent serve) on a free port; the HEALTHCHECK command read from the image's config
+#      must pass, then POST /predict (iris rows, right classes), `edge-agent backends`, the
+#      user (uid 1000) and no build tools (smoke.sh)
+#   5. mounts and the container removed, on success and on failure alike
 #
 # Environment:
 #   EDGE_IMAGE_ARCH     amd64 (default) or arm64 (qemu-user emulation on an x86_64 host)
@@ -30,7 +31,7 @@
 #   EDGE_IMAGE_CA_BUNDLE  a CA bundle mounted read-only at /etc/ssl/certs/ca-certificates.crt
 #                       during the build only, for pip behind a TLS-intercepting proxy
 #                       (default: $PIP_CERT when set; never copied into the image)
-#   EDGE_IMAGE_REFRESH=1  rebuild the base and every layer
+#   EDGE_IMAGE_REFRESH=1  debootstrap the base again and drop every image in the storage
 #
 # Cost: see firmware_images/README.md ("The image check").
 # Exit status: 0 when the image built and every run step passed, non-zero otherwise.
