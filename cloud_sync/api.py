@@ -38,6 +38,7 @@ from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import BrokerSettings, MqttLink
 from cloud_sync.store import ResultQuery, Store
+from cloud_sync.trust import Signer
 from edge_agent.sync import protocol
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class DeploymentRequest(BaseModel):
         description="Base URL devices download artifacts from (default: the URL this request used).",
     )
     note: str | None = Field(default=None, max_length=1000, description="Free text kept with it.")
+    rollback: bool = Field(
+        default=False,
+        description="Mark this as going back to an older version (signed in the update metadata).",
+    )
 
 
 class Cloud:
@@ -227,7 +232,9 @@ def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) 
         devices=body.devices,
         all_devices=body.all,
         base_url=body.artifact_base_url or str(request.base_url),
+        signer=Signer.from_config(cloud.config),
         note=body.note,
+        rollback=body.rollback,
     )
 
 

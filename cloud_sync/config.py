@@ -20,7 +20,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cloud_sync.errors import ConfigError
 
@@ -103,10 +111,28 @@ class CloudConfig(BaseModel):
 
     # -- model updates -----------------------------------------------------------------
     signing_key_path: Path | None = Field(
-        default=None, description="Ed25519 private key (PEM) that signs model manifests."
+        default=None, description="Ed25519 private key (PEM) that signs model manifests and update metadata."
+    )
+    cosigning_key_paths: list[Path] = Field(
+        default_factory=list,
+        description="More private keys (PEM) that sign update metadata, for a root threshold above 1 "
+        "(environment: paths separated by commas).",
+    )
+    targets_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description="How long signed update metadata stays valid; then a device needs a new deploy.",
     )
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+
+    @field_validator("cosigning_key_paths", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CloudConfig:

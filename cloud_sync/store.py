@@ -182,8 +182,13 @@ def _v1(db: Database) -> None:
     )
 
 
+def _v2(db: Database) -> None:
+    # counters of signed update metadata: "targets:<device>" (metadata version), "release:<model>"
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
+
+
 # Each migration moves the schema from version i to i + 1. Append only.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2)
 
 
 # -- pages -------------------------------------------------------------------------------
@@ -658,6 +663,16 @@ class Store:
         if not rows:
             raise NotFound(f"no model version {model!r} {version!r}: publish it first")
         return rows[0]
+
+    def next_counter(self, name: str) -> int:
+        """Increment and return counter ``name`` (1 the first time); atomic across processes."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                [name],
+            )
+            return int(db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
 
     def create_deployment(
         self,

@@ -354,6 +354,7 @@ class SyncAgent:
             max_artifact_bytes=s.max_artifact_mb * 1024 * 1024,
             timeout_s=s.download_timeout_s,
             attempts=s.download_attempts,
+            device=self.device,
         )
         updater = OtaUpdater(store, activator, ota_settings, self._publish_outcome)
         return updater, OtaRunner(updater)

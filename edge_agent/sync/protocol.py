@@ -140,10 +140,43 @@ class SignedModel(BaseModel):
     artifact_sha256: str
 
 
+MAX_SIGNATURES = 16
+
+
+class Signature(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keyid: str = Field(
+        min_length=1, max_length=64, description="Key id: 16 hex digits of sha256(public key)."
+    )
+    sig: str = Field(
+        min_length=1, max_length=200, description="Ed25519 signature (base64) over canonical JSON."
+    )
+
+
+class Envelope(BaseModel):
+    """A signed update metadata document (``edge_agent.sync.metadata``): root or targets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    signed: dict[str, Any] = Field(description="The document; its canonical JSON is what is signed.")
+    signatures: list[Signature] = Field(max_length=MAX_SIGNATURES)
+
+
 class ModelsDesired(_Msg):
     deployment: str
     models: list[SignedModel]
     ts: float
+    targets: Envelope | None = Field(
+        default=None,
+        description="Signed targets metadata for this device (required by agents >= 0.2; "
+        "a desired state without it is refused).",
+    )
+    roots: list[Envelope] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Root metadata versions 1..N, so a device walks key rotations up to the current root.",
+    )
 
 
 class UpdateOutcome(BaseModel):

@@ -30,6 +30,7 @@ from cloud_sync.console.client import (
     ConsoleClient,
     ResultFilter,
 )
+from cloud_sync.deploy import generate_keys
 from cloud_sync.errors import NotFound, Unauthorized
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
@@ -135,13 +136,25 @@ def db(workdir: Path) -> Path:
     return workdir / "cloud.sqlite3"
 
 
+def signing_key(workdir: Path) -> Path:
+    """The key the API signs update metadata with (the devices here do not verify it)."""
+    path = workdir / "keys" / "signing.pem"
+    if not path.exists():
+        generate_keys(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def api_url(broker: Broker, db: Path, workdir: Path) -> Iterator[str]:
     port = free_port()
     with (
         running(start_ingest(broker, db, workdir, "ingest-console")),
         running(
-            Role(["api", "--port", str(port)], cloud_env(broker, db, api_token=TOKEN), workdir / "api.log")
+            Role(
+                ["api", "--port", str(port)],
+                cloud_env(broker, db, api_token=TOKEN, signing_key_path=str(signing_key(workdir))),
+                workdir / "api.log",
+            )
         ) as api,
     ):
         api.wait_log("Uvicorn running on")
@@ -185,6 +198,8 @@ def published(db: Path) -> None:
             signature="c2lnbmF0dXJl",
             key_id="test-key",
         )
+    (db.parent / "artifacts").mkdir(exist_ok=True)
+    (db.parent / "artifacts" / f"{'ab' * 32}.tar").write_bytes(b"not a real archive")  # signed size
     store.close()
 
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew
-from cloud_sync.store import ResultQuery, Store, result_label
+from cloud_sync.store import MIGRATIONS, ResultQuery, Store, result_label
 from edge_agent.sync import protocol
 from tests.cloud import result_record, results_msg, status_msg
 
@@ -27,13 +27,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_schema_is_created_once_and_reopening_is_harmless(tmp_path: Path) -> None:
     path = tmp_path / "cloud.sqlite3"
     first = Store(path)
-    assert first.schema_version == 1
+    assert first.schema_version == len(MIGRATIONS)
     tables = set(first.db.table_names())
     assert {"devices", "status_history", "telemetry", "results", "commands", "command_replies"} <= tables
     assert {"models", "model_versions", "deployments", "deployment_devices"} <= tables
     first.close()
     again = Store(path)
-    assert again.schema_version == 1
+    assert again.schema_version == len(MIGRATIONS)
     again.close()
 
 
@@ -62,7 +62,7 @@ def test_concurrent_opens_migrate_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert Store(path).schema_version == 1
+    assert Store(path).schema_version == len(MIGRATIONS)
 
 
 def test_a_redelivered_batch_is_stored_once(store: Store) -> None:
