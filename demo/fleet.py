@@ -67,12 +67,25 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
+ROLES = ("serve", "worker", "batch", "sync")
+MODELS = ("iris", "digits", "digits_int8", "face")
+
+
 class Fleet:
-    def __init__(self, work: Path) -> None:
+    def __init__(
+        self,
+        work: Path,
+        devices: tuple[str, ...] = DEVICES,
+        roles: tuple[str, ...] = ROLES,
+        models: tuple[str, ...] = MODELS,
+        device_env: dict[str, str] | None = None,
+    ) -> None:
         self.work = work
+        self.devices, self.roles, self.models = devices, roles, models
+        self.device_env = device_env or {}
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.broker_port, self.api_port, *ports = free_ports(2 + len(DEVICES))
-        self.gateway_ports = dict(zip(DEVICES, ports, strict=True))
+        self.broker_port, self.api_port, *ports = free_ports(2 + len(devices))
+        self.gateway_ports = dict(zip(devices, ports, strict=True))
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.cloud_http = httpx.Client(timeout=10)  # the cloud API client (a logged-in one when set)
         self.cloud_env = {
@@ -144,7 +157,7 @@ class Fleet:
         pub = str(self.work / "cloud" / "signing.pub.pem")
         for dev, port in self.gateway_ports.items():
             models = self.work / dev / "models"
-            for name in ("iris", "digits", "digits_int8", "face"):
+            for name in self.models:
                 shutil.copytree(ROOT / "models" / name, models / name)
             env = {
                 "EDGE_DEVICE_ID": dev,
@@ -152,14 +165,14 @@ class Fleet:
                 "EDGE_DATA_DIR": str(self.work / dev / "data"),
                 "EDGE_PORT": str(port),
                 "EDGE_LOG_LEVEL": "WARNING",
-                "EDGE_UP__ROLES": json.dumps(["serve", "worker", "batch", "sync"]),
+                "EDGE_UP__ROLES": json.dumps(list(self.roles)),
                 "EDGE_BATCH__INTERVAL_S": "3600",
                 "EDGE_SYNC__BROKER_HOST": "127.0.0.1",
                 "EDGE_SYNC__BROKER_PORT": str(self.broker_port),
                 "EDGE_SYNC__TRUSTED_KEYS": pub,
                 "EDGE_SYNC__ARTIFACT_BASE_URL": self.api,
                 "EDGE_SYNC__TELEMETRY_INTERVAL_S": "2",
-            }
+            } | self.device_env
             self.spawn(f"{dev}-up", [str(BIN / "edge-agent"), "up"], env)
         for dev, port in self.gateway_ports.items():
             wait_for(
@@ -168,10 +181,10 @@ class Fleet:
                 120,
             )
         online = wait_for(
-            "both devices online in the cloud",
+            "every device online in the cloud",
             lambda: (
                 (d := self.cloud_http.get(f"{self.api}/devices").json())
-                and sum(x.get("online", False) for x in _items(d)) >= 2
+                and sum(x.get("online", False) for x in _items(d)) >= len(self.devices)
                 and d
             ),
         )
@@ -225,14 +238,14 @@ class Fleet:
                         self.cloud_http.get(f"{self.api}/results", params={"device": d, "limit": 500}).json()
                     )
                 )
-                for d in DEVICES
+                for d in self.devices
             )
 
         got = wait_for(
             f"{expected} results in the cloud store", lambda: (n := stored()) >= expected and n, 60
         )
         say(
-            f"5. cloud store: {got} results from {len(DEVICES)} devices "
+            f"5. cloud store: {got} results from {len(self.devices)} devices "
             "(outboxes drained, acknowledged end to end)"
         )
 
@@ -255,10 +268,9 @@ class Fleet:
                 if seen.get(row["device"]) != state:
                     seen[row["device"]] = state
                     say(f"   {row['device']}: {state}")
-            return (
-                all(row["state"] in ("active", "failed") for row in doc["devices"])
-                and len(doc["devices"]) >= 2
-            )
+            return all(row["state"] in ("active", "failed") for row in doc["devices"]) and len(
+                doc["devices"]
+            ) >= len(self.devices)
 
         wait_for("the rollout", done, 120)
         if any(s.startswith("failed") for s in seen.values()):

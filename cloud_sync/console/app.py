@@ -132,7 +132,7 @@ def _styled(value: str) -> Text:
 # -- devices ------------------------------------------------------------------------------------
 def _devices_table(devices: list[Device], now: float, plain: bool) -> Table:
     table = Table(box=None if plain else box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for column in ("DEVICE", "STATE", "LAST SEEN", "AGENT", "MODELS", "OUTBOX"):
+    for column in ("DEVICE", "STATE", "LAST SEEN", "AGENT", "MODELS", "OUTBOX", "LAST UPDATE"):
         table.add_column(column, justify="right" if column == "OUTBOX" else "left")
     for d in devices:
         state = "unknown" if d.online is None else "online" if d.online else "offline"
@@ -145,6 +145,7 @@ def _devices_table(devices: list[Device], now: float, plain: bool) -> Table:
             Text(d.agent_version or "-"),
             Text(models or "-"),
             "-" if depth is None else str(depth),
+            Text(d.update_summary or "-"),
         )
     return table
 
@@ -163,12 +164,20 @@ def devices_command(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> int:
-    """List devices: online state, last seen, agent version, models, outbox depth (latest telemetry)."""
+    """List devices: online state, last seen, agent version, models, outbox depth (latest telemetry),
+    last model update (a refused update shows its reason's code; --json has the whole reason)."""
     client, out = _client(ctx), _console()
     if as_json and watch:
         raise typer.BadParameter("--json and --watch do not go together", param_hint="--json")
     if as_json:
-        _json(out, [d.model_dump(mode="json") | {"outbox_depth": d.outbox_depth} for d in client.devices()])
+        _json(
+            out,
+            [
+                d.model_dump(mode="json")
+                | {"outbox_depth": d.outbox_depth, "last_update_summary": d.update_summary}
+                for d in client.devices()
+            ],
+        )
         return EXIT_OK
     plain = not out.is_terminal
     if not watch:

@@ -104,7 +104,18 @@ class Device(_Model):
     agent_version: str | None = None
     models: dict[str, str] | None = None
     reported_models: dict[str, str] | None = None
+    last_update: dict[str, Any] | None = None  # the last model update outcome it reported
     telemetry: Telemetry | None = None  # the latest snapshot, when asked for
+
+    @property
+    def update_summary(self) -> str | None:
+        """'iris@3 failed: rollback_refused' (the reason's code only), or None."""
+        u = self.last_update
+        if not u:
+            return None
+        code = str(u.get("reason") or "").split(":", 1)[0]
+        text = f"{u.get('model')}@{u.get('version')} {u.get('state')}"
+        return f"{text}: {code}" if code and u.get("state") == "failed" else text
 
     @property
     def outbox_depth(self) -> int | None:

@@ -280,12 +280,12 @@ def test_devices_lists_the_fleet_with_online_state(api_url: str, fleet: dict[str
     done = console(api_url, "devices")
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[0].split()
-    assert header == ["DEVICE", "STATE", "LAST", "SEEN", "AGENT", "MODELS", "OUTBOX"]
+    assert header == ["DEVICE", "STATE", "LAST", "SEEN", "AGENT", "MODELS", "OUTBOX", "LAST", "UPDATE"]
     for depth, name in enumerate(FLEET):
         cells = row(done.stdout, name)
         assert cells[1] == "online"
-        assert cells[-3:] == ["0.1.0", "iris@1", str(depth)]
-        assert cells[-4] == "ago"
+        assert cells[-4:] == ["0.1.0", "iris@1", str(depth), "-"]  # no update reported yet
+        assert cells[-5] == "ago"
     assert "\x1b[" not in done.stdout  # no colour when not a terminal
 
 
