@@ -79,6 +79,10 @@ class Trust:
         self.dir = directory
         self._fallback = fallback_keys
 
+    @staticmethod
+    def build_time_seed() -> float:
+        return build_time()
+
     # -- root ------------------------------------------------------------------------------------
     def root(self) -> Root:
         path = self.dir / "root.json"

@@ -465,3 +465,29 @@ def test_canonical_json_is_the_signed_form() -> None:
         signing.verify_manifest(manifest | {"version": "9"}, signature, kid, trusted)
     with pytest.raises(signing.SignatureError, match="base64"):
         signing.verify_manifest(manifest, "not base64!", kid, trusted)
+
+
+# -- the clock rule: a clock that cannot be trusted skips the update, expiry stays on --------------
+def test_a_clock_earlier_than_the_last_trusted_time_skips_the_update(device: Device, cloud: Cloud) -> None:
+    trust = device.updater.trust
+    msg = cloud.desired(cloud.rows["2"], cloud.base)
+    trust.dir.mkdir(parents=True, exist_ok=True)
+    floor = time.time() + 86_400  # a signed issue time seen before says it is tomorrow at least
+    (trust.dir / "state.json").write_text(json.dumps({"time_floor": floor}))
+    final = device.apply(msg)
+    assert_refused(device, final, "clock_untrusted", "is earlier than the last trusted time")
+    assert json.loads(device.updater.settings.state_path.read_text())["iris"]["retry"] is True
+    (trust.dir / "state.json").write_text(json.dumps({"time_floor": 0}))  # the clock is set (NTP)
+    assert device.apply(msg).state == "active"  # the same desired state, retried
+
+
+def test_metadata_issued_after_the_device_clock_proves_the_clock_behind(device: Device, cloud: Cloud) -> None:
+    msg = cloud.desired(cloud.rows["2"], cloud.base)
+    assert msg.targets is not None
+    later = msg.targets.signed | {"issued": time.time() + 86_400, "expires": time.time() + 2 * 86_400}
+    env = metadata.sign(later, [signing.load_private_key(cloud.key)])
+    final = device.apply(msg.model_copy(update={"targets": env}))
+    assert_refused(device, final, "clock_untrusted", "the clock is behind")
+    state = json.loads((device.updater.trust.dir / "state.json").read_text())
+    assert state["time_floor"] >= later["issued"]  # remembered: a clock reset to 1970 is refused too
+    assert device.updater.trust.build_time_seed() > 1.6e9  # seeded from the agent's build
