@@ -33,7 +33,18 @@ from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Stat
 BUSY_TIMEOUT_S = 10.0
 UNFINISHED_STATES = frozenset({"pending", "downloading", "verifying"})
 JSON_COLUMNS = frozenset(
-    {"models", "reported_models", "last_update", "metrics", "body", "args", "result", "manifest", "devices"}
+    {
+        "models",
+        "reported_models",
+        "last_update",
+        "metrics",
+        "body",
+        "args",
+        "result",
+        "manifest",
+        "devices",
+        "shadow",
+    }
 )
 
 
@@ -185,6 +196,8 @@ def _v1(db: Database) -> None:
 def _v2(db: Database) -> None:
     # counters of signed update metadata: "targets:<device>" (metadata version), "release:<model>"
     db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
+    # the shadow figures a device last reported (model -> ShadowReport), for rollouts and the dashboard
+    db.table("devices").add_column("shadow", str)
 
 
 # Each migration moves the schema from version i to i + 1. Append only.
@@ -474,11 +487,12 @@ class Store:
             self._touch(db, msg.device, received)
             update = msg.last_update
             db.execute(
-                "UPDATE devices SET reported_models = ?, last_update = ?, reported_ts = ? "
-                "WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
+                "UPDATE devices SET reported_models = ?, last_update = COALESCE(?, last_update), "
+                "shadow = ?, reported_ts = ? WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
                 [
                     _dumps(msg.models, "reported models"),
                     None if update is None else _dumps(update.model_dump(), "last_update"),
+                    _dumps({k: v.model_dump() for k, v in msg.shadow.items()}, "shadow"),
                     ts,
                     msg.device,
                     ts,

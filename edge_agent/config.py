@@ -141,6 +141,22 @@ class UpConfig(_Section):
     restart_backoff_s: float = Field(default=1.0, gt=0, le=60, description="First restart delay.")
 
 
+class ShadowConfig(_Section):
+    sample: float = Field(
+        default=0.25, ge=0, le=1, description="Share of a model's live requests copied to its staged version."
+    )
+    max_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=1000,
+        description="Shadow samples per second at most (the rest are counted).",
+    )
+    queue: int = Field(default=8, ge=1, le=1024, description="Samples waiting for the shadow thread at most.")
+    report_every_s: float = Field(
+        default=1.0, gt=0, le=3600, description="How often shadow figures are written for the sync role."
+    )
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -188,6 +204,9 @@ class AgentConfig(BaseModel):
     camera: CameraConfig = Field(default_factory=CameraConfig, description="Edge-AI camera role.")
     up: UpConfig = Field(default_factory=UpConfig, description="`edge-agent up` supervisor.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="MQTT fleet link (sync role).")
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig, description="Shadow evaluation of staged versions in the gateway."
+    )
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AgentConfig:
@@ -211,6 +230,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "camera": CameraConfig,
     "up": UpConfig,
     "sync": SyncConfig,
+    "shadow": ShadowConfig,
 }
 ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields if name not in SECTIONS}
 SECTION_ENV_VARS = {

@@ -26,7 +26,7 @@ MAX_LONG_POLL_S = 60.0  # the API's cap on GET /commands/{id}?wait=
 PAGE_LIMIT = 1000  # the API's cap on GET /results?limit=
 # a device's part in a deployment ends in one of these; only "active" is a success ("superseded":
 # a newer deployment took the device over before this one finished)
-TERMINAL_STATES = frozenset({"active", "failed", "rolled_back", "superseded"})
+TERMINAL_STATES = frozenset({"staged", "active", "failed", "rolled_back", "superseded"})
 
 _ERRORS_BY_CODE: dict[str, type[CloudSyncError]] = {
     "not_found": NotFound,

@@ -77,6 +77,8 @@ class SyncAgent:
         self.storage = Storage.in_dir(config.data_dir)
         self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
         self.on_models_desired: Callable[[ModelsDesired], None] | None = None
+        self._last_outcome: UpdateOutcome | None = None
+        self._shadow_sent: dict[str, Any] = {}
         self.ota, self.ota_runner = self._build_ota()
         if self.ota_runner is not None:
             self.on_models_desired = self.ota_runner.submit  # returns at once; the latest desired wins
@@ -271,6 +273,8 @@ class SyncAgent:
             self._publish_status()
         if not self.link.connected:
             return
+        if self.ota is not None:
+            self._report_shadow()
         msg = Telemetry(device=self.device, ts=time.time(), metrics=self.metrics())
         try:
             self.link.publish(topic(self.device, "telemetry"), encode(msg), qos=0)
@@ -359,11 +363,28 @@ class SyncAgent:
         updater = OtaUpdater(store, activator, ota_settings, self._publish_outcome)
         return updater, OtaRunner(updater)
 
+    def _report_shadow(self) -> None:
+        """Shadow figures changed since the last report: models/reported again, with the last outcome."""
+        from edge_agent.sync.ota_runner import read_shadow, reported
+
+        shadow = read_shadow(Path(self.config.data_dir) / "shadow")
+        if shadow == self._shadow_sent:
+            return
+        try:
+            self.publish(
+                "models_reported", reported(self.device, self.active_models(), self._last_outcome, shadow)
+            )
+            self._shadow_sent = shadow
+        except (MqttError, EdgeAgentError) as exc:
+            logger.warning("shadow figures not published: %s", exc.message)
+
     def _publish_outcome(self, outcome: UpdateOutcome) -> None:
         """Runs on the OTA thread: every step of an update goes out on models/reported (retained)."""
-        from edge_agent.sync.ota_runner import reported
+        from edge_agent.sync.ota_runner import read_shadow, reported
 
-        self.publish("models_reported", reported(self.device, self.active_models(), outcome))
+        self._last_outcome = outcome
+        shadow = read_shadow(Path(self.config.data_dir) / "shadow")
+        self.publish("models_reported", reported(self.device, self.active_models(), outcome, shadow))
         if outcome.state in ("active", "rolled_back"):
             self._models_changed()
 

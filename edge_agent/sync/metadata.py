@@ -148,6 +148,10 @@ class TargetModel(_Doc):
     version: str = Field(min_length=1, max_length=32)
     release: int = Field(ge=1, description="Per-model counter; never goes down on a device.")
     rollback: bool = Field(default=False, description="An operator's signed decision to go back.")
+    stage: bool = Field(
+        default=False,
+        description="Install and self-test only: a candidate for shadow evaluation, not served.",
+    )
     manifest_sha256: str = Field(pattern=SHA256_PATTERN)
     artifact_url: str = Field(min_length=1, max_length=2048)
     artifact_sha256: str = Field(pattern=SHA256_PATTERN)

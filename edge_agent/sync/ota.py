@@ -64,8 +64,8 @@ from edge_agent.sync.trust import Trust
 logger = logging.getLogger(__name__)
 
 Report = Callable[[UpdateOutcome], None]
-State = Literal["downloading", "verifying", "active", "failed", "rolled_back"]
-FINAL = frozenset({"active", "failed", "rolled_back"})
+State = Literal["downloading", "verifying", "staged", "active", "failed", "rolled_back"]
+FINAL = frozenset({"staged", "active", "failed", "rolled_back"})
 MAX_REASON = 500
 
 
@@ -73,6 +73,8 @@ class Activator(Protocol):
     """What activates and rolls back: ``Engine`` in a serving process, ``StoreActivator`` otherwise."""
 
     def activate(self, name: str, version: str) -> SelfTestReport: ...
+
+    def check(self, name: str, version: str) -> SelfTestReport: ...
 
     def rollback(self, name: str) -> str: ...
 
@@ -228,6 +230,8 @@ class OtaUpdater:
                         f"{name}/{version} is installed with a different manifest; versions are immutable"
                     )
                 if self.store.active_version(name) == version:
+                    if not target.stage:
+                        self.store.set_staged(name, None)  # a candidate withdrawn: this version stays
                     return self._emit(deployment, name, version, "active", "already active", final=True)
             if name in self.store.names():  # pin the pointer: else the newest version on disk would win
                 self.store.set_active(name, self.store.active_version(name))
@@ -235,7 +239,13 @@ class OtaUpdater:
                 self._fetch_and_install(deployment, target, manifest)
                 installed_now = True
             self._emit(deployment, name, version, "verifying", "golden self-test")
+            if target.stage:  # installed and self-tested, not serving: shadow evaluation on live traffic
+                report = self.activator.check(name, version)
+                self.store.set_staged(name, version)
+                logger.info("model %s: version %s staged (%s)", name, version, report.message)
+                return self._emit(deployment, name, version, "staged", report.message, final=True)
             report = self.activator.activate(name, version)
+            self.store.set_staged(name, None)
             logger.info("model %s: version %s active (%s)", name, version, report.message)
             return self._emit(deployment, name, version, "active", report.message, final=True)
         except DownloadError as exc:

@@ -185,16 +185,44 @@ class UpdateOutcome(BaseModel):
     deployment: str
     model: str
     version: str
-    state: Literal["downloading", "verifying", "active", "failed", "rolled_back"]
+    state: Literal["downloading", "verifying", "staged", "active", "failed", "rolled_back"]
     reason: str | None = None
     progress: float | None = Field(default=None, ge=0, le=1)
     ts: float
+
+
+class ShadowReport(BaseModel):
+    """Shadow evaluation of a staged version on the device's live requests (``edge_agent.serving.shadow``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    model: str
+    active: str = Field(description="The version answering callers.")
+    candidate: str = Field(description="The staged version given a copy of sampled requests.")
+    since: float
+    updated: float
+    samples: int = Field(ge=0, description="Requests the candidate answered.")
+    rows: int = Field(ge=0, description="Rows compared (a request may hold several).")
+    agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Share of rows with the same top-1 label / matched boxes."
+    )
+    errors: int = Field(default=0, ge=0, description="Samples the candidate failed on.")
+    dropped: int = Field(default=0, ge=0, description="Samples lost to a full queue.")
+    rate_limited: int = Field(default=0, ge=0, description="Samples skipped by the rate limit.")
+    mean_abs_diff: float | None = Field(default=None, description="Mean absolute output difference.")
+    max_abs_diff: float | None = None
+    active_ms_p50: float | None = Field(default=None, description="Median compute time of the active answer.")
+    candidate_ms_p50: float | None = Field(default=None, description="Median compute time of the candidate.")
+    latency_ratio: float | None = Field(default=None, description="candidate_ms_p50 / active_ms_p50.")
 
 
 class ModelsReported(_Msg):
     models: dict[str, str]
     last_update: UpdateOutcome | None = None
     ts: float
+    shadow: dict[str, ShadowReport] = Field(
+        default_factory=dict, description="model -> shadow figures of its staged version (optional)."
+    )
 
 
 PAYLOADS: dict[str, type[_Msg]] = {
