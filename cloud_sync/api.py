@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from cloud_sync import __version__, dashboard, deploy
+from cloud_sync import __version__, dashboard, deploy, rollout
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import BrokerSettings, MqttLink
@@ -84,12 +84,32 @@ class DeploymentRequest(BaseModel):
     )
 
 
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, description="Model name.")
+    version: str = Field(min_length=1, description="A published (signed) version of it.")
+    devices: list[str] | None = Field(
+        default=None, min_length=1, max_length=10_000, description="Devices, split into 1, 10 %, 50 %, all."
+    )
+    all: bool = Field(default=False, description="Every device the cloud has heard from.")
+    waves: list[list[str]] | None = Field(
+        default=None, min_length=1, max_length=100, description="Explicit waves (device lists), in order."
+    )
+    thresholds: rollout.Thresholds = Field(default_factory=rollout.Thresholds)
+    artifact_base_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Base URL devices download artifacts from."
+    )
+    note: str | None = Field(default=None, max_length=1000)
+
+
 class Cloud:
     """What the endpoints share: settings, the store, the MQTT link, the artifact directory."""
 
     def __init__(self, config: CloudConfig, store: Store, link: MqttLink) -> None:
         self.config, self.store, self.link = config, store, link
         self.artifacts = deploy.artifact_dir(config)
+        self.rollouts = rollout.Rollouts(store, link, lambda: Signer.from_config(config))
 
 
 def _cloud(request: Request) -> Cloud:
@@ -238,6 +258,49 @@ def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) 
     )
 
 
+@router.post("/rollouts", tags=["rollouts"], status_code=201, summary="Start a staged rollout in waves")
+def post_rollout(cloud: CloudDep, body: RolloutRequest, request: Request) -> Row:
+    if sum([body.devices is not None, body.all, body.waves is not None]) != 1:
+        raise InvalidRequest("give exactly one of devices, all, waves")
+    devices = body.devices or ([d["id"] for d in cloud.store.devices()] if body.all else [])
+    return cloud.rollouts.create(
+        body.model,
+        body.version,
+        devices,
+        base_url=body.artifact_base_url or str(request.base_url),
+        waves=body.waves,
+        thresholds=body.thresholds,
+        note=body.note,
+    )
+
+
+@router.get("/rollouts", tags=["rollouts"], summary="Rollouts, newest first")
+def list_rollouts(cloud: CloudDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Row:
+    return {"rollouts": cloud.rollouts.recent(limit)}
+
+
+@router.get(
+    "/rollouts/{rollout_id}", tags=["rollouts"], summary="A rollout: waves, per-device state, figures"
+)
+def get_rollout(cloud: CloudDep, rollout_id: str) -> Row:
+    doc = cloud.rollouts.get(rollout_id)
+    for wave in doc["waves"]:
+        wave["device_states"] = {}
+        for key in ("stage_deployment", "promote_deployment"):
+            if wave.get(key):
+                for d in cloud.store.deployment_status(wave[key])["devices"]:
+                    wave["device_states"][d["device"]] = {"state": d["state"], "reason": d["reason"]}
+    return doc
+
+
+@router.post("/rollouts/{rollout_id}/{action}", tags=["rollouts"], summary="pause, resume or abort a rollout")
+def act_on_rollout(
+    cloud: CloudDep, rollout_id: str, action: Annotated[str, PathParam(pattern="^(pause|resume|abort)$")]
+) -> Row:
+    act = {"pause": cloud.rollouts.pause, "resume": cloud.rollouts.resume, "abort": cloud.rollouts.abort}
+    return act[action](rollout_id)
+
+
 @router.api_route(
     "/artifacts/{sha256}",
     methods=["GET", "HEAD"],
@@ -268,8 +331,11 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cloud.link.start(wait_s=None)  # connects (and reconnects) in the background
+        driver = rollout.RolloutDriver(cloud.rollouts)
+        driver.start()
         logger.info("cloud API ready (database %s)", config.db_path)
         yield
+        driver.stop()
         if feed is not None:
             await feed.close()
         cloud.link.close()

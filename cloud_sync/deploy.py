@@ -184,6 +184,7 @@ def deploy(
     signer: Signer,
     note: str | None = None,
     rollback: bool = False,
+    stage: bool = False,
 ) -> dict[str, Any]:
     """Create a deployment and set every target's retained desired state; returns its status."""
     row = store.model_version(model, version)
@@ -199,7 +200,7 @@ def deploy(
         raise InvalidRequest(f"invalid device ids: {bad[:5]}")
     if not link.connected:
         raise BrokerError("not connected to the broker; try again shortly")
-    signed, entry = model_entry(store, signer, row, base_url, rollback=rollback)
+    signed, entry = model_entry(store, signer, row, base_url, rollback=rollback, stage=stage)
     deployment_id = uuid.uuid4().hex
     now = time.time()
     messages = {d: desired_for(store, signer, d, deployment_id, [(signed, entry)]) for d in targets}
@@ -224,7 +225,13 @@ def deploy(
 
 
 def model_entry(
-    store: Store, signer: Signer, row: dict[str, Any], base_url: str, *, rollback: bool = False
+    store: Store,
+    signer: Signer,
+    row: dict[str, Any],
+    base_url: str,
+    *,
+    rollback: bool = False,
+    stage: bool = False,
 ) -> tuple[protocol.SignedModel, dict[str, Any]]:
     """The model as the message carries it, and what the targets metadata signs about it (with the
     next release counter of the model: it never goes down on a device)."""
@@ -246,6 +253,7 @@ def model_entry(
         "version": row["version"],
         "release": store.next_counter(f"release:{row['model']}"),
         "rollback": rollback,
+        "stage": stage,
         "manifest": row["manifest"],
         "artifact_url": signed.artifact_url,
         "artifact_sha256": row["sha256"],

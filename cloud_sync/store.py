@@ -44,6 +44,7 @@ JSON_COLUMNS = frozenset(
         "manifest",
         "devices",
         "shadow",
+        "doc",
     }
 )
 
@@ -198,6 +199,12 @@ def _v2(db: Database) -> None:
     db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
     # the shadow figures a device last reported (model -> ShadowReport), for rollouts and the dashboard
     db.table("devices").add_column("shadow", str)
+    # staged rollouts (cloud_sync.rollout): the plan and its progress as one JSON document
+    db.table("rollouts").create(
+        {"id": str, "created": float, "updated": float, "state": str, "doc": str},
+        pk="id",
+        not_null=["created", "updated", "state", "doc"],
+    )
 
 
 # Each migration moves the schema from version i to i + 1. Append only.
@@ -687,6 +694,30 @@ class Store:
                 [name],
             )
             return int(db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
+
+    def save_rollout(self, rollout_id: str, state: str, doc: dict[str, Any], now: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO rollouts (id, created, updated, state, doc) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated, state = excluded.state, "
+                "doc = excluded.doc",
+                [rollout_id, now, now, state, _dumps(doc, "rollout")],
+            )
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM rollouts WHERE id = ?", [rollout_id])
+        if not rows:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        return rows[0]
+
+    def rollouts(self, states: Sequence[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            return self._query(
+                f"SELECT * FROM rollouts WHERE state IN ({marks}) ORDER BY created DESC LIMIT ?",
+                [*states, limit],
+            )
+        return self._query("SELECT * FROM rollouts ORDER BY created DESC LIMIT ?", [limit])
 
     def create_deployment(
         self,

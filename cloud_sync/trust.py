@@ -176,6 +176,7 @@ def sign_targets(
                 version=m["version"],
                 release=m["release"],
                 rollback=m["rollback"],
+                stage=m.get("stage", False),
                 manifest_sha256=metadata.manifest_digest(m["manifest"]),
                 artifact_url=m["artifact_url"],
                 artifact_sha256=m["artifact_sha256"],
