@@ -286,10 +286,18 @@ def get_rollout(cloud: CloudDep, rollout_id: str) -> Row:
     doc = cloud.rollouts.get(rollout_id)
     for wave in doc["waves"]:
         wave["device_states"] = {}
-        for key in ("stage_deployment", "promote_deployment"):
-            if wave.get(key):
-                for d in cloud.store.deployment_status(wave[key])["devices"]:
-                    wave["device_states"][d["device"]] = {"state": d["state"], "reason": d["reason"]}
+        # the latest step wins: staged, then promoted, then rolled back
+        steps = [
+            wave.get("stage_deployment"),
+            wave.get("promote_deployment"),
+            *wave.get("rollback_deployments", []),
+        ]
+        for deployment in [s for s in steps if s]:
+            for d in cloud.store.deployment_status(deployment)["devices"]:
+                state = "rolled_back" if deployment in wave.get("rollback_deployments", []) else d["state"]
+                if state == "rolled_back" and d["state"] != "active":
+                    state = d["state"]  # the roll back itself still in progress or failed
+                wave["device_states"][d["device"]] = {"state": state, "reason": d["reason"]}
     return doc
 
 

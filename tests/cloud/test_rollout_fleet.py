@@ -5,7 +5,9 @@ every gateway so the staged version gets shadow samples.
 - iris 2 (the same model) goes out wave by wave (1 device, then 1, then 2) and every gateway ends
   up answering with it; each wave starts only after the previous one is active everywhere;
 - iris 3 passes its golden self-test (same tensors) but has two labels swapped: wave 1 halts on
-  shadow agreement, is rolled back to iris 2, and the other devices never receive iris 3.
+  shadow agreement, is rolled back to iris 2, and the other devices never receive iris 3;
+- the same in the dashboard (headless Chromium): both rollouts, their waves, per-device states and
+  the agreement that decided; then a rollout paused, resumed and aborted from its buttons.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from demo.fleet import MOSQUITTO, Fleet
+from tests.dashboard import PASSWORD, PASSWORD_HASH, USER, logged_in
+from tests.dashboard.test_dashboard_browser import ARGS, CHROMIUM
 from tests.dashboard.test_dashboard_rollout import publish, stage, wait_version
 
 DEVICES = ("fl-1", "fl-2", "fl-3", "fl-4")
@@ -75,11 +80,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make test` (apt-get install mosquitto)"
     work = tmp_path_factory.mktemp("rollout-fleet")
     (work / "logs").mkdir()
+    assert Path(CHROMIUM).exists(), "chromium is missing: run `make test` (apt-get install chromium)"
     fleet = Fleet(work, devices=DEVICES, roles=("serve", "sync"), models=("iris",), device_env=SHADOW_ENV)
+    fleet.cloud_env |= {
+        "CLOUD_DASHBOARD_USER": USER,
+        "CLOUD_DASHBOARD_PASSWORD_HASH": PASSWORD_HASH,
+        "CLOUD_SESSION_SECRET": "rollout-fleet-session-secret",
+    }
     traffic: Traffic | None = None
     try:
         fleet.start_broker()
         fleet.start_cloud()
+        fleet.cloud_http = logged_in(fleet.api)  # with a dashboard login configured, the API wants a session
         fleet.start_devices()
         publish(fleet, "2")
         publish_swapped(fleet, "3")
@@ -164,3 +176,54 @@ def test_a_bad_version_halts_in_wave_one_and_rolls_back(fleet: Fleet) -> None:
         last = fleet.cloud_http.get(f"{fleet.api}/devices/{device}").json()["last_update"]
         assert last["version"] == "2", last  # iris 3 was never sent to it
         assert not (fleet.work / device / "models" / "iris" / "3").exists()
+
+
+def test_the_dashboard_shows_waves_figures_and_drives_a_rollout(fleet: Fleet, tmp_path: Path) -> None:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{fleet.api}/dashboard/login")
+            page.fill("input[name=user]", USER)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{fleet.api}/dashboard/")
+            page.goto(f"{fleet.api}/dashboard/rollouts")
+            cards = page.locator("section.rollout")
+            expect(cards).to_have_count(2)
+            bad, good = cards.nth(0), cards.nth(1)  # newest first
+            expect(good.locator(".rollout-state")).to_have_text("done")
+            expect(good.locator("section.wave .wave-state")).to_have_text(["done", "done", "done"])
+            expect(good.locator('tr[data-device="fl-3"] td.agreement')).to_have_text("100.0 %")
+            expect(bad.locator(".rollout-state")).to_have_text("halted")
+            expect(bad.locator("p.reason").first).to_contain_text("shadow agreement")
+            expect(bad.locator("section.wave .wave-state")).to_have_text(
+                ["rolled back", "pending", "pending"]
+            )
+            agreement = bad.locator('section[data-wave="1"] tr[data-device="fl-1"] td.agreement')
+            expect(agreement).to_have_class("agreement failed")
+            assert float(agreement.inner_text().split()[0]) < 95.0
+            page.screenshot(path=tmp_path / "rollouts-halted.png", full_page=True)
+
+            # a third rollout from the form: paused, resumed, aborted with the buttons
+            form = page.locator("form#start")
+            form.locator("select[name=model]").select_option("iris")
+            form.locator("select[name=version]").select_option("3")
+            form.locator("input[name=min_samples]").fill("100000")  # never enough: it waits in wave 1
+            form.locator("button[type=submit]").click()
+            expect(page.locator("#start-out")).to_contain_text("started")
+            third = cards.nth(0)
+            expect(third.locator(".rollout-state")).to_have_text("running")
+            third.locator("button.pause").click()
+            expect(third.locator(".rollout-state")).to_have_text("paused")
+            third.locator("button.resume").click()
+            expect(third.locator(".rollout-state")).to_have_text("running")
+            expect(third.locator('section[data-wave="1"] .wave-state')).to_have_text("evaluating")
+            third.locator("button.abort").click()
+            expect(third.locator(".rollout-state")).to_have_text("aborted")
+            expect(third.locator('section[data-wave="1"] .wave-state')).to_have_text("rolled back")
+            page.screenshot(path=tmp_path / "rollouts-aborted.png", full_page=True)
+        finally:
+            browser.close()
+    assert wait_version(fleet.gateway_ports["fl-1"], "2") == "2"
