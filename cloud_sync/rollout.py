@@ -262,10 +262,14 @@ class Rollouts:
             previous = doc["previous"].get(device)
             if previous:
                 by_version.setdefault(previous, []).append(device)
-        wave["rollback_deployments"] = [
-            self._deploy(doc, devices, version, stage=False, rollback=True)
-            for version, devices in sorted(by_version.items())
-        ]
+        wave["rollback_deployments"] = []
+        for version, devices in sorted(by_version.items()):
+            try:
+                wave["rollback_deployments"].append(
+                    self._deploy(doc, devices, version, stage=False, rollback=True)
+                )
+            except CloudSyncError as exc:  # recorded; the halt or abort still stands
+                self._event(doc, f"roll back of {', '.join(devices)} to {version} failed: {exc.message}")
         wave["state"] = "rolled_back"
 
     def _deploy(

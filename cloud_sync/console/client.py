@@ -401,6 +401,25 @@ class ConsoleClient:
         data = self._request("POST", "/deployments", json={"model": model, "version": version} | target)
         return str(data["id"])
 
+    # -- staged rollouts ---------------------------------------------------------------------------------
+    def start_rollout(
+        self, model: str, version: str, *, devices: Sequence[str] | None = None, thresholds: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Start a staged rollout to ``devices`` (None: every device); the rollout document."""
+        target: dict[str, Any] = {"devices": list(devices)} if devices else {"all": True}
+        body = {"model": model, "version": version, "thresholds": thresholds} | target
+        return dict(self._request("POST", "/rollouts", json=body))
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/rollouts/{rollout_id}"))
+
+    def rollouts(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/rollouts", params={"limit": limit})["rollouts"])
+
+    def act_on_rollout(self, rollout_id: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort``."""
+        return dict(self._request("POST", f"/rollouts/{rollout_id}/{action}"))
+
     def deployment(self, deployment_id: str) -> Deployment:
         data = self._request("GET", f"/deployments/{deployment_id}")
         return _parse(Deployment, data, f"GET /deployments/{deployment_id}")

@@ -539,21 +539,49 @@ def test_deploy_on_a_terminal_draws_progress_bars(
     assert "active" in screen and "1 of 1 devices active" in screen
 
 
+# -- staged rollouts ----------------------------------------------------------------------------------
+def test_rollout_start_show_pause_resume_abort(
+    api_url: str, fleet: dict[str, FleetDevice], published: None
+) -> None:
+    done = console(api_url, "rollout", "start", "iris", "2", "--to", "con-a,con-b", "--min-samples", "100000")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("rollout ") and first.endswith("iris 2 running")
+    rollout_id = first.split()[1].rstrip(":")
+    assert (
+        "  wave 1 pending" in done.stdout and "    con-a" in done.stdout and "  wave 2 pending" in done.stdout
+    )
+    shown = console(api_url, "rollout", "show", rollout_id)
+    assert shown.returncode == 0 and f"rollout {rollout_id}: iris 2" in shown.stdout
+    assert rollout_id in console(api_url, "rollout", "show").stdout  # the list
+    for action, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+        acted = console(api_url, "rollout", action, rollout_id)
+        assert acted.returncode == 0, acted.stderr
+        assert acted.stdout.startswith(f"rollout {rollout_id}: {state}")
+    again = console(api_url, "rollout", "resume", rollout_id)  # an aborted rollout cannot resume
+    assert again.returncode != 0 and "is aborted, not paused" in again.stderr
+
+
 # -- help ----------------------------------------------------------------------------------------------
 def test_every_command_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:
     group = typer.main.get_command(console_app.app)
     assert isinstance(group, typer.core.TyperGroup)
     commands = group.commands
-    assert set(commands) == {"devices", "results", "send", "deploy", "rollback"}
+    assert set(commands) == {"devices", "results", "send", "deploy", "rollback", "rollout"}
     for param in group.params:
         assert isinstance(param, typer.core.TyperOption) and param.help, param.name
-    for name, command in commands.items():
+    rollout = commands["rollout"]
+    assert isinstance(rollout, typer.core.TyperGroup)
+    assert set(rollout.commands) == {"start", "show", "pause", "resume", "abort"}
+    leaves = {n: c for n, c in commands.items() if n != "rollout"}
+    leaves |= {f"rollout {n}": c for n, c in rollout.commands.items()}
+    for name, command in leaves.items():
         assert command.help, name
         for param in command.params:
             assert isinstance(param, typer.core.TyperOption | typer.core.TyperArgument), param
             assert param.help, f"{name} {param.name}"
         capsys.readouterr()
-        assert console_app.main([name, "--help"]) == 0
+        assert console_app.main([*name.split(), "--help"]) == 0
         assert "Usage: edge-console " + name in capsys.readouterr().out
     done = subprocess.run(
         [sys.executable, "-m", "cloud_sync.console.app", "--help"],
