@@ -13,6 +13,7 @@ Run it as ``edge-agent sync`` or, standalone, ``python -m edge_agent.sync.agent`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import queue
@@ -299,7 +300,20 @@ class SyncAgent:
             "rss_bytes": float(rss_bytes()),
             "uptime_s": now - self._started,
             "models_active": float(len(self._models)),
-        }
+        } | self._drift_metrics()
+
+    def _drift_metrics(self) -> dict[str, float]:
+        """``drift_psi.<model>`` (largest PSI of the window) and ``drift_flag.<model>`` (1 past the threshold)
+        from what the gateway wrote in ``<data_dir>/drift/``."""
+        out: dict[str, float] = {}
+        for path in sorted((Path(self.config.data_dir) / "drift").glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+                out[f"drift_psi.{path.stem}"] = float(doc["max"])
+                out[f"drift_flag.{path.stem}"] = 1.0 if doc.get("drifted") else 0.0
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return out
 
     # -- for commands (command thread) ----------------------------------------------------
     def active_models(self) -> dict[str, str]:

@@ -442,7 +442,8 @@ def test_unsafe_archives_are_refused(tmp_path: Path, members: list[Any], reason:
 
 def test_packing_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     one, two = io.BytesIO(), io.BytesIO()
-    assert pack(MODELS / "iris" / "1", one) == ["golden.npz", "manifest.json", "model.onnx"]  # no samples/
+    names = ["drift.json", "golden.npz", "manifest.json", "model.onnx"]  # no samples/; the drift reference
+    assert pack(MODELS / "iris" / "1", one) == names
     pack(MODELS / "iris" / "1", two)
     assert one.getvalue() == two.getvalue()
     (tmp_path / "a.tar").write_bytes(one.getvalue())
