@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import random
 import statistics
@@ -226,6 +227,10 @@ class ShadowEvaluator:
                 (self.directory / f"{model}.json").unlink(missing_ok=True)
 
     def _run(self) -> None:
+        try:  # the lowest CPU priority for this thread (Linux: per thread): callers' requests come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            logger.debug("shadow thread priority unchanged")
         next_refresh = next_write = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
