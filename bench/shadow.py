@@ -1,7 +1,7 @@
 """What shadow evaluation costs the caller: p50/p99 through the gateway with and without a staged
 candidate of the face model, side by side in one run.
 
-    python bench/shadow.py [--requests 300] [--rounds 3] [--sample 0.25] [--max-per-s 5] [--json out.json]
+    python bench/shadow.py [--requests 300] [--rounds 3] [--sample 0.25] [--max-per-s 2] [--json out.json]
 
 One real gateway (``edge-agent serve``, a process) serves face version 1; version 2 (the same
 package, another version) is staged or not, alternating round by round (``off``, ``on``, ``off``,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300, help="requests per round (default 300)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per condition (default 3)")
     p.add_argument("--sample", type=float, default=0.25, help="[shadow] sample (default 0.25)")
-    p.add_argument("--max-per-s", type=float, default=5.0, help="[shadow] max_per_s (default 5)")
+    p.add_argument("--max-per-s", type=float, default=2.0, help="[shadow] max_per_s (default 2)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))

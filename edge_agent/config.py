@@ -146,7 +146,7 @@ class ShadowConfig(_Section):
         default=0.25, ge=0, le=1, description="Share of a model's live requests copied to its staged version."
     )
     max_per_s: float = Field(
-        default=5.0,
+        default=2.0,
         gt=0,
         le=1000,
         description="Shadow samples per second at most (the rest are counted).",
