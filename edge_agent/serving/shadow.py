@@ -6,6 +6,10 @@ latency come from the active version alone: ``offer`` is called after the
 active answer is computed and only does a coin toss, a token-bucket check and
 a non-blocking ``put``; one daemon thread runs the candidate and compares.
 
+The candidate runs in its own spawned process at the lowest CPU priority
+(``edge_agent.serving.shadow_worker``): it shares no GIL with the gateway and
+gets the cores only when callers do not need them.
+
 Bounded: ``sample`` share of requests, at most ``max_per_s`` per second (the
 rest counted as ``rate_limited``), at most ``queue`` waiting (the rest counted
 as ``dropped``). Figures per model, written every ``report_every_s`` to
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import random
 import statistics
@@ -40,6 +43,7 @@ from edge_agent.config import ShadowConfig
 from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.store import atomic_write
+from edge_agent.serving.shadow_worker import CandidateProcess
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +162,7 @@ class ShadowEvaluator:
         self._tokens = settings.max_per_s
         self._last = time.monotonic()
         self._stop = threading.Event()
+        self._candidate = CandidateProcess(engine.store.root, engine.store.state_path, engine.options)
         self._refresh_staged()
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self._thread.start()
@@ -205,6 +210,7 @@ class ShadowEvaluator:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._candidate.close()
         self._write()
 
     # -- the shadow thread ------------------------------------------------------------------------
@@ -221,16 +227,14 @@ class ShadowEvaluator:
             logger.warning("cannot read staged versions: %s", exc)
             return
         self._staged = staged
+        if not staged and self._candidate.running:  # nothing to evaluate: free the process's memory
+            self._candidate.close()
         with self._lock:
             for model in [m for m in self._figures if m not in staged]:
                 del self._figures[model]  # no candidate any more: promoted or withdrawn
                 (self.directory / f"{model}.json").unlink(missing_ok=True)
 
     def _run(self) -> None:
-        try:  # the lowest CPU priority for this thread (Linux: per thread): callers' requests come first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            logger.debug("shadow thread priority unchanged")
         next_refresh = next_write = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
@@ -252,22 +256,17 @@ class ShadowEvaluator:
                     self._figures_for(sample.model, sample.active, sample.candidate).errors += 1
 
     def _evaluate(self, s: _Sample) -> None:
-        t0 = time.perf_counter()
         try:
-            pred = self.engine.predict(
-                s.model,
-                dict(s.tensors) if s.tensors is not None else None,
-                images=s.images,
-                version=s.candidate,
+            outputs, results, candidate_ms = self._candidate.predict(
+                s.model, s.candidate, s.tensors, s.images
             )
         except EdgeAgentError as exc:
             logger.warning("shadow %s/%s: %s", s.model, s.candidate, exc.message)
             with self._lock:
                 self._figures_for(s.model, s.active, s.candidate).errors += 1
             return
-        candidate_ms = (time.perf_counter() - t0) * 1000.0
-        agree = rows_agree(s.results, pred.results)
-        diff = output_diff(s.outputs, pred.outputs)
+        agree = rows_agree(s.results, results)
+        diff = output_diff(s.outputs, outputs)
         with self._lock:
             f = self._figures_for(s.model, s.active, s.candidate)
             f.samples += 1
