@@ -96,6 +96,12 @@ class RolloutRequest(BaseModel):
     waves: list[list[str]] | None = Field(
         default=None, min_length=1, max_length=100, description="Explicit waves (device lists), in order."
     )
+    groups: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="One wave per rollout group the devices report (EDGE_GROUP), in order; '*': the rest.",
+    )
     thresholds: rollout.Thresholds = Field(default_factory=rollout.Thresholds)
     artifact_base_url: str | None = Field(
         default=None, pattern=r"^https?://", description="Base URL devices download artifacts from."
@@ -260,15 +266,16 @@ def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) 
 
 @router.post("/rollouts", tags=["rollouts"], status_code=201, summary="Start a staged rollout in waves")
 def post_rollout(cloud: CloudDep, body: RolloutRequest, request: Request) -> Row:
-    if sum([body.devices is not None, body.all, body.waves is not None]) != 1:
-        raise InvalidRequest("give exactly one of devices, all, waves")
+    if sum([body.devices is not None, body.all, body.waves is not None, body.groups is not None]) != 1:
+        raise InvalidRequest("give exactly one of devices, all, waves, groups")
     devices = body.devices or ([d["id"] for d in cloud.store.devices()] if body.all else [])
+    waves = rollout.waves_by_group(cloud.store.devices(), body.groups) if body.groups else body.waves
     return cloud.rollouts.create(
         body.model,
         body.version,
         devices,
         base_url=body.artifact_base_url or str(request.base_url),
-        waves=body.waves,
+        waves=waves,
         thresholds=body.thresholds,
         note=body.note,
     )

@@ -64,6 +64,22 @@ class Thresholds(BaseModel):
     wave_timeout_s: float = Field(default=900, gt=0, description="A wave with no verdict by then halts.")
 
 
+def waves_by_group(devices: list[dict[str, Any]], groups: list[str]) -> list[list[str]]:
+    """One wave per group, in the order given, from the groups devices report (``EDGE_GROUP``);
+    ``*`` stands for every device not in a named group."""
+    named = set(groups)
+    waves = []
+    for g in groups:
+        if g == "*":
+            wave = sorted(d["id"] for d in devices if d.get("rollout_group") not in named)
+        else:
+            wave = sorted(d["id"] for d in devices if d.get("rollout_group") == g)
+        if not wave:
+            raise InvalidRequest(f"no device reports the rollout group {g!r}")
+        waves.append(wave)
+    return waves
+
+
 def plan_waves(devices: list[str], steps: tuple[float, ...] | list[float] = DEFAULT_STEPS) -> list[list[str]]:
     """Cumulative steps: a number >= 1 is a device count, below 1 a share of the fleet; empty waves go."""
     ordered = sorted(devices)

@@ -199,6 +199,7 @@ def _v2(db: Database) -> None:
     db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
     # the shadow figures a device last reported (model -> ShadowReport), for rollouts and the dashboard
     db.table("devices").add_column("shadow", str)
+    db.table("devices").add_column("rollout_group", str)  # Status.group: waves by group
     # staged rollouts (cloud_sync.rollout): the plan and its progress as one JSON document
     db.table("rollouts").create(
         {"id": str, "created": float, "updated": float, "state": str, "doc": str},
@@ -405,8 +406,8 @@ class Store:
             if msg.state == "online":
                 db.execute(
                     "UPDATE devices SET online = 1, state = ?, agent_version = ?, models = ?, "
-                    f"status_ts = ?, state_received = ? WHERE id = ? {newer}",
-                    [msg.state, msg.agent_version, models, ts, received, msg.device, received],
+                    f"rollout_group = ?, status_ts = ?, state_received = ? WHERE id = ? {newer}",
+                    [msg.state, msg.agent_version, models, msg.group, ts, received, msg.device, received],
                 )
             else:
                 db.execute(

@@ -171,6 +171,12 @@ class AgentConfig(BaseModel):
     data_dir: Path = Field(
         default_factory=_default_data_dir, description="Writable state: store pointers, SQLite file, caches."
     )
+    group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Rollout group of this device (e.g. canary), reported in its status; on balena set "
+        "EDGE_GROUP as a device variable.",
+    )
     intra_op_threads: int = Field(default=1, ge=1, le=64, description="Threads inside one inference call.")
     inter_op_threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime inter-op threads.")
     max_image_pixels: int = Field(

@@ -253,7 +253,12 @@ class SyncAgent:
 
     def _status_message(self, state: str) -> Message:
         msg = Status(
-            device=self.device, state=state, agent_version=__version__, models=self._models, ts=time.time()
+            device=self.device,
+            state=state,
+            agent_version=__version__,
+            models=self._models,
+            ts=time.time(),
+            group=self.config.group,
         )
         return Message(topic(self.device, "status"), encode(msg), qos=1, retain=True)
 

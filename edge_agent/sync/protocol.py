@@ -79,6 +79,7 @@ class Status(_Msg):
     agent_version: str = ""
     models: dict[str, str] = Field(default_factory=dict, description="model name -> active version")
     ts: float
+    group: str | None = Field(default=None, max_length=64, description="Rollout group (optional).")
 
 
 class Telemetry(_Msg):

@@ -203,3 +203,20 @@ def test_models_deployments_and_reported_state(store: Store) -> None:
     assert [(d["device"], d["state"]) for d in deployment["device_states"]] == [("dev1", "active")]
     with pytest.raises(NotFound):
         store.deployment("nope")
+
+
+def test_rollout_waves_follow_the_groups_devices_report(store: Store) -> None:
+    from cloud_sync.errors import InvalidRequest
+    from cloud_sync.rollout import plan_waves, waves_by_group
+    from edge_agent.sync.protocol import Status
+
+    for name, group in (("a", "canary"), ("b", None), ("c", "pilot"), ("d", "canary"), ("e", None)):
+        store.record_status(Status(device=name, state="online", ts=time.time(), group=group), time.time())
+    devices = store.devices()
+    assert waves_by_group(devices, ["canary", "pilot", "*"]) == [["a", "d"], ["c"], ["b", "e"]]
+    assert waves_by_group(devices, ["pilot", "*"]) == [["c"], ["a", "b", "d", "e"]]
+    with pytest.raises(InvalidRequest, match="no device reports the rollout group 'nope'"):
+        waves_by_group(devices, ["nope"])
+    names = [f"d{i:02d}" for i in range(20)]
+    assert [len(w) for w in plan_waves(names)] == [1, 1, 8, 10]  # 1, 10 %, 50 %, all (cumulative)
+    assert [len(w) for w in plan_waves(names[:4])] == [1, 1, 2]
