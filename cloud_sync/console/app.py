@@ -367,6 +367,12 @@ def rollout_start(
     to: Annotated[
         str | None, typer.Option("--to", help="Comma-separated devices (default: every device).")
     ] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            "--groups", help="One wave per rollout group, comma-separated, in order ('*': the rest)."
+        ),
+    ] = None,
     min_agreement: Annotated[
         float, typer.Option(min=0, max=1, help="Shadow agreement each device needs.")
     ] = 0.95,
@@ -377,12 +383,13 @@ def rollout_start(
 ) -> int:
     """Start a staged rollout: waves of 1 device, 10 %, 50 %, all; halts by itself on a breach."""
     devices = [d.strip() for d in to.split(",") if d.strip()] if to else None
+    waves_by = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
     thresholds = {
         "min_agreement": min_agreement,
         "min_samples": min_samples,
         "max_latency_ratio": max_latency_ratio,
     }
-    doc = _client(ctx).start_rollout(model, version, devices=devices, thresholds=thresholds)
+    doc = _client(ctx).start_rollout(model, version, devices=devices, groups=waves_by, thresholds=thresholds)
     for line in _rollout_lines(doc):
         _emit(_console(), line)
     return EXIT_OK

@@ -403,10 +403,20 @@ class ConsoleClient:
 
     # -- staged rollouts ---------------------------------------------------------------------------------
     def start_rollout(
-        self, model: str, version: str, *, devices: Sequence[str] | None = None, thresholds: dict[str, Any]
+        self,
+        model: str,
+        version: str,
+        *,
+        devices: Sequence[str] | None = None,
+        groups: Sequence[str] | None = None,
+        thresholds: dict[str, Any],
     ) -> dict[str, Any]:
-        """Start a staged rollout to ``devices`` (None: every device); the rollout document."""
-        target: dict[str, Any] = {"devices": list(devices)} if devices else {"all": True}
+        """Start a staged rollout to ``devices``, or group by group, or to every device; the document."""
+        if devices and groups:
+            raise InvalidRequest("name devices or groups, not both")
+        target: dict[str, Any] = (
+            {"devices": list(devices)} if devices else {"groups": list(groups)} if groups else {"all": True}
+        )
         body = {"model": model, "version": version, "thresholds": thresholds} | target
         return dict(self._request("POST", "/rollouts", json=body))
 

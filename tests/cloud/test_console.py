@@ -560,6 +560,8 @@ def test_rollout_start_show_pause_resume_abort(
         assert acted.stdout.startswith(f"rollout {rollout_id}: {state}")
     again = console(api_url, "rollout", "resume", rollout_id)  # an aborted rollout cannot resume
     assert again.returncode != 0 and "is aborted, not paused" in again.stderr
+    nobody = console(api_url, "rollout", "start", "iris", "2", "--groups", "canary,*")  # no device reports it
+    assert nobody.returncode != 0 and "no device reports the rollout group 'canary'" in nobody.stderr
 
 
 # -- help ----------------------------------------------------------------------------------------------
