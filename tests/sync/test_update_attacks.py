@@ -40,7 +40,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make test` (apt-get install mosquitto)"
     work = tmp_path_factory.mktemp("attacks")
     (work / "logs").mkdir()
-    fleet = Fleet(work, devices=(DEVICE,), roles=("serve", "sync"), models=("iris",))
+    env = {"EDGE_GROUP": "canary"}  # its rollout group, reported in its status
+    fleet = Fleet(work, devices=(DEVICE,), roles=("serve", "sync"), models=("iris",), device_env=env)
     try:
         fleet.start_broker()
         fleet.start_cloud()
@@ -186,6 +187,7 @@ REPLAY: dict[str, bytes] = {}
 
 def test_a_signed_update_is_installed(fleet: Fleet) -> None:
     assert wait_version(gateway(fleet), "1") == "1"
+    assert fleet.cloud_http.get(f"{fleet.api}/devices/{DEVICE}").json()["rollout_group"] == "canary"
     deploy(fleet, "2")
     REPLAY["2"] = retained_desired(fleet)  # iris 2's signed desired state, kept by an attacker
     trust = fleet.work / DEVICE / "data" / "trust"
