@@ -1,9 +1,11 @@
 """Write the drift reference (``drift.json``) of a model package from the data it was built from.
 
     python models/scripts/drift_reference.py iris models/iris/1
+    python models/scripts/drift_reference.py digits models/digits/1   # and models/digits_int8/1
 
 ``iris``: scikit-learn's bundled iris data (150 rows), the same data ``build_iris.py`` trains on;
-the label shares are the classes' shares in it. The format and the statistics are
+``digits``: the training split ``build_digits.py`` uses (image features: brightness, contrast).
+The label shares are the classes' shares in the data. The format and the statistics are
 ``edge_agent.runtime.drift.reference``. Needs the iris build venv (requirements-iris.txt).
 """
 
@@ -28,7 +30,19 @@ def iris() -> tuple[object, list[str]]:
     return data.data.astype("float32"), labels
 
 
-SOURCES = {"iris": iris}
+def digits() -> tuple[object, list[str]]:
+    """The training split of scikit-learn's digits, as ``build_digits.py`` makes it (pixels / 16)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    x_tr, _, y_tr, _ = train_test_split(x, d.target, test_size=0.25, random_state=0, stratify=d.target)
+    return x_tr, [str(int(t)) for t in y_tr]
+
+
+SOURCES = {"iris": iris, "digits": digits}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,3 +80,34 @@ def test_the_gateway_flags_shifted_inputs_and_not_reference_ones(tmp_path: Path)
     assert moved["psi"]["f2"] > drift.THRESHOLD and moved["psi"]["f3"] > drift.THRESHOLD
     assert moved["psi"]["f0"] < 0.1  # the sepal columns did not move
     print(f"\ndrift PSI, reference rows: {calm['max']:.3f}; shifted petals: {moved['max']:.3f}")
+
+
+def test_image_features_flag_inverted_digits_and_not_held_out_ones(tmp_path: Path) -> None:
+    """digits (image model, tensor input [n, 1, 8, 8]): the held-out split of the data the reference
+    was written from is not flagged; the same images inverted (dark strokes on white) are."""
+    with np.load(ROOT / "tests" / "data" / "digits_heldout.npz") as d:
+        held_out = (d["images"].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    model_dir, data_dir = tmp_path / "models", tmp_path / "data"
+    shutil.copytree(MODELS / "digits" / "1", model_dir / "digits" / "1")
+    path = data_dir / "drift" / "digits.json"
+
+    def post(x: np.ndarray) -> None:
+        for chunk in np.array_split(x, 10):
+            r = httpx.post(
+                f"{gw.url}/v1/models/digits/predict",
+                json={"data": chunk.tolist()},
+                headers={"Cache-Control": "no-cache"},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
+
+    with run_gateway(model_dir, data_dir) as gw:
+        post(held_out[:400])
+        calm = figures(path, 400)
+        assert not calm["drifted"] and calm["max"] < drift.THRESHOLD, calm
+        post(1.0 - held_out[:450])
+        post(1.0 - held_out[:450])
+        time.sleep(2.5)
+        moved = figures(path, 500)
+    assert moved["drifted"] and moved["psi"]["brightness"] > drift.THRESHOLD, moved
+    print(f"\ndigits drift PSI, held-out: {calm['max']:.3f}; inverted: {moved['max']:.3f}")
