@@ -140,6 +140,11 @@ class Trust:
                 f"metadata issued {_iso(targets.issued)} is later than the device clock {_iso(now)}; "
                 "the clock is behind: update skipped until it is set (NTP)"
             )
+        if root.expires <= now:
+            raise MetadataExpired(
+                f"root metadata version {root.version} expired {_iso(root.expires)}; the operator must "
+                "issue a new root (cloud-sync keys rotate)"
+            )
         if targets.expires <= now:
             raise MetadataExpired(
                 f"targets metadata version {targets.version} expired {_iso(targets.expires)} "

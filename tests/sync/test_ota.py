@@ -492,3 +492,14 @@ def test_metadata_issued_after_the_device_clock_proves_the_clock_behind(device: 
     state = json.loads((device.updater.trust.dir / "state.json").read_text())
     assert state["time_floor"] >= later["issued"]  # remembered: a clock reset to 1970 is refused too
     assert device.updater.trust.build_time_seed() > 1.6e9  # seeded from the agent's build
+
+
+def test_an_expired_root_is_not_trusted_for_updates(device: Device, cloud: Cloud) -> None:
+    msg = cloud.desired(cloud.rows["2"], cloud.base)  # carries the cloud's root chain (version 1)
+    assert msg.roots and msg.targets is not None
+    key = signing.load_private_key(cloud.key)
+    current = metadata.parse_root(msg.roots[-1])
+    stale = current.model_copy(update={"version": current.version + 1, "expires": time.time() - 60})
+    env = metadata.sign(metadata.document(stale), [key])  # validly signed, but already expired
+    final = device.apply(msg.model_copy(update={"roots": [*msg.roots, env]}))
+    assert_refused(device, final, "metadata_expired", f"root metadata version {stale.version} expired")
