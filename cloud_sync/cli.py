@@ -174,6 +174,21 @@ def cmd_models_list(config: CloudConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys_rotate(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.trust import load_keys, rotate, trust_dir
+
+    config = with_overrides(config, db_path=args.db)
+    current = args.key or ([config.signing_key_path] if config.signing_key_path else [])
+    if not current:
+        raise InvalidRequest("which current key signs the rotation: --key KEY.pem (or set signing_key_path)")
+    if args.threshold < 1:
+        raise InvalidRequest("--threshold must be at least 1")
+    done = rotate(trust_dir(config), load_keys(current), load_keys(args.new), args.threshold)
+    print(f"root version {done.version}: keys {', '.join(done.keyids)}, threshold {done.threshold}")
+    print(f"written to {done.path}; now set signing_key_path/cosigning_key_paths to the new keys")
+    return EXIT_OK
+
+
 def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
     import os
     import socket
@@ -181,8 +196,11 @@ def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.deploy import deploy
     from cloud_sync.mqtt import BrokerSettings, MqttLink
     from cloud_sync.store import Store
+    from cloud_sync.trust import Signer
 
-    store = Store(args.db or config.db_path)
+    config = with_overrides(config, db_path=args.db)
+    signer = Signer.from_config(config, args.key)
+    store = Store(config.db_path)
     link = MqttLink(
         BrokerSettings.from_config(config), f"cloud-deploy-{socket.gethostname()[:40]}-{os.getpid()}"
     )
@@ -196,7 +214,9 @@ def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
             devices=args.device,
             all_devices=args.all,
             base_url=args.base_url,
+            signer=signer,
             note=args.note,
+            rollback=args.rollback,
         )
     finally:
         link.close()
@@ -303,14 +323,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor", help="next page: the cursor printed by the previous one")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("keys", cmd_config, "Manage the Ed25519 key that signs model manifests.")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="generate")
+    p = add("keys", cmd_config, "Manage the Ed25519 keys that sign model manifests and update metadata.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="generate or rotate")
     p = actions.add_parser(
         "generate", help="write a new key pair", description="Write a new Ed25519 key pair."
     )
     p.set_defaults(func=cmd_keys_generate)
     p.add_argument("--out", type=Path, help="private key file (default: signing_key_path); mode 0600")
     p.add_argument("--public", type=Path, help="public key file (default: OUT with .pub.pem)")
+    p = actions.add_parser(
+        "rotate",
+        help="trust new keys: a new root version signed by the old keys and the new",
+        description="Write root metadata version N+1 naming the new keys and threshold, signed by the "
+        "current root's keys (--key, repeat for a threshold) and every new key. Devices move to it with "
+        "their next desired state; metadata signed by keys no longer named is refused from then on. "
+        "Point signing_key_path (and cosigning_key_paths) at the new keys afterwards.",
+    )
+    p.set_defaults(func=cmd_keys_rotate)
+    p.add_argument("--key", type=Path, action="append", help="a current key (default: signing_key_path)")
+    p.add_argument("--new", type=Path, action="append", required=True, help="a new private key (repeat)")
+    p.add_argument("--threshold", type=int, default=1, help="signatures required from now on (default 1)")
+    _db(p)
 
     p = add("models", cmd_config, "Publish signed model versions; list them.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="publish or list")
@@ -345,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--all", action="store_true", help="every device the cloud has heard from")
     p.add_argument("--base-url", required=True, help="the API's URL as devices reach it (artifact downloads)")
     p.add_argument("--note", help="free text kept with the deployment")
+    p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="mark it as going back to an older version",
+    )
+    p.add_argument("--key", type=Path, help="key signing the update metadata (default: signing_key_path)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _db(p)
 

@@ -117,15 +117,27 @@ class CloudConfig(BaseModel):
 
     # -- model updates -----------------------------------------------------------------
     signing_key_path: Path | None = Field(
-        default=None, description="Ed25519 private key (PEM) that signs model manifests."
+        default=None, description="Ed25519 private key (PEM) that signs model manifests and update metadata."
+    )
+    cosigning_key_paths: list[Path] = Field(
+        default_factory=list,
+        description="More private keys (PEM) that sign update metadata, for a root threshold above 1 "
+        "(environment: paths separated by commas).",
+    )
+    targets_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description="How long signed update metadata stays valid; then a device needs a new deploy.",
     )
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "cosigning_key_paths", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        """``CLOUD_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8``: a comma-separated list in a variable."""
+        """``CLOUD_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8``, ``CLOUD_COSIGNING_KEY_PATHS=a.pem,b.pem``:
+        a comma-separated list in a variable."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -10,8 +10,12 @@
   the store. Versions are immutable: publishing the same version with other
   content is refused; publishing the same package again changes nothing.
 - ``deploy``: a deployment of one model version to devices (or every known
-  device): the signed model is published as each device's retained
-  ``edge/{device}/models/desired``. Devices report on ``models/reported``; the
+  device): for each device, targets metadata naming it is signed
+  (``cloud_sync.trust``) and published with the model as the device's
+  retained ``edge/{device}/models/desired``. Every deployment carries the
+  model's next release counter, so going back to an older version is a new
+  signed decision (marked ``rollback`` when the operator says so), never a
+  replay of the old one. Devices report on ``models/reported``; the
   ingest role stores those outcomes and ``Store.deployment_status`` shows them.
 
 Signing and verifying share ``edge_agent.sync.signing``; the archive format is
@@ -35,6 +39,7 @@ from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import MqttLink
 from cloud_sync.store import Store
+from cloud_sync.trust import Signer, sign_targets
 from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.package import read_manifest
 from edge_agent.sync import protocol, signing
@@ -210,7 +215,10 @@ def deploy(
     devices: list[str] | None = None,
     all_devices: bool = False,
     base_url: str,
+    signer: Signer,
     note: str | None = None,
+    rollback: bool = False,
+    stage: bool = False,
 ) -> dict[str, Any]:
     """Create a deployment and set every target's retained desired state; returns its status."""
     row = store.model_version(model, version)
@@ -226,19 +234,14 @@ def deploy(
         raise InvalidRequest(f"invalid device ids: {bad[:5]}")
     if not link.connected:
         raise BrokerError("not connected to the broker; try again shortly")
-    signed = protocol.SignedModel(
-        manifest=row["manifest"],
-        signature=row["signature"],
-        key_id=row["key_id"],
-        artifact_url=urljoin(base_url, row["artifact_url"]),
-        artifact_sha256=row["sha256"],
-    )
+    signed, entry = model_entry(store, signer, row, base_url, rollback=rollback, stage=stage)
     deployment_id = uuid.uuid4().hex
     now = time.time()
+    messages = {d: desired_for(store, signer, d, deployment_id, [(signed, entry)]) for d in targets}
     store.create_deployment(deployment_id, [{"model": model, "version": version}], targets, now, note)
     failed: list[str] = []
     for device in targets:
-        msg = protocol.ModelsDesired(device=device, deployment=deployment_id, models=[signed], ts=now)
+        msg = messages[device]
         try:
             payload = protocol.encode(msg)
             link.publish(
@@ -253,3 +256,68 @@ def deploy(
             deployment=deployment_id,
         )
     return store.deployment_status(deployment_id)
+
+
+def model_entry(
+    store: Store,
+    signer: Signer,
+    row: dict[str, Any],
+    base_url: str,
+    *,
+    rollback: bool = False,
+    stage: bool = False,
+) -> tuple[protocol.SignedModel, dict[str, Any]]:
+    """The model as the message carries it, and what the targets metadata signs about it (with the
+    next release counter of the model: it never goes down on a device)."""
+    try:
+        size = artifact_path(signer.artifacts, row["sha256"]).stat().st_size
+    except OSError:
+        raise InvalidRequest(
+            f"the archive of {row['model']} {row['version']} is missing from {signer.artifacts}"
+        ) from None
+    signed = protocol.SignedModel(
+        manifest=row["manifest"],
+        signature=row["signature"],
+        key_id=row["key_id"],
+        artifact_url=urljoin(base_url, row["artifact_url"]),
+        artifact_sha256=row["sha256"],
+    )
+    entry = {
+        "name": row["model"],
+        "version": row["version"],
+        "release": store.next_counter(f"release:{row['model']}"),
+        "rollback": rollback,
+        "stage": stage,
+        "manifest": row["manifest"],
+        "artifact_url": signed.artifact_url,
+        "artifact_sha256": row["sha256"],
+        "artifact_size": size,
+    }
+    return signed, entry
+
+
+def desired_for(
+    store: Store,
+    signer: Signer,
+    device: str,
+    deployment: str,
+    models: list[tuple[protocol.SignedModel, dict[str, Any]]],
+) -> protocol.ModelsDesired:
+    """One device's desired state with its own signed targets metadata and the root chain."""
+    roots, targets = sign_targets(
+        store,
+        signer.directory,
+        signer.keys,
+        device=device,
+        deployment=deployment,
+        models=[entry for _, entry in models],
+        expiry_s=signer.expiry_s,
+    )
+    return protocol.ModelsDesired(
+        device=device,
+        deployment=deployment,
+        models=[signed for signed, _ in models],
+        ts=time.time(),
+        targets=targets,
+        roots=roots,
+    )

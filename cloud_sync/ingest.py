@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 COMMIT_RETRIES = (0.5, 1.0, 2.0)
 STATS_EVERY_S = 30.0
-FINAL_UPDATE_STATES = frozenset({"active", "failed", "rolled_back"})
+FINAL_UPDATE_STATES = frozenset({"staged", "active", "failed", "rolled_back"})
 
 
 @dataclass

@@ -46,6 +46,8 @@ JSON_COLUMNS = frozenset(
         "manifest",
         "devices",
         "figures",
+        "shadow",
+        "doc",
     }
 )
 
@@ -223,8 +225,23 @@ def _v4(db: Database) -> None:
     db.execute("ALTER TABLE results ADD COLUMN seq INTEGER")
 
 
+def _v5(db: Database) -> None:
+    """Signed update metadata counters, shadow figures, rollout groups and staged rollouts."""
+    # counters of signed update metadata: "targets:<device>" (metadata version), "release:<model>"
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
+    # the shadow figures a device last reported (model -> ShadowReport), for rollouts and the dashboard
+    db.table("devices").add_column("shadow", str)
+    db.table("devices").add_column("rollout_group", str)  # Status.group: waves by group
+    # staged rollouts (cloud_sync.rollout): the plan and its progress as one JSON document
+    db.table("rollouts").create(
+        {"id": str, "created": float, "updated": float, "state": str, "doc": str},
+        pk="id",
+        not_null=["created", "updated", "state", "doc"],
+    )
+
+
 # Each migration moves the schema from version i to i + 1. Append only.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 
 # A device time before this (2020-01-01) or more than a day after the result was received is
 # implausible: stored as received, flagged, the device's own time kept beside it.
@@ -427,8 +444,8 @@ class Store:
             if msg.state == "online":
                 db.execute(
                     "UPDATE devices SET online = 1, state = ?, agent_version = ?, models = ?, "
-                    f"status_ts = ?, state_received = ? WHERE id = ? {newer}",
-                    [msg.state, msg.agent_version, models, ts, received, msg.device, received],
+                    f"rollout_group = ?, status_ts = ?, state_received = ? WHERE id = ? {newer}",
+                    [msg.state, msg.agent_version, models, msg.group, ts, received, msg.device, received],
                 )
             else:
                 db.execute(
@@ -522,12 +539,12 @@ class Store:
             self._touch(db, msg.device, received)
             update = msg.last_update
             db.execute(
-                # no last_update in a report (e.g. one sent for new benchmark figures) keeps the known one
                 "UPDATE devices SET reported_models = ?, last_update = COALESCE(?, last_update), "
-                "reported_ts = ? WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
+                "shadow = ?, reported_ts = ? WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
                 [
                     _dumps(msg.models, "reported models"),
                     None if update is None else _dumps(update.model_dump(), "last_update"),
+                    _dumps({k: v.model_dump() for k, v in msg.shadow.items()}, "shadow"),
                     ts,
                     msg.device,
                     ts,
@@ -754,6 +771,40 @@ class Store:
         if not rows:
             raise NotFound(f"no model version {model!r} {version!r}: publish it first")
         return rows[0]
+
+    def next_counter(self, name: str) -> int:
+        """Increment and return counter ``name`` (1 the first time); atomic across processes."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                [name],
+            )
+            return int(db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
+
+    def save_rollout(self, rollout_id: str, state: str, doc: dict[str, Any], now: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO rollouts (id, created, updated, state, doc) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated, state = excluded.state, "
+                "doc = excluded.doc",
+                [rollout_id, now, now, state, _dumps(doc, "rollout")],
+            )
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM rollouts WHERE id = ?", [rollout_id])
+        if not rows:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        return rows[0]
+
+    def rollouts(self, states: Sequence[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            return self._query(
+                f"SELECT * FROM rollouts WHERE state IN ({marks}) ORDER BY created DESC LIMIT ?",
+                [*states, limit],
+            )
+        return self._query("SELECT * FROM rollouts ORDER BY created DESC LIMIT ?", [limit])
 
     def create_deployment(
         self,

@@ -209,6 +209,22 @@ class UpConfig(_Section):
     restart_backoff_s: float = Field(default=1.0, gt=0, le=60, description="First restart delay.")
 
 
+class ShadowConfig(_Section):
+    sample: float = Field(
+        default=0.25, ge=0, le=1, description="Share of a model's live requests copied to its staged version."
+    )
+    max_per_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=1000,
+        description="Shadow samples per second at most (the rest are counted).",
+    )
+    queue: int = Field(default=8, ge=1, le=1024, description="Samples waiting for the shadow thread at most.")
+    report_every_s: float = Field(
+        default=1.0, gt=0, le=3600, description="How often shadow figures are written for the sync role."
+    )
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -222,6 +238,12 @@ class AgentConfig(BaseModel):
     model_dir: Path = Field(default_factory=_default_model_dir, description="Root of the model store.")
     data_dir: Path = Field(
         default_factory=_default_data_dir, description="Writable state: store pointers, SQLite file, caches."
+    )
+    group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Rollout group of this device (e.g. canary), reported in its status; on balena set "
+        "EDGE_GROUP as a device variable.",
     )
     intra_op_threads: int = Field(default=1, ge=1, le=64, description="Threads inside one inference call.")
     inter_op_threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime inter-op threads.")
@@ -257,6 +279,9 @@ class AgentConfig(BaseModel):
     up: UpConfig = Field(default_factory=UpConfig, description="`edge-agent up` supervisor.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="SQLite file and its disk.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="MQTT fleet link (sync role).")
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig, description="Shadow evaluation of staged versions in the gateway."
+    )
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AgentConfig:
@@ -279,6 +304,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "up": UpConfig,
     "storage": StorageConfig,
     "sync": SyncConfig,
+    "shadow": ShadowConfig,
 }
 ENV_VARS = {ENV_PREFIX + name.upper(): name for name in AgentConfig.model_fields if name not in SECTIONS}
 SECTION_ENV_VARS = {

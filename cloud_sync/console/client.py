@@ -27,7 +27,7 @@ MAX_LONG_POLL_S = 60.0  # the API's cap on GET /commands/{id}?wait=
 PAGE_LIMIT = 1000  # the API's cap on GET /results?limit=
 # a device's part in a deployment ends in one of these; only "active" is a success ("superseded":
 # a newer deployment took the device over before this one finished)
-TERMINAL_STATES = frozenset({"active", "failed", "rolled_back", "superseded"})
+TERMINAL_STATES = frozenset({"staged", "active", "failed", "rolled_back", "superseded"})
 
 _ERRORS_BY_CODE: dict[str, type[CloudSyncError]] = {
     "not_found": NotFound,
@@ -105,7 +105,18 @@ class Device(_Model):
     agent_version: str | None = None
     models: dict[str, str] | None = None
     reported_models: dict[str, str] | None = None
+    last_update: dict[str, Any] | None = None  # the last model update outcome it reported
     telemetry: Telemetry | None = None  # the latest snapshot, when asked for
+
+    @property
+    def update_summary(self) -> str | None:
+        """'iris@3 failed: rollback_refused' (the reason's code only), or None."""
+        u = self.last_update
+        if not u:
+            return None
+        code = str(u.get("reason") or "").split(":", 1)[0]
+        text = f"{u.get('model')}@{u.get('version')} {u.get('state')}"
+        return f"{text}: {code}" if code and u.get("state") == "failed" else text
 
     @property
     def outbox_depth(self) -> int | None:
@@ -407,6 +418,35 @@ class ConsoleClient:
         target: dict[str, Any] = {"all": True} if all_devices else {"devices": list(devices or [])}
         data = self._request("POST", "/deployments", json={"model": model, "version": version} | target)
         return str(data["id"])
+
+    # -- staged rollouts ---------------------------------------------------------------------------------
+    def start_rollout(
+        self,
+        model: str,
+        version: str,
+        *,
+        devices: Sequence[str] | None = None,
+        groups: Sequence[str] | None = None,
+        thresholds: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Start a staged rollout to ``devices``, or group by group, or to every device; the document."""
+        if devices and groups:
+            raise InvalidRequest("name devices or groups, not both")
+        target: dict[str, Any] = (
+            {"devices": list(devices)} if devices else {"groups": list(groups)} if groups else {"all": True}
+        )
+        body = {"model": model, "version": version, "thresholds": thresholds} | target
+        return dict(self._request("POST", "/rollouts", json=body))
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/rollouts/{rollout_id}"))
+
+    def rollouts(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/rollouts", params={"limit": limit})["rollouts"])
+
+    def act_on_rollout(self, rollout_id: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort``."""
+        return dict(self._request("POST", f"/rollouts/{rollout_id}/{action}"))
 
     def deployment(self, deployment_id: str) -> Deployment:
         data = self._request("GET", f"/deployments/{deployment_id}")

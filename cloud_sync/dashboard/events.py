@@ -59,6 +59,15 @@ def fleet_snapshot(store: Store, broker_connected: bool, now: float | None = Non
                 "outbox_depth": metrics.get("outbox_depth"),
                 "rss_bytes": metrics.get("rss_bytes"),
                 "results_last_hour": int(recent.get(d["id"], 0)),
+                # drift per model from the latest telemetry (edge_agent.runtime.drift): PSI and the flag
+                "drift": {
+                    k.removeprefix("drift_psi."): v for k, v in metrics.items() if k.startswith("drift_psi.")
+                },
+                "drifted": sorted(
+                    k.removeprefix("drift_flag.")
+                    for k, v in metrics.items()
+                    if k.startswith("drift_flag.") and v >= 1
+                ),
             }
         )
     newest = db.execute("SELECT id, created FROM results ORDER BY created DESC, id DESC LIMIT 1").fetchone()

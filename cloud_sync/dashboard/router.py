@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"": "fleet.html", "devices": "device.html", "models": "models.html", "results": "results.html"}
+PAGES["rollouts"] = "rollouts.html"
 ASSETS = {"style.css": "text/css", "common.js": "text/javascript", "fleet.js": "text/javascript"}
-ASSETS |= {f"{page}.js": "text/javascript" for page in ("device", "models", "results")}
+ASSETS |= {f"{page}.js": "text/javascript" for page in ("device", "models", "results", "rollouts")}
 FAILED_LOGIN_DELAY_S = 0.5
 CSV_MAX_ROWS = 100_000
 CSV_COLUMNS = ("id", "device", "model", "version", "label", "created", "received", "source", "ref", "body")
@@ -96,6 +97,11 @@ def models_page() -> FileResponse:
 @router.get("/results", summary="Results page", response_class=FileResponse, responses=PAGE)
 def results_page() -> FileResponse:
     return _page("results")
+
+
+@router.get("/rollouts", summary="The rollouts page", response_class=FileResponse, responses=PAGE)
+def rollouts_page() -> FileResponse:
+    return _page("rollouts")
 
 
 @router.get(

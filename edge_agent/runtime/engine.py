@@ -178,6 +178,12 @@ class Engine:
             self.load_errors.pop(name, None)
             return self.reports[(name, version)]
 
+    def check(self, name: str, version: str) -> SelfTestReport:
+        """Load + self-test ``version`` without serving it (a staged candidate)."""
+        with self._lock:
+            self._load(name, version)
+            return self.reports[(name, version)]
+
     def rollback(self, name: str) -> str:
         with self._lock:
             target = self.store.rollback_target(name)

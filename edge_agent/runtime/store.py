@@ -172,6 +172,34 @@ class ModelStore:
                 entry["history"] = ([*entry.get("history", []), previous])[-HISTORY_LIMIT:]
             entry["active"] = version
 
+    def staged_version(self, name: str) -> str | None:
+        """The version installed and self-tested for shadow evaluation, not serving (or None)."""
+        staged = self._read_state().get(name, {}).get("staged")
+        return str(staged) if staged and staged in self.versions(name) else None
+
+    def staged(self) -> dict[str, str]:
+        """model -> staged version, for every model that has one."""
+        state = self._read_state()
+        return {
+            n: str(e["staged"])
+            for n, e in state.items()
+            if isinstance(e, dict) and e.get("staged") and e["staged"] in self.versions(n)
+        }
+
+    def set_staged(self, name: str, version: str | None) -> None:
+        """Stage ``version`` (self-tested by the caller) for shadow evaluation; None clears it."""
+        if version is not None:
+            self.package_dir(name, version)
+        serving = self.active_version(name)
+        with self._locked_state() as state:
+            entry = state.setdefault(name, {"active": None, "history": []})
+            if entry.get("active") is None:  # pinned: else the newest on disk (staged) would serve
+                entry["active"] = serving
+            if version is None:
+                entry.pop("staged", None)
+            else:
+                entry["staged"] = version
+
     def rollback_target(self, name: str) -> str:
         current = self.active_version(name)
         for v in reversed(self.history(name)):

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,9 @@ from edge_agent.runtime.inputs import validate
 from edge_agent.runtime.package import Batching, Manifest
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.runtime.preprocess import Geometry
+from edge_agent.serving.drift_monitor import DriftMonitor
 from edge_agent.serving.metrics import Metrics
+from edge_agent.serving.shadow import ShadowEvaluator
 from edge_agent.storage import Storage
 
 Tensors = dict[str, np.ndarray]
@@ -105,6 +108,8 @@ class InferenceService:
         self.executor = self._new_executor()
         self.predictions: PredictionCache | None = None
         self.data: DataCache = self._open_caches()
+        self.shadow = ShadowEvaluator(engine, config.shadow, Path(config.data_dir) / "shadow")
+        self.drift = DriftMonitor(engine.store, Path(config.data_dir) / "drift")
 
     @staticmethod
     def _new_executor() -> ThreadPoolExecutor:
@@ -321,6 +326,14 @@ class InferenceService:
             "total": _ms(t4 - job.t0),
         }
         self.metrics.observe_stages(m.name, timings)
+        if inputs:  # the window compared with the package's drift reference (nothing without one)
+            sizes = [(g.width, g.height) for g in geos if g is not None]
+            self.drift.observe(m.name, m.version, next(iter(inputs.values())), results, sizes or None)
+        if job.item is None:  # a copy for the staged version, if any (data items are not mirrored)
+            compute_ms = timings["total"] - timings["queue"]  # what the candidate's figure compares with
+            self.shadow.offer(
+                m.name, m.version, outputs, results, compute_ms, tensors=job.inputs, images=job.images
+            )
         return ServedPrediction(m.name, m.version, outputs, results, timings, used)
 
     async def _prepare(self, job: _Job) -> tuple[Tensors, Geometries, dict[str, str]]:
@@ -379,6 +392,8 @@ class InferenceService:
         return out
 
     def close(self) -> None:
+        self.shadow.close()
+        self.drift.close()
         self._batchers.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.predictions is not None:

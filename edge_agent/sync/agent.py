@@ -13,6 +13,7 @@ Run it as ``edge-agent sync`` or, standalone, ``python -m edge_agent.sync.agent`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import queue
@@ -42,6 +43,7 @@ from edge_agent.sync.protocol import (
     ModelsDesired,
     ModelsReported,
     ProtocolError,
+    ShadowReport,
     ResultsAck,
     Status,
     Telemetry,
@@ -84,6 +86,7 @@ class SyncAgent:
         )
         self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
         self.on_models_desired: Callable[[ModelsDesired], None] | None = None
+        self._shadow_sent: dict[str, Any] = {}
         self.ota, self.ota_runner = self._build_ota()
         if self.ota_runner is not None:
             self.on_models_desired = self.ota_runner.submit  # returns at once; the latest desired wins
@@ -261,7 +264,12 @@ class SyncAgent:
 
     def _status_message(self, state: str) -> Message:
         msg = Status(
-            device=self.device, state=state, agent_version=__version__, models=self._models, ts=time.time()
+            device=self.device,
+            state=state,
+            agent_version=__version__,
+            models=self._models,
+            ts=time.time(),
+            group=self.config.group,
         )
         return Message(topic(self.device, "status"), encode(msg), qos=1, retain=True)
 
@@ -282,6 +290,8 @@ class SyncAgent:
             self._publish_status()
         if not self.link.connected:
             return
+        if self.ota is not None:
+            self._report_shadow()
         msg = Telemetry(device=self.device, ts=time.time(), metrics=self.metrics())
         try:
             self.link.publish(topic(self.device, "telemetry"), encode(msg), qos=0)
@@ -307,7 +317,20 @@ class SyncAgent:
             "uptime_s": now - self._started,
             "models_active": float(len(self._models)),
             **self._disk_metrics(),
-        }
+        } | self._drift_metrics()
+
+    def _drift_metrics(self) -> dict[str, float]:
+        """``drift_psi.<model>`` (largest PSI of the window) and ``drift_flag.<model>`` (1 past the threshold)
+        from what the gateway wrote in ``<data_dir>/drift/``."""
+        out: dict[str, float] = {}
+        for path in sorted((Path(self.config.data_dir) / "drift").glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+                out[f"drift_psi.{path.stem}"] = float(doc["max"])
+                out[f"drift_flag.{path.stem}"] = 1.0 if doc.get("drifted") else 0.0
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return out
 
     def _disk_metrics(self) -> dict[str, float]:
         st = self.storage.disk.state()
@@ -371,9 +394,23 @@ class SyncAgent:
             max_artifact_bytes=s.max_artifact_mb * 1024 * 1024,
             timeout_s=s.download_timeout_s,
             attempts=s.download_attempts,
+            device=self.device,
         )
         updater = OtaUpdater(store, activator, ota_settings, self._publish_outcome)
         return updater, OtaRunner(updater)
+
+    def _report_shadow(self) -> None:
+        """Shadow figures changed since the last report: models/reported again, with the last outcome."""
+        from edge_agent.sync.ota_runner import read_shadow
+
+        shadow = read_shadow(Path(self.config.data_dir) / "shadow")
+        if shadow == self._shadow_sent:
+            return
+        try:
+            self.publish("models_reported", self._reported(shadow))
+            self._shadow_sent = shadow
+        except (MqttError, EdgeAgentError) as exc:
+            logger.warning("shadow figures not published: %s", exc.message)
 
     def _publish_outcome(self, outcome: UpdateOutcome) -> None:
         """Runs on the OTA thread: every step of an update goes out on models/reported (retained)."""
@@ -382,16 +419,21 @@ class SyncAgent:
         if outcome.state in ("active", "rolled_back"):
             self._models_changed()
 
-    def _reported(self) -> ModelsReported:
-        """The whole retained report: active models, the last update outcome, benchmark figures."""
+    def _reported(self, shadow: dict[str, ShadowReport] | None = None) -> ModelsReported:
+        """The whole retained report: active models, the last update outcome, the staged versions'
+        shadow figures and benchmark figures (a retained report replaces the previous one)."""
         from edge_agent.runtime import bench  # numpy and the protocol only: no inference runtime
+        from edge_agent.sync.ota_runner import read_shadow
 
         figures = bench.latest(self.config.data_dir)
+        if shadow is None:
+            shadow = read_shadow(Path(self.config.data_dir) / "shadow")
         return ModelsReported(
             device=self.device,
             models=self.active_models(),
             last_update=self._last_outcome,
             ts=time.time(),
+            shadow=shadow,
             bench=figures or None,
         )
 

@@ -33,11 +33,16 @@ class ArchiveError(PackageError):
     code = "archive_unsafe"
 
 
+DRIFT_REFERENCE = "drift.json"  # edge_agent.runtime.drift.REFERENCE_FILE (numpy-free here)
+
+
 def package_files(package_dir: Path) -> list[str]:
-    """The files a package archive holds: the manifest, the model and the golden sample."""
+    """The files a package archive holds: the manifest, the model, the golden sample and, when the
+    package has one, its drift reference (``drift.json``; the archive's sha256 is signed)."""
     m = read_manifest(package_dir)
     verify_files(package_dir, m)
-    return sorted({MANIFEST_NAME, m.file, m.golden.file})
+    extra = {DRIFT_REFERENCE} if (package_dir / DRIFT_REFERENCE).is_file() else set()
+    return sorted({MANIFEST_NAME, m.file, m.golden.file} | extra)
 
 
 def pack(package_dir: Path, out: BinaryIO) -> list[str]:

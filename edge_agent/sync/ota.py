@@ -1,31 +1,37 @@
 """Signed model updates on the device: ``ModelsDesired`` -> verified, installed, self-tested, active.
 
-For each signed model of a desired state, in this order:
+A desired state is first authorised as a whole (``edge_agent.sync.trust``):
 
-1. the manifest's Ed25519 signature, against the trusted keys (unknown key or
-   bad signature: refused before anything is downloaded);
-2. already active with that manifest, or this deployment already finished
+1. root metadata shipped with it is walked from the trusted root up (key
+   rotation: each new root signed by a threshold of the old and new keys);
+2. the targets metadata must be signed by a threshold of the targets keys,
+   name this device, not be older than what was seen (metadata version and
+   per-model release), not be expired, and the clock must be trustworthy;
+3. every model it names must match a manifest of the message (sha256 of the
+   canonical manifest) and the artifact URL and sha256 travelling beside it;
+   the signed size must be within ``max_artifact_bytes``.
+
+Then for each model:
+
+4. already active with that manifest, or this deployment already finished
    here: nothing to do (a desired state delivered twice is applied once);
-3. download over HTTP into ``download_dir``, resuming a partial file
-   (``downloading`` with progress), retried ``attempts`` times;
-4. ``verifying``: the archive's sha256 against ``artifact_sha256``, a safe
-   unpack, the unpacked manifest equal to the signed one, every file's sha256
-   (``ModelStore.install``), installed beside the current version;
-5. activation: load + golden self-test + atomic pointer switch (``Engine.activate``
-   or ``StoreActivator``); ``active``.
+5. download over HTTP into ``download_dir`` (never more than the signed
+   size), resuming a partial file (``downloading`` with progress);
+6. ``verifying``: the archive's sha256, a safe unpack, the unpacked manifest
+   equal to the signed one, every file's sha256 (``ModelStore.install``);
+7. activation: load + golden self-test + atomic pointer switch; ``active``.
 
-Any failure is reported as ``failed`` with its reason and leaves the previous
-version active; a version that failed its self-test is removed again. Every
-step goes to the ``report`` callback as an ``UpdateOutcome``. The last outcome
-per model is kept in ``state_path`` (JSON), so a restart does not redo or undo
-finished work; only a download failure is retried on the next delivery.
+Any failure is reported as ``failed`` with its reason (the check's code
+first) and leaves the previous version active; a version that failed its
+self-test is removed again. The last outcome per model is kept in
+``state_path`` (JSON), so a restart does not redo or undo finished work; a
+download failure or an untrusted clock is retried on the next delivery.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import threading
 import time
@@ -42,15 +48,24 @@ from edge_agent.runtime.package import Manifest, parse_manifest, read_manifest, 
 from edge_agent.runtime.store import ModelStore, SelfTestReport, atomic_write
 from edge_agent.sync.archive import unpack
 from edge_agent.sync.download import DownloadError, fetch
+from edge_agent.sync.metadata import (
+    ArtifactMismatch,
+    ArtifactTooLarge,
+    ClockUntrusted,
+    MetadataError,
+    MetadataMissing,
+    TargetModel,
+    manifest_digest,
+)
 from edge_agent.sync.protocol import ModelsDesired, SignedModel, UpdateOutcome
-from edge_agent.sync.signing import TrustedKeys, load_trusted_keys, verify_manifest
+from edge_agent.sync.signing import TrustedKeys, load_trusted_keys
+from edge_agent.sync.trust import Trust
 
 logger = logging.getLogger(__name__)
 
 Report = Callable[[UpdateOutcome], None]
-State = Literal["downloading", "verifying", "active", "failed", "rolled_back"]
-FINAL = frozenset({"active", "failed", "rolled_back"})
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+State = Literal["downloading", "verifying", "staged", "active", "failed", "rolled_back"]
+FINAL = frozenset({"staged", "active", "failed", "rolled_back"})
 MAX_REASON = 500
 
 
@@ -58,6 +73,8 @@ class Activator(Protocol):
     """What activates and rolls back: ``Engine`` in a serving process, ``StoreActivator`` otherwise."""
 
     def activate(self, name: str, version: str) -> SelfTestReport: ...
+
+    def check(self, name: str, version: str) -> SelfTestReport: ...
 
     def rollback(self, name: str) -> str: ...
 
@@ -79,11 +96,14 @@ class OtaSettings:
     attempts: int = 3
     retry_delay_s: float = 2.0
     progress_every_s: float = 1.0
+    device: str = ""  # the targets metadata must name it
+    trust_dir: Path | None = None  # root.json + state.json; default: beside state_path
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, trusted_keys_file: Path, **options: Any) -> OtaSettings:
-        """Settings with ``<data_dir>/downloads`` and ``<data_dir>/ota-state.json``."""
+        """Settings with ``<data_dir>/downloads``, ``<data_dir>/ota-state.json`` and ``<data_dir>/trust``."""
         keys = load_trusted_keys(trusted_keys_file)
+        options.setdefault("trust_dir", data_dir / "trust")
         return cls(keys, data_dir / "downloads", data_dir / "ota-state.json", **options)
 
 
@@ -103,6 +123,9 @@ class OtaUpdater:
         self._report = report
         self._client = client or httpx.Client(timeout=httpx.Timeout(settings.timeout_s, connect=10.0))
         self._lock = threading.Lock()
+        self.trust = Trust(
+            settings.trust_dir or settings.state_path.parent / "trust", dict(settings.trusted_keys)
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -111,7 +134,74 @@ class OtaUpdater:
     def apply(self, desired: ModelsDesired) -> list[UpdateOutcome]:
         """Bring every model of ``desired`` to its signed version; one final outcome per model."""
         with self._lock:
-            return [self._apply_one(desired.deployment, signed) for signed in desired.models]
+            done = self._all_done(desired)
+            if done is not None:
+                return done
+            try:
+                plan = self._authorise(desired)
+            except MetadataError as exc:
+                logger.warning("desired state %s refused: %s", desired.deployment, exc.message)
+                retry = isinstance(exc, ClockUntrusted)
+                return [
+                    self._emit(
+                        desired.deployment, *_names(s), "failed", _reason(exc), final=True, retry=retry
+                    )
+                    for s in desired.models
+                ]
+            return [self._apply_one(desired.deployment, signed, target) for signed, target in plan]
+
+    def _all_done(self, desired: ModelsDesired) -> list[UpdateOutcome] | None:
+        """Every model of this deployment already finished here: re-report, redo nothing."""
+        ledger = self._ledger()
+        priors = [ledger.get(_names(s)[0]) for s in desired.models]
+        if not priors or not all(
+            p and p["deployment"] == desired.deployment and p["state"] in FINAL and not p["retry"]
+            for p in priors
+        ):
+            return None
+        return [
+            self._already_done(desired.deployment, _names(s)[0], p)
+            for s, p in zip(desired.models, priors, strict=True)
+            if p
+        ]
+
+    def _authorise(self, desired: ModelsDesired) -> list[tuple[SignedModel, TargetModel]]:
+        """Check the metadata (roots, targets) and match every signed entry to its manifest."""
+        if desired.targets is None:
+            raise MetadataMissing(
+                "the desired state carries no signed targets metadata (sent by a cloud older than this "
+                "agent, or forged); nothing is installed"
+            )
+        root = self.trust.update_root(list(desired.roots))
+        accepted = self.trust.check_targets(root, desired.targets, self.settings.device)
+        targets = accepted.targets
+        if targets.deployment != desired.deployment:
+            raise ArtifactMismatch(
+                f"the message names deployment {desired.deployment!r}, "
+                f"the signed metadata {targets.deployment!r}"
+            )
+        by_digest = {manifest_digest(s.manifest): s for s in desired.models}
+        plan: list[tuple[SignedModel, TargetModel]] = []
+        for entry in targets.models:
+            signed = by_digest.get(entry.manifest_sha256)
+            where = f"{entry.name}/{entry.version}"
+            if signed is None or _names(signed) != (entry.name, entry.version):
+                raise ArtifactMismatch(f"{where}: no manifest in the message matches the signed sha256")
+            if signed.artifact_url != entry.artifact_url:
+                raise ArtifactMismatch(
+                    f"{where}: artifact URL {signed.artifact_url[:200]!r} is not the signed "
+                    f"{entry.artifact_url[:200]!r}"
+                )
+            if signed.artifact_sha256.lower() != entry.artifact_sha256:
+                raise ArtifactMismatch(f"{where}: artifact sha256 differs from the signed one")
+            if entry.artifact_size > self.settings.max_artifact_bytes:
+                raise ArtifactTooLarge(
+                    f"{where}: signed artifact size {entry.artifact_size} bytes is over this device's "
+                    f"limit of {self.settings.max_artifact_bytes}"
+                )
+            plan.append((signed, entry))
+        self.trust.accept(accepted)
+        return plan
 
     def rollback(self, name: str) -> UpdateOutcome:
         """Switch ``name`` back to its previous version (raises if there is none); reports it."""
@@ -125,12 +215,10 @@ class OtaUpdater:
             return self._emit(deployment, name, target, "rolled_back", reason, final=True)
 
     # -- one model -------------------------------------------------------------------------
-    def _apply_one(self, deployment: str, signed: SignedModel) -> UpdateOutcome:
-        name = str(signed.manifest.get("name", "?"))[:64]
-        version = str(signed.manifest.get("version", "?"))[:32]
+    def _apply_one(self, deployment: str, signed: SignedModel, target: TargetModel) -> UpdateOutcome:
+        name, version = target.name, target.version
         installed_now = False
         try:
-            verify_manifest(signed.manifest, signed.signature, signed.key_id, self.settings.trusted_keys)
             manifest = parse_manifest(json.dumps(signed.manifest), where="signed manifest")
             prior = self._ledger().get(name)
             if prior and prior["deployment"] == deployment and prior["state"] in FINAL and not prior["retry"]:
@@ -142,14 +230,22 @@ class OtaUpdater:
                         f"{name}/{version} is installed with a different manifest; versions are immutable"
                     )
                 if self.store.active_version(name) == version:
+                    if not target.stage:
+                        self.store.set_staged(name, None)  # a candidate withdrawn: this version stays
                     return self._emit(deployment, name, version, "active", "already active", final=True)
             if name in self.store.names():  # pin the pointer: else the newest version on disk would win
                 self.store.set_active(name, self.store.active_version(name))
             if not installed:
-                self._fetch_and_install(deployment, signed, manifest)
+                self._fetch_and_install(deployment, target, manifest)
                 installed_now = True
             self._emit(deployment, name, version, "verifying", "golden self-test")
+            if target.stage:  # installed and self-tested, not serving: shadow evaluation on live traffic
+                report = self.activator.check(name, version)
+                self.store.set_staged(name, version)
+                logger.info("model %s: version %s staged (%s)", name, version, report.message)
+                return self._emit(deployment, name, version, "staged", report.message, final=True)
             report = self.activator.activate(name, version)
+            self.store.set_staged(name, None)
             logger.info("model %s: version %s active (%s)", name, version, report.message)
             return self._emit(deployment, name, version, "active", report.message, final=True)
         except DownloadError as exc:
@@ -174,12 +270,10 @@ class OtaUpdater:
             reason = f"internal error: {type(exc).__name__}: {exc}"[:MAX_REASON]
             return self._emit(deployment, name, version, "failed", reason, final=True, retry=True)
 
-    def _fetch_and_install(self, deployment: str, signed: SignedModel, manifest: Manifest) -> None:
-        sha = signed.artifact_sha256.lower()
-        if not SHA256_RE.match(sha):
-            raise UpdateRefused(f"artifact_sha256 {signed.artifact_sha256[:80]!r} is not a sha256")
+    def _fetch_and_install(self, deployment: str, target: TargetModel, manifest: Manifest) -> None:
+        sha = target.artifact_sha256
         part = self.settings.download_dir / f"{sha}.part"
-        self._download(deployment, manifest, self._url(signed.artifact_url), part, sha)
+        self._download(deployment, manifest, self._url(target.artifact_url), part, sha, target.artifact_size)
         self._emit(deployment, manifest.name, manifest.version, "verifying", "artifact sha256")
         got = sha256_file(part)
         if got != sha:
@@ -199,7 +293,7 @@ class OtaUpdater:
             shutil.rmtree(unpacked, ignore_errors=True)
             part.unlink(missing_ok=True)
 
-    def _download(self, deployment: str, m: Manifest, url: str, part: Path, sha: str) -> None:
+    def _download(self, deployment: str, m: Manifest, url: str, part: Path, sha: str, size: int) -> None:
         last = [0.0]
 
         def progress(have: int, total: int | None) -> None:
@@ -217,7 +311,7 @@ class OtaUpdater:
                     self._client,
                     url,
                     part,
-                    max_bytes=self.settings.max_artifact_bytes,
+                    max_bytes=size,  # the signed size: an endless or padded artifact stops here
                     etag=f'"{sha}"',
                     progress=progress,
                 )
@@ -306,6 +400,10 @@ class OtaUpdater:
         }
         self.settings.state_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.settings.state_path, json.dumps(ledger, indent=2, sort_keys=True).encode())
+
+
+def _names(signed: SignedModel) -> tuple[str, str]:
+    return str(signed.manifest.get("name", "?"))[:64], str(signed.manifest.get("version", "?"))[:32]
 
 
 def _reason(exc: EdgeAgentError) -> str:

@@ -26,7 +26,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.backends import BackendOptions
 from edge_agent.runtime.store import ModelStore, SelfTestReport
 from edge_agent.sync.ota import OtaUpdater
-from edge_agent.sync.protocol import ModelsDesired, ModelsReported, UpdateOutcome
+from edge_agent.sync.protocol import ModelsDesired, ModelsReported, ShadowReport, UpdateOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class StoreActivator:
         self.store = store
         self.options = options or BackendOptions()
         self.isolate = isolate
+
+    def check(self, name: str, version: str) -> SelfTestReport:
+        """Load + self-test only (staging)."""
+        return self._check(name, version)
 
     def _check(self, name: str, version: str) -> SelfTestReport:
         args = (self.store.root, self.store.state_path, name, version, self.options)
@@ -119,6 +123,24 @@ class OtaRunner:
                 logger.exception("applying desired state %s failed", desired.deployment)
 
 
-def reported(device: str, models: dict[str, str], outcome: UpdateOutcome | None) -> ModelsReported:
+def reported(
+    device: str,
+    models: dict[str, str],
+    outcome: UpdateOutcome | None,
+    shadow: dict[str, ShadowReport] | None = None,
+) -> ModelsReported:
     """What to publish (retained, QoS 1) on ``edge/{device}/models/reported``."""
-    return ModelsReported(device=device, models=models, last_update=outcome, ts=time.time())
+    return ModelsReported(
+        device=device, models=models, last_update=outcome, ts=time.time(), shadow=shadow or {}
+    )
+
+
+def read_shadow(directory: Path) -> dict[str, ShadowReport]:
+    """The figures the gateway wrote in ``<data_dir>/shadow/`` (unreadable files are skipped)."""
+    out: dict[str, ShadowReport] = {}
+    for path in sorted(directory.glob("*.json")):
+        try:
+            out[path.stem] = ShadowReport.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+    return out

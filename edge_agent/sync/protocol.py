@@ -86,6 +86,7 @@ class Status(_Msg):
     agent_version: str = ""
     models: dict[str, str] = Field(default_factory=dict, description="model name -> active version")
     ts: float
+    group: str | None = Field(default=None, max_length=64, description="Rollout group (optional).")
 
 
 class Telemetry(_Msg):
@@ -168,10 +169,43 @@ class SignedModel(BaseModel):
     artifact_sha256: str
 
 
+MAX_SIGNATURES = 16
+
+
+class Signature(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keyid: str = Field(
+        min_length=1, max_length=64, description="Key id: 16 hex digits of sha256(public key)."
+    )
+    sig: str = Field(
+        min_length=1, max_length=200, description="Ed25519 signature (base64) over canonical JSON."
+    )
+
+
+class Envelope(BaseModel):
+    """A signed update metadata document (``edge_agent.sync.metadata``): root or targets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    signed: dict[str, Any] = Field(description="The document; its canonical JSON is what is signed.")
+    signatures: list[Signature] = Field(max_length=MAX_SIGNATURES)
+
+
 class ModelsDesired(_Msg):
     deployment: str
     models: list[SignedModel]
     ts: float
+    targets: Envelope | None = Field(
+        default=None,
+        description="Signed targets metadata for this device (required by agents >= 0.2; "
+        "a desired state without it is refused).",
+    )
+    roots: list[Envelope] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Root metadata versions 1..N, so a device walks key rotations up to the current root.",
+    )
 
 
 class UpdateOutcome(BaseModel):
@@ -180,7 +214,7 @@ class UpdateOutcome(BaseModel):
     deployment: str
     model: str
     version: str
-    state: Literal["downloading", "verifying", "active", "failed", "rolled_back"]
+    state: Literal["downloading", "verifying", "staged", "active", "failed", "rolled_back"]
     reason: str | None = None
     progress: float | None = Field(default=None, ge=0, le=1)
     ts: float
@@ -221,21 +255,52 @@ class ModelBench(BaseModel):
     rows: list[BenchRow] = Field(min_length=1, max_length=64)
 
 
+class ShadowReport(BaseModel):
+    """Shadow evaluation of a staged version on the device's live requests (``edge_agent.serving.shadow``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    model: str
+    active: str = Field(description="The version answering callers.")
+    candidate: str = Field(description="The staged version given a copy of sampled requests.")
+    since: float
+    updated: float
+    samples: int = Field(ge=0, description="Requests the candidate answered.")
+    rows: int = Field(ge=0, description="Rows compared (a request may hold several).")
+    agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Share of rows with the same top-1 label / matched boxes."
+    )
+    errors: int = Field(default=0, ge=0, description="Samples the candidate failed on.")
+    dropped: int = Field(default=0, ge=0, description="Samples lost to a full queue.")
+    rate_limited: int = Field(default=0, ge=0, description="Samples skipped by the rate limit.")
+    mean_abs_diff: float | None = Field(default=None, description="Mean absolute output difference.")
+    max_abs_diff: float | None = None
+    active_ms_p50: float | None = Field(default=None, description="Median compute time of the active answer.")
+    candidate_ms_p50: float | None = Field(default=None, description="Median compute time of the candidate.")
+    latency_ratio: float | None = Field(default=None, description="candidate_ms_p50 / active_ms_p50.")
+
+
 class ModelsReported(_Msg):
     models: dict[str, str]
     last_update: UpdateOutcome | None = None
     ts: float
+    shadow: dict[str, ShadowReport] = Field(
+        default_factory=dict, description="model -> shadow figures of its staged version (optional)."
+    )
     bench: dict[str, ModelBench] | None = Field(
         default=None,
         description="Latest on-device benchmark per model (absent: no news; the cloud keeps what it has).",
     )
 
     @model_serializer(mode="wrap")
-    def _omit_absent_bench(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # an absent field stays off the wire, so receivers that predate it still accept the message
+    def _omit_absent_optionals(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # absent optional fields stay off the wire, so receivers that predate it still accept the message
         data = handler(self)
-        if isinstance(data, dict) and data.get("bench") is None:
-            data.pop("bench", None)
+        if isinstance(data, dict):
+            if data.get("bench") is None:
+                data.pop("bench", None)
+            if not data.get("shadow"):
+                data.pop("shadow", None)
         return data
 
 

@@ -30,6 +30,7 @@ from cloud_sync.console.client import (
     ConsoleClient,
     ResultFilter,
 )
+from cloud_sync.deploy import generate_keys
 from cloud_sync.errors import NotFound, Unauthorized
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
@@ -135,13 +136,25 @@ def db(workdir: Path) -> Path:
     return workdir / "cloud.sqlite3"
 
 
+def signing_key(workdir: Path) -> Path:
+    """The key the API signs update metadata with (the devices here do not verify it)."""
+    path = workdir / "keys" / "signing.pem"
+    if not path.exists():
+        generate_keys(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def api_url(broker: Broker, db: Path, workdir: Path) -> Iterator[str]:
     port = free_port()
     with (
         running(start_ingest(broker, db, workdir, "ingest-console")),
         running(
-            Role(["api", "--port", str(port)], cloud_env(broker, db, api_token=TOKEN), workdir / "api.log")
+            Role(
+                ["api", "--port", str(port)],
+                cloud_env(broker, db, api_token=TOKEN, signing_key_path=str(signing_key(workdir))),
+                workdir / "api.log",
+            )
         ) as api,
     ):
         api.wait_log("Uvicorn running on")
@@ -185,6 +198,8 @@ def published(db: Path) -> None:
             signature="c2lnbmF0dXJl",
             key_id="test-key",
         )
+    (db.parent / "artifacts").mkdir(exist_ok=True)
+    (db.parent / "artifacts" / f"{'ab' * 32}.tar").write_bytes(b"not a real archive")  # signed size
     store.close()
 
 
@@ -265,12 +280,12 @@ def test_devices_lists_the_fleet_with_online_state(api_url: str, fleet: dict[str
     done = console(api_url, "devices")
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[0].split()
-    assert header == ["DEVICE", "STATE", "LAST", "SEEN", "AGENT", "MODELS", "OUTBOX"]
+    assert header == ["DEVICE", "STATE", "LAST", "SEEN", "AGENT", "MODELS", "OUTBOX", "LAST", "UPDATE"]
     for depth, name in enumerate(FLEET):
         cells = row(done.stdout, name)
         assert cells[1] == "online"
-        assert cells[-3:] == ["0.1.0", "iris@1", str(depth)]
-        assert cells[-4] == "ago"
+        assert cells[-4:] == ["0.1.0", "iris@1", str(depth), "-"]  # no update reported yet
+        assert cells[-5] == "ago"
     assert "\x1b[" not in done.stdout  # no colour when not a terminal
 
 
@@ -524,21 +539,51 @@ def test_deploy_on_a_terminal_draws_progress_bars(
     assert "active" in screen and "1 of 1 devices active" in screen
 
 
+# -- staged rollouts ----------------------------------------------------------------------------------
+def test_rollout_start_show_pause_resume_abort(
+    api_url: str, fleet: dict[str, FleetDevice], published: None
+) -> None:
+    done = console(api_url, "rollout", "start", "iris", "2", "--to", "con-a,con-b", "--min-samples", "100000")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("rollout ") and first.endswith("iris 2 running")
+    rollout_id = first.split()[1].rstrip(":")
+    assert (
+        "  wave 1 pending" in done.stdout and "    con-a" in done.stdout and "  wave 2 pending" in done.stdout
+    )
+    shown = console(api_url, "rollout", "show", rollout_id)
+    assert shown.returncode == 0 and f"rollout {rollout_id}: iris 2" in shown.stdout
+    assert rollout_id in console(api_url, "rollout", "show").stdout  # the list
+    for action, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+        acted = console(api_url, "rollout", action, rollout_id)
+        assert acted.returncode == 0, acted.stderr
+        assert acted.stdout.startswith(f"rollout {rollout_id}: {state}")
+    again = console(api_url, "rollout", "resume", rollout_id)  # an aborted rollout cannot resume
+    assert again.returncode != 0 and "is aborted, not paused" in again.stderr
+    nobody = console(api_url, "rollout", "start", "iris", "2", "--groups", "canary,*")  # no device reports it
+    assert nobody.returncode != 0 and "no device reports the rollout group 'canary'" in nobody.stderr
+
+
 # -- help ----------------------------------------------------------------------------------------------
 def test_every_command_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:
     group = typer.main.get_command(console_app.app)
     assert isinstance(group, typer.core.TyperGroup)
     commands = group.commands
-    assert set(commands) == {"devices", "results", "send", "deploy", "rollback", "bench"}
+    assert set(commands) == {"devices", "results", "send", "deploy", "rollback", "bench", "rollout"}
     for param in group.params:
         assert isinstance(param, typer.core.TyperOption) and param.help, param.name
-    for name, command in commands.items():
+    rollout = commands["rollout"]
+    assert isinstance(rollout, typer.core.TyperGroup)
+    assert set(rollout.commands) == {"start", "show", "pause", "resume", "abort"}
+    leaves = {n: c for n, c in commands.items() if n != "rollout"}
+    leaves |= {f"rollout {n}": c for n, c in rollout.commands.items()}
+    for name, command in leaves.items():
         assert command.help, name
         for param in command.params:
             assert isinstance(param, typer.core.TyperOption | typer.core.TyperArgument), param
             assert param.help, f"{name} {param.name}"
         capsys.readouterr()
-        assert console_app.main([name, "--help"]) == 0
+        assert console_app.main([*name.split(), "--help"]) == 0
         assert "Usage: edge-console " + name in capsys.readouterr().out
     done = subprocess.run(
         [sys.executable, "-m", "cloud_sync.console.app", "--help"],

@@ -45,7 +45,7 @@ class OtaDevice:
         self.hold = threading.Event()  # set: pause at the first download report until released
         self.release = threading.Event()
         self.outcomes: list[protocol.UpdateOutcome] = []
-        settings = OtaSettings.in_data_dir(root / "data", trusted)
+        settings = OtaSettings.in_data_dir(root / "data", trusted, device=device)
         self.updater = OtaUpdater(self.store, StoreActivator(self.store), settings, self._report)
         self.runner = OtaRunner(self.updater)
         self.client = paho.Client(
@@ -151,10 +151,12 @@ def published(workdir: Path, db: Path, keys: dict[str, Path]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def api(broker: Broker, db: Path, workdir: Path, published: dict[str, Any]) -> Iterator[httpx.Client]:
+def api(
+    broker: Broker, db: Path, workdir: Path, published: dict[str, Any], keys: dict[str, Path]
+) -> Iterator[httpx.Client]:
     with (
         running(start_ingest(broker, db, workdir, "ingest-deploy")),
-        cloud_api(db, workdir, broker.port, api_token=TOKEN) as base,
+        cloud_api(db, workdir, broker.port, api_token=TOKEN, signing_key_path=str(keys["private"])) as base,
         httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as client,
     ):
         wait_for(lambda: client.get("/health").json()["broker_connected"], what="API connected to the broker")
@@ -226,7 +228,7 @@ def test_deployment_to_a_group_shows_per_device_progress(
     states = device_states(api, dep["id"])
     assert states["dev-good"]["progress"] == 1.0 and states["dev-good"]["updated"] > dep["created"]
     assert states["dev-good"]["reason"] == "golden sample reproduced"
-    assert states["dev-wrong-key"]["reason"].startswith("signature_unknown_key: signed by unknown key")
+    assert states["dev-wrong-key"]["reason"].startswith("root_rotation_invalid: root version 1 is signed by")
     assert states["dev-offline"]["state"] == "pending"
     assert good.store.active_version("iris") == "2" and wrong.store.active_version("iris") == "1"
     assert [o.state for o in good.outcomes][-2:] == ["verifying", "active"]
@@ -317,9 +319,10 @@ def retained(broker: Broker, topic: str) -> bytes:
 
 
 def test_deploy_from_the_command_line(
-    broker: Broker, db: Path, api: httpx.Client, published: dict[str, Any]
+    broker: Broker, db: Path, api: httpx.Client, published: dict[str, Any], keys: dict[str, Path]
 ) -> None:
     argv = ["deploy", "iris", "2", "--device", "dev-cli", "--base-url", "https://cloud.example/", "--json"]
+    argv += ["--key", str(keys["private"])]
     done = subprocess.run(
         [sys.executable, "-m", "cloud_sync.cli", *argv],
         cwd=ROOT,
@@ -339,4 +342,8 @@ def test_deploy_from_the_command_line(
     (signed,) = msg.models
     assert signed.artifact_url == f"https://cloud.example/artifacts/{published['sha256']}"
     assert (signed.key_id, signed.artifact_sha256) == (published["key_id"], published["sha256"])
+    assert msg.targets is not None and msg.targets.signed["device"] == "dev-cli"  # signed for it alone
+    (entry,) = msg.targets.signed["models"]
+    assert (entry["artifact_url"], entry["artifact_sha256"]) == (signed.artifact_url, published["sha256"])
+    assert entry["artifact_size"] == (db.parent / "artifacts" / f"{published['sha256']}.tar").stat().st_size
     assert api.get(f"/deployments/{status['id']}").json()["devices"][0]["state"] == "pending"

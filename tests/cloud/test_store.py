@@ -266,3 +266,20 @@ def test_implausible_and_unsynced_device_times_are_flagged_not_stored_as_1970(st
     assert rows[ahead.id] == (ahead.id, now, "implausible", ahead.created, None)
     assert rows[unsynced.id] == (unsynced.id, now, "unsynced", unsynced.created, 8)
     assert rows[fixed.id] == (fixed.id, fixed.created, "corrected", None, 9)
+
+
+def test_rollout_waves_follow_the_groups_devices_report(store: Store) -> None:
+    from cloud_sync.errors import InvalidRequest
+    from cloud_sync.rollout import plan_waves, waves_by_group
+    from edge_agent.sync.protocol import Status
+
+    for name, group in (("a", "canary"), ("b", None), ("c", "pilot"), ("d", "canary"), ("e", None)):
+        store.record_status(Status(device=name, state="online", ts=time.time(), group=group), time.time())
+    devices = store.devices()
+    assert waves_by_group(devices, ["canary", "pilot", "*"]) == [["a", "d"], ["c"], ["b", "e"]]
+    assert waves_by_group(devices, ["pilot", "*"]) == [["c"], ["a", "b", "d", "e"]]
+    with pytest.raises(InvalidRequest, match="no device reports the rollout group 'nope'"):
+        waves_by_group(devices, ["nope"])
+    names = [f"d{i:02d}" for i in range(20)]
+    assert [len(w) for w in plan_waves(names)] == [1, 1, 8, 10]  # 1, 10 %, 50 %, all (cumulative)
+    assert [len(w) for w in plan_waves(names[:4])] == [1, 1, 2]

@@ -17,6 +17,8 @@ DASHBOARD_ROUTES = [
     "/dashboard/devices/dev-a",
     "/dashboard/models",
     "/dashboard/results",
+    "/dashboard/rollouts",
+    "/dashboard/static/rollouts.js",
     "/dashboard/static/common.js",
     "/dashboard/static/fleet.js",
     "/dashboard/session",
@@ -24,10 +26,11 @@ DASHBOARD_ROUTES = [
     "/dashboard/results.csv",
 ]
 API_USED = ["/devices", "/devices/dev-a", "/results", "/telemetry?device=dev-a", "/commands/x", "/models"]
-API_USED += ["/deployments", "/models/iris"]
+API_USED += ["/deployments", "/models/iris", "/rollouts"]
 POSTS = [
     ("/commands", {"device": "dev-a", "name": "ping"}),
     ("/deployments", {"model": "iris", "version": "1", "all": True}),
+    ("/rollouts", {"model": "iris", "version": "1", "all": True}),
     ("/dashboard/logout", None),
 ]
 

@@ -4,12 +4,14 @@ stack: mosquitto, the ingest role, the API with the dashboard, two simulated dev
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
+from edge_agent.sync import protocol
 from tests.cloud import start_ingest
 from tests.dashboard import PASSWORD, USER, Device, api_role, devices
 from tests.sync.broker import Broker, run_broker
@@ -126,6 +128,30 @@ def test_results_and_models_pages_render(stack: Stack, page: Page) -> None:
     expect(page.locator("#models")).to_contain_text("No model published yet")
     expect(page.locator("#deployments")).to_contain_text("No deployment yet")
     page.screenshot(path=stack.shots / "models.png")
+
+
+def test_drifted_inputs_are_marked_and_plotted(stack: Stack, page: Page) -> None:
+    """Telemetry as the sync role sends it (drift_psi.<model>, drift_flag.<model>): the fleet page marks the
+    pair past the threshold, not the other; the device page plots the PSI history."""
+    for psi, flag in ((0.4, 1.0), (0.9, 1.0)):
+        metrics = {"outbox_depth": 0.0, "rss_bytes": 9e7, "drift_psi.iris": psi, "drift_flag.iris": flag}
+        stack.devices[0].publish(
+            protocol.Telemetry(device="kitchen-pi", ts=time.time(), metrics=metrics), "telemetry"
+        )
+        time.sleep(0.05)
+    calm = {"outbox_depth": 0.0, "rss_bytes": 9e7, "drift_psi.iris": 0.03, "drift_flag.iris": 0.0}
+    stack.devices[1].publish(
+        protocol.Telemetry(device="garage-pi", ts=time.time(), metrics=calm), "telemetry"
+    )
+    page.goto(f"{stack.base}/dashboard/")
+    expect(row(page, "kitchen-pi").locator('td.drift span[data-model="iris"]')).to_have_text("iris 0.90")
+    expect(row(page, "kitchen-pi").locator("td.drift span.drifted")).to_have_count(1)
+    expect(row(page, "garage-pi").locator('td.drift span[data-model="iris"]')).to_have_text("iris 0.03")
+    expect(row(page, "garage-pi").locator("td.drift span.drifted")).to_have_count(0)
+    page.screenshot(path=stack.shots / "fleet-drift.png")
+    page.click('a[href="/dashboard/devices/kitchen-pi"]')
+    expect(page.locator("#plots svg.plot")).to_have_count(3)
+    expect(page.locator("#plots")).to_contain_text("Input drift of iris")
 
 
 def test_a_stopped_device_turns_offline(stack: Stack, page: Page) -> None:

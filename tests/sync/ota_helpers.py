@@ -17,6 +17,9 @@ from urllib.parse import urljoin
 import httpx
 import numpy as np
 
+from cloud_sync.deploy import desired_for, model_entry
+from cloud_sync.store import Store
+from cloud_sync.trust import Signer, load_keys
 from edge_agent.runtime.package import read_manifest, save_golden, write_manifest
 from edge_agent.runtime.store import ModelStore
 from edge_agent.sync import protocol
@@ -106,3 +109,34 @@ def cloud_api(db: Path, workdir: Path, broker_port: int | None = None, **setting
         base = f"http://127.0.0.1:{port}/"
         wait_for(lambda: httpx.get(base + "health", timeout=2).status_code == 200, what="API health")
         yield base
+
+
+def signer(db: Path, *keys: Path, expiry_s: int = 3600) -> Signer:
+    """The cloud's signer for a database: its keys, ``trust/`` and ``artifacts/`` beside it."""
+    return Signer(load_keys(list(keys)), db.parent / "trust", db.parent / "artifacts", expiry_s)
+
+
+def signed_desired(
+    db: Path,
+    sign: Signer,
+    device: str,
+    row: dict[str, Any],
+    base_url: str,
+    *,
+    deployment: str | None = None,
+    rollback: bool = False,
+    **changes: Any,
+) -> protocol.ModelsDesired:
+    """What ``cloud_sync.deploy`` publishes for ``device`` (signed by the real cloud code), with
+    ``changes`` made afterwards to the unsigned part of the message (an attacker's edits), through
+    the wire encoding and back."""
+    store = Store(db)
+    try:
+        signed, entry = model_entry(store, sign, row, base_url, rollback=rollback)
+        msg = desired_for(store, sign, device, deployment or uuid.uuid4().hex, [(signed, entry)])
+    finally:
+        store.close()
+    msg = msg.model_copy(update={"models": [signed.model_copy(update=changes)]})
+    _, decoded = protocol.decode(protocol.topic(device, "models_desired"), protocol.encode(msg))
+    assert isinstance(decoded, protocol.ModelsDesired)
+    return decoded

@@ -29,7 +29,7 @@ from cloud_sync.store import Store
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.package import MANIFEST_NAME
 from edge_agent.runtime.store import ModelStore
-from edge_agent.sync import signing
+from edge_agent.sync import metadata, signing
 from edge_agent.sync.archive import ArchiveError, pack, unpack
 from edge_agent.sync.ota import OtaSettings, OtaUpdater
 from edge_agent.sync.ota_runner import OtaRunner, StoreActivator
@@ -38,11 +38,11 @@ from tests.conftest import MODELS, ROOT
 from tests.sync.ota_helpers import (
     ROW,
     cloud_api,
-    desired,
     device_store,
     flip_member_byte,
     make_version,
-    signed_model,
+    signed_desired,
+    signer,
 )
 
 DEVICE = "dev-ota"
@@ -56,6 +56,12 @@ class Cloud:
     rows: dict[str, dict[str, Any]]
     trusted: Path  # the devices' trusted public key file
     other_key: Path  # a private key the devices do not trust
+    key: Path  # the signing key
+
+    def desired(self, row: dict[str, Any], base_url: str, **options: Any) -> ModelsDesired:
+        """The desired state the cloud signs for DEVICE; ``options``: deployment, rollback, or edits
+        to the unsigned part of the message."""
+        return signed_desired(self.db, signer(self.db, self.key), DEVICE, row, base_url, **options)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     rows = {v: store.model_version("iris", v) for v in ("2", "3", "4", "5")}
     store.close()
     with cloud_api(db, work) as base:
-        yield Cloud(base, db, artifacts, rows, keys.public, other.private)
+        yield Cloud(base, db, artifacts, rows, keys.public, other.private, keys.private)
 
 
 @dataclass
@@ -108,7 +114,9 @@ def make_device(root: Path, cloud: Cloud, **options: Any) -> Device:
     store = device_store(root)
     engine = Engine(store)
     outcomes: list[UpdateOutcome] = []
-    settings = OtaSettings.in_data_dir(root / "data", cloud.trusted, retry_delay_s=0.05, **options)
+    settings = OtaSettings.in_data_dir(
+        root / "data", cloud.trusted, retry_delay_s=0.05, device=DEVICE, **options
+    )
     updater = OtaUpdater(store, engine, settings, outcomes.append)
     return Device(store, engine, updater, outcomes, settings.download_dir)
 
@@ -134,7 +142,7 @@ def assert_refused(dev: Device, final: UpdateOutcome, code: str, fragment: str) 
 
 # -- the happy path, idempotence, rollback ---------------------------------------------------------
 def test_update_downloads_verifies_installs_and_activates(device: Device, cloud: Cloud) -> None:
-    msg = desired(DEVICE, signed_model(cloud.rows["2"], cloud.base))
+    msg = cloud.desired(cloud.rows["2"], cloud.base)
     t0 = time.perf_counter()
     final = device.apply(msg)
     elapsed = time.perf_counter() - t0
@@ -167,7 +175,7 @@ def test_update_downloads_verifies_installs_and_activates(device: Device, cloud:
 
     # a new deployment of the same version activates it again, without downloading
     device.outcomes.clear()
-    redo = device.apply(desired(DEVICE, signed_model(cloud.rows["2"], cloud.base)))
+    redo = device.apply(cloud.desired(cloud.rows["2"], cloud.base))
     assert redo.state == "active" and device.serving() == "2"
     assert "downloading" not in device.states()
 
@@ -175,10 +183,10 @@ def test_update_downloads_verifies_installs_and_activates(device: Device, cloud:
 def test_sync_role_activation_switches_the_store_pointer(tmp_path: Path, cloud: Cloud) -> None:
     store = device_store(tmp_path)
     outcomes: list[UpdateOutcome] = []
-    settings = OtaSettings.in_data_dir(tmp_path / "data", cloud.trusted)
+    settings = OtaSettings.in_data_dir(tmp_path / "data", cloud.trusted, device=DEVICE)
     runner = OtaRunner(OtaUpdater(store, StoreActivator(store), settings, outcomes.append))
     try:
-        runner.submit(desired(DEVICE, signed_model(cloud.rows["2"], cloud.base)))
+        runner.submit(cloud.desired(cloud.rows["2"], cloud.base))
         assert runner.wait_idle(30)
         assert outcomes[-1].state == "active"
         assert store.active_version("iris") == "2"
@@ -197,7 +205,7 @@ from edge_agent.sync.ota_runner import StoreActivator
 from edge_agent.sync.protocol import ModelsDesired
 root = Path(sys.argv[1])
 store = ModelStore(root / "models", root / "state" / "store-state.json")
-settings = OtaSettings.in_data_dir(root / "data", Path(sys.argv[2]))
+settings = OtaSettings.in_data_dir(root / "data", Path(sys.argv[2]), device="dev-ota")
 updater = OtaUpdater(store, StoreActivator(store), settings, lambda o: None)
 finals = [updater.apply(ModelsDesired.model_validate_json(arg))[0] for arg in sys.argv[3:]]
 runtimes = sorted(m for m in ("onnxruntime", "ai_edge_litert", "cv2") if m in sys.modules)
@@ -207,7 +215,7 @@ print(json.dumps({"finals": [f.model_dump() for f in finals], "runtimes": runtim
 
 def test_sync_role_self_tests_in_a_child_process(tmp_path: Path, cloud: Cloud) -> None:
     device_store(tmp_path)
-    msgs = [desired(DEVICE, signed_model(cloud.rows[v], cloud.base)).model_dump_json() for v in ("3", "2")]
+    msgs = [cloud.desired(cloud.rows[v], cloud.base).model_dump_json() for v in ("3", "2")]
     done = subprocess.run(
         [sys.executable, "-c", SYNC_ROLE, str(tmp_path), str(cloud.trusted), *msgs],
         cwd=ROOT,
@@ -266,7 +274,7 @@ def test_interrupted_download_resumes_with_a_range_request(device: Device, cloud
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
-        final = device.apply(desired(DEVICE, signed_model(row, base)))
+        final = device.apply(cloud.desired(row, base))
     finally:
         server.shutdown()
         server.server_close()
@@ -284,7 +292,7 @@ def test_partial_file_from_before_a_restart_is_completed_from_the_api(
     device.downloads.mkdir(parents=True)
     (device.downloads / f"{row['sha256']}.part").write_bytes(data[:half])
     with caplog.at_level(logging.INFO, logger="edge_agent.sync"):
-        final = device.apply(desired(DEVICE, signed_model(row, cloud.base)))
+        final = device.apply(cloud.desired(row, cloud.base))
     assert final.state == "active", final
     assert f"at byte {half} of {len(data)}" in caplog.text
     assert f"({half} resumed from disk)" in caplog.text
@@ -310,64 +318,76 @@ def test_api_serves_artifacts_with_http_range(cloud: Cloud) -> None:
 
 
 # -- refusals: each leaves version 1 serving and says why -----------------------------------------
-def test_manifest_signed_by_an_untrusted_key_is_refused_before_download(device: Device, cloud: Cloud) -> None:
-    row = cloud.rows["2"]
-    signature, kid = signing.sign_manifest(row["manifest"], signing.load_private_key(cloud.other_key))
-    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, signature=signature, key_id=kid)))
-    assert_refused(device, final, "signature_unknown_key", f"unknown key '{kid}'")
+def resigned(msg: ModelsDesired, *keys: Path, keyid: str | None = None) -> ModelsDesired:
+    """``msg`` with its targets metadata signed again by ``keys`` (under ``keyid`` if given)."""
+    assert msg.targets is not None
+    env = metadata.sign(msg.targets.signed, [signing.load_private_key(k) for k in keys])
+    if keyid is not None:
+        env = env.model_copy(
+            update={"signatures": [s.model_copy(update={"keyid": keyid}) for s in env.signatures]}
+        )
+    return msg.model_copy(update={"targets": env})
+
+
+def test_metadata_signed_by_an_untrusted_key_is_refused_before_download(device: Device, cloud: Cloud) -> None:
+    msg = resigned(cloud.desired(cloud.rows["2"], cloud.base), cloud.other_key)
+    final = device.apply(msg)
+    assert_refused(device, final, "untrusted_key", "does not trust")
     assert device.states() == ["failed"] and not device.downloads.exists()
 
 
 def test_signature_of_another_key_under_the_trusted_key_id_is_refused(device: Device, cloud: Cloud) -> None:
-    row = cloud.rows["2"]
-    signature, _ = signing.sign_manifest(row["manifest"], signing.load_private_key(cloud.other_key))
-    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, signature=signature)))
-    assert_refused(device, final, "signature_invalid", "does not match the manifest")
+    trusted_id = next(iter(signing.load_trusted_keys(cloud.trusted)))
+    msg = resigned(cloud.desired(cloud.rows["2"], cloud.base), cloud.other_key, keyid=trusted_id)
+    final = device.apply(msg)
+    assert_refused(device, final, "threshold_not_met", "0 valid signature(s)")
     assert not device.downloads.exists()
 
 
-def test_edited_signed_manifest_breaks_the_signature(device: Device, cloud: Cloud) -> None:
+def test_metadata_without_signed_targets_is_refused(device: Device, cloud: Cloud) -> None:
+    legacy = cloud.desired(cloud.rows["2"], cloud.base).model_copy(update={"targets": None, "roots": []})
+    final = device.apply(legacy)
+    assert_refused(device, final, "metadata_missing", "no signed targets metadata")
+
+
+def test_edited_manifest_does_not_match_the_signed_metadata(device: Device, cloud: Cloud) -> None:
     row = cloud.rows["2"]
     forged = dict(row["manifest"]) | {"labels": ["setosa", "virginica", "versicolor"]}
-    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, manifest=forged)))
-    assert_refused(device, final, "signature_invalid", "does not match the manifest")
+    final = device.apply(cloud.desired(row, cloud.base, manifest=forged))
+    assert_refused(device, final, "artifact_mismatch", "no manifest in the message matches")
 
 
 def test_wrong_artifact_sha256_is_refused(device: Device, cloud: Cloud) -> None:
     row = cloud.rows["2"]
-    final = device.apply(desired(DEVICE, signed_model(row, cloud.base, artifact_sha256="ab" * 32)))
-    assert_refused(device, final, "update_refused", "artifact sha256 is")
-    assert "the desired state says abababab" in str(final.reason)
-    assert list(device.downloads.iterdir()) == []  # the wrong bytes are not kept for a resume
+    final = device.apply(cloud.desired(row, cloud.base, artifact_sha256="ab" * 32))
+    assert_refused(device, final, "artifact_mismatch", "artifact sha256 differs from the signed one")
+    assert not device.downloads.exists()
 
 
 def test_tampered_artifact_is_refused(device: Device, cloud: Cloud) -> None:
     row = cloud.rows["4"]
     flip_member_byte(artifact_path(cloud.artifacts, row["sha256"]), "model.onnx")
-    final = device.apply(desired(DEVICE, signed_model(row, cloud.base)))
+    final = device.apply(cloud.desired(row, cloud.base))
     assert_refused(device, final, "update_refused", "corrupt or was tampered with")
 
 
-def test_tampered_artifact_with_matching_sha256_is_caught_by_the_signed_manifest(
-    device: Device, cloud: Cloud
-) -> None:
-    # whoever can change both the archive and the (unsigned) artifact_sha256 still cannot change
-    # a file: the signed manifest holds every file's sha256
+def test_archive_and_sha256_swapped_in_the_message_are_refused(device: Device, cloud: Cloud) -> None:
+    # whoever can change both the archive and the artifact_sha256 in the message cannot change what
+    # the metadata signed: URL and sha256 are compared before anything is downloaded
     row = cloud.rows["5"]
     path = artifact_path(cloud.artifacts, row["sha256"])
     flip_member_byte(path, "model.onnx")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     shutil.copy(path, artifact_path(cloud.artifacts, sha))
     url = f"{cloud.base}artifacts/{sha}"
-    final = device.apply(
-        desired(DEVICE, signed_model(row, cloud.base, artifact_sha256=sha, artifact_url=url))
-    )
-    assert_refused(device, final, "integrity_failed", "model.onnx has sha256")
+    final = device.apply(cloud.desired(row, cloud.base, artifact_sha256=sha, artifact_url=url))
+    assert_refused(device, final, "artifact_mismatch", "is not the signed")
+    assert not device.downloads.exists()
 
 
 def test_model_failing_its_self_test_is_not_activated(device: Device, cloud: Cloud) -> None:
     # a fresh device has no active pointer yet: the newest version on disk would win without one
-    final = device.apply(desired(DEVICE, signed_model(cloud.rows["3"], cloud.base)))
+    final = device.apply(cloud.desired(cloud.rows["3"], cloud.base))
     assert_refused(device, final, "self_test_failed", "iris/3 failed its golden self-test")
     assert device.states()[-2:] == ["verifying", "failed"]
 
@@ -375,11 +395,11 @@ def test_model_failing_its_self_test_is_not_activated(device: Device, cloud: Clo
 def test_download_failure_is_reported_and_retried_on_the_next_delivery(tmp_path: Path, cloud: Cloud) -> None:
     dev = make_device(tmp_path, cloud, attempts=2)
     row = cloud.rows["2"]
-    msg = desired(DEVICE, signed_model(row, "http://127.0.0.1:9/"))  # nothing listens there
+    msg = cloud.desired(row, "http://127.0.0.1:9/")  # nothing listens there
     final = dev.apply(msg)
     assert final.state == "failed" and str(final.reason).startswith("download_failed"), final
     assert dev.serving() == "1"
-    fixed = desired(DEVICE, signed_model(row, cloud.base), deployment=msg.deployment)
+    fixed = cloud.desired(row, cloud.base, deployment=msg.deployment)
     assert dev.apply(fixed).state == "active"
 
 
@@ -422,7 +442,8 @@ def test_unsafe_archives_are_refused(tmp_path: Path, members: list[Any], reason:
 
 def test_packing_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     one, two = io.BytesIO(), io.BytesIO()
-    assert pack(MODELS / "iris" / "1", one) == ["golden.npz", "manifest.json", "model.onnx"]  # no samples/
+    names = ["drift.json", "golden.npz", "manifest.json", "model.onnx"]  # no samples/; the drift reference
+    assert pack(MODELS / "iris" / "1", one) == names
     pack(MODELS / "iris" / "1", two)
     assert one.getvalue() == two.getvalue()
     (tmp_path / "a.tar").write_bytes(one.getvalue())
@@ -445,3 +466,40 @@ def test_canonical_json_is_the_signed_form() -> None:
         signing.verify_manifest(manifest | {"version": "9"}, signature, kid, trusted)
     with pytest.raises(signing.SignatureError, match="base64"):
         signing.verify_manifest(manifest, "not base64!", kid, trusted)
+
+
+# -- the clock rule: a clock that cannot be trusted skips the update, expiry stays on --------------
+def test_a_clock_earlier_than_the_last_trusted_time_skips_the_update(device: Device, cloud: Cloud) -> None:
+    trust = device.updater.trust
+    msg = cloud.desired(cloud.rows["2"], cloud.base)
+    trust.dir.mkdir(parents=True, exist_ok=True)
+    floor = time.time() + 86_400  # a signed issue time seen before says it is tomorrow at least
+    (trust.dir / "state.json").write_text(json.dumps({"time_floor": floor}))
+    final = device.apply(msg)
+    assert_refused(device, final, "clock_untrusted", "is earlier than the last trusted time")
+    assert json.loads(device.updater.settings.state_path.read_text())["iris"]["retry"] is True
+    (trust.dir / "state.json").write_text(json.dumps({"time_floor": 0}))  # the clock is set (NTP)
+    assert device.apply(msg).state == "active"  # the same desired state, retried
+
+
+def test_metadata_issued_after_the_device_clock_proves_the_clock_behind(device: Device, cloud: Cloud) -> None:
+    msg = cloud.desired(cloud.rows["2"], cloud.base)
+    assert msg.targets is not None
+    later = msg.targets.signed | {"issued": time.time() + 86_400, "expires": time.time() + 2 * 86_400}
+    env = metadata.sign(later, [signing.load_private_key(cloud.key)])
+    final = device.apply(msg.model_copy(update={"targets": env}))
+    assert_refused(device, final, "clock_untrusted", "the clock is behind")
+    state = json.loads((device.updater.trust.dir / "state.json").read_text())
+    assert state["time_floor"] >= later["issued"]  # remembered: a clock reset to 1970 is refused too
+    assert device.updater.trust.build_time_seed() > 1.6e9  # seeded from the agent's build
+
+
+def test_an_expired_root_is_not_trusted_for_updates(device: Device, cloud: Cloud) -> None:
+    msg = cloud.desired(cloud.rows["2"], cloud.base)  # carries the cloud's root chain (version 1)
+    assert msg.roots and msg.targets is not None
+    key = signing.load_private_key(cloud.key)
+    current = metadata.parse_root(msg.roots[-1])
+    stale = current.model_copy(update={"version": current.version + 1, "expires": time.time() - 60})
+    env = metadata.sign(metadata.document(stale), [key])  # validly signed, but already expired
+    final = device.apply(msg.model_copy(update={"roots": [*msg.roots, env]}))
+    assert_refused(device, final, "metadata_expired", f"root metadata version {stale.version} expired")

@@ -27,8 +27,10 @@ async function loadTelemetry() {
   const doc = await dash.api(`/telemetry?device=${encodeURIComponent(deviceId)}&limit=300`);
   const rows = doc.telemetry.slice().reverse();
   const series = (key, scale = 1) => rows.filter((r) => r.metrics[key] !== undefined).map((r) => [r.ts, Math.round(r.metrics[key] / scale)]);
+  const drift = [...new Set(rows.flatMap((r) => Object.keys(r.metrics).filter((k) => k.startsWith("drift_psi."))))];
   document.getElementById("plots").replaceChildren(
-    plot("Outbox depth", series("outbox_depth")), plot("Memory (RSS)", series("rss_bytes", 1048576), " MiB"));
+    plot("Outbox depth", series("outbox_depth")), plot("Memory (RSS)", series("rss_bytes", 1048576), " MiB"),
+    ...drift.map((k) => plot(`Input drift of ${k.slice(10)} (PSI x 1000; > 250: drifted)`, series(k, 0.001))));
 }
 
 async function loadResults() {

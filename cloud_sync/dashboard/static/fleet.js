@@ -28,7 +28,11 @@ function drawFleet() {
     dash.el("td", {}, d.agent_version || "-"),
     dash.el("td", {}, dash.models(d.models)),
     dash.el("td", { class: "num" }, d.outbox_depth ?? "-"),
-    dash.el("td", { class: "num results" }, String(d.results_last_hour)))));
+    dash.el("td", { class: "num results" }, String(d.results_last_hour)),
+    dash.el("td", { class: "drift" }, ...Object.entries(d.drift || {}).map(([m, psi]) =>
+      dash.el("span", { class: `badge ${(d.drifted || []).includes(m) ? "failed drifted" : "active"}`, "data-model": m,
+        title: (d.drifted || []).includes(m) ? "inputs drifted from the model's reference (PSI > 0.25)" : "within the reference" },
+      `${m} ${Number(psi).toFixed(2)}`))))));
   const online = fleet.devices.filter((d) => d.online).length;
   document.getElementById("count").textContent = `${online} of ${fleet.devices.length} online`;
   const empty = document.getElementById("fleet-empty");

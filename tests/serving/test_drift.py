@@ -1,0 +1,113 @@
+"""Input drift in the real gateway (``edge-agent serve`` as a process) against the reference in the iris
+package (``models/iris/1/drift.json``, written from the iris data by models/scripts/drift_reference.py),
+plus the pure functions.
+
+Rows from the reference distribution (the iris data itself, shuffled) must not be flagged; the same rows
+with the petal measurements shifted must be. Threshold: PSI 0.25 (the conventional "shift" level);
+the reference window's PSI comes from sampling noise only (a 150-row window against 10 bins)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from edge_agent.runtime import drift
+from tests.conftest import MODELS, ROOT
+from tests.serving.gateway_proc import Gateway, run_gateway
+
+ROWS = np.load(ROOT / "tests" / "data" / "iris_rows.npy")
+
+
+def send(gw: Gateway, rows: np.ndarray) -> None:
+    for chunk in np.array_split(rows, 15):
+        r = httpx.post(
+            f"{gw.url}/v1/models/iris/predict",
+            json={"data": chunk.tolist()},
+            headers={"Cache-Control": "no-cache"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+
+
+def figures(path: Path, version_rows: int, timeout: float = 20.0) -> dict[str, Any]:
+    deadline, doc = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if doc.get("rows", 0) >= version_rows:
+            return doc
+        time.sleep(0.2)
+    raise AssertionError(f"no drift figures for {version_rows} rows; last: {doc}")
+
+
+def test_pure_functions() -> None:
+    ref = drift.reference(drift.features(ROWS), ["a"] * 100 + ["b"] * 50)
+    same = drift.compare(ref, drift.features(ROWS), ["a"] * 100 + ["b"] * 50)
+    assert same["max"] < 1e-6 and not same["drifted"]  # a window equal to the reference
+    moved = drift.compare(ref, drift.features(ROWS + np.array([0, 0, 2.0, 0.8], dtype=np.float32)))
+    assert moved["drifted"] and moved["psi"]["f2"] > drift.THRESHOLD and moved["psi"]["f0"] < 1e-6
+    few = drift.compare(ref, drift.features(ROWS[:10] + 5))
+    assert few["max"] > drift.THRESHOLD and not few["drifted"]  # too few rows to say
+    assert drift.psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+    images = drift.features(np.zeros((3, 8, 8, 1)) + np.arange(3)[:, None, None, None], [(8, 8)] * 3)
+    assert images["brightness"].tolist() == [0.0, 1.0, 2.0] and images["pixels"].tolist() == [64.0] * 3
+
+
+def test_the_gateway_flags_shifted_inputs_and_not_reference_ones(tmp_path: Path) -> None:
+    model_dir, data_dir = tmp_path / "models", tmp_path / "data"
+    shutil.copytree(MODELS / "iris" / "1", model_dir / "iris" / "1")
+    assert (model_dir / "iris" / "1" / drift.REFERENCE_FILE).is_file()
+    path = data_dir / "drift" / "iris.json"
+    rng = np.random.default_rng(11)
+    with run_gateway(model_dir, data_dir) as gw:
+        send(gw, ROWS[rng.permutation(len(ROWS))])
+        calm = figures(path, len(ROWS))
+        assert not calm["drifted"] and calm["max"] < drift.THRESHOLD, calm
+        shifted = ROWS + np.array([0.0, 0.0, 1.5, 0.6], dtype=np.float32)  # longer, wider petals
+        for _ in range(4):  # the window (500 rows) fills with shifted rows
+            send(gw, shifted[rng.permutation(len(shifted))])
+        time.sleep(2.5)
+        moved = figures(path, 500)
+    assert moved["drifted"] and moved["max"] > drift.THRESHOLD, moved
+    assert moved["psi"]["f2"] > drift.THRESHOLD and moved["psi"]["f3"] > drift.THRESHOLD
+    assert moved["psi"]["f0"] < 0.1  # the sepal columns did not move
+    print(f"\ndrift PSI, reference rows: {calm['max']:.3f}; shifted petals: {moved['max']:.3f}")
+
+
+def test_image_features_flag_inverted_digits_and_not_held_out_ones(tmp_path: Path) -> None:
+    """digits (image model, tensor input [n, 1, 8, 8]): the held-out split of the data the reference
+    was written from is not flagged; the same images inverted (dark strokes on white) are."""
+    with np.load(ROOT / "tests" / "data" / "digits_heldout.npz") as d:
+        held_out = (d["images"].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    model_dir, data_dir = tmp_path / "models", tmp_path / "data"
+    shutil.copytree(MODELS / "digits" / "1", model_dir / "digits" / "1")
+    path = data_dir / "drift" / "digits.json"
+
+    def post(x: np.ndarray) -> None:
+        for chunk in np.array_split(x, 10):
+            r = httpx.post(
+                f"{gw.url}/v1/models/digits/predict",
+                json={"data": chunk.tolist()},
+                headers={"Cache-Control": "no-cache"},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
+
+    with run_gateway(model_dir, data_dir) as gw:
+        post(held_out[:400])
+        calm = figures(path, 400)
+        assert not calm["drifted"] and calm["max"] < drift.THRESHOLD, calm
+        post(1.0 - held_out[:450])
+        post(1.0 - held_out[:450])
+        time.sleep(2.5)
+        moved = figures(path, 500)
+    assert moved["drifted"] and moved["psi"]["brightness"] > drift.THRESHOLD, moved
+    print(f"\ndigits drift PSI, held-out: {calm['max']:.3f}; inverted: {moved['max']:.3f}")
