@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -77,11 +77,26 @@ def parse_topic(name: str) -> tuple[str, str]:
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    # Optional fields added after schema version 1 was frozen (tests/sync/wire_v1/): when absent
+    # (None or empty) they stay off the wire, so a receiver that predates them never sees them.
+    added_after_freeze: ClassVar[frozenset[str]] = frozenset()
+
     v: int = Field(default=SCHEMA_VERSION, description="Schema version of the payload.")
     device: str = Field(pattern=DEVICE_RE.pattern, description="Device the message is from or for.")
 
+    @model_serializer(mode="wrap")
+    def _omit_absent_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.added_after_freeze:
+                if data.get(name) in (None, [], {}):
+                    data.pop(name, None)
+        return data
+
 
 class Status(_Msg):
+    added_after_freeze = frozenset({"group"})
+
     state: Literal["online", "offline"]
     agent_version: str = ""
     models: dict[str, str] = Field(default_factory=dict, description="model name -> active version")
@@ -193,6 +208,8 @@ class Envelope(BaseModel):
 
 
 class ModelsDesired(_Msg):
+    added_after_freeze = frozenset({"targets", "roots"})
+
     deployment: str
     models: list[SignedModel]
     ts: float
@@ -281,6 +298,8 @@ class ShadowReport(BaseModel):
 
 
 class ModelsReported(_Msg):
+    added_after_freeze = frozenset({"shadow", "bench"})
+
     models: dict[str, str]
     last_update: UpdateOutcome | None = None
     ts: float
@@ -291,17 +310,6 @@ class ModelsReported(_Msg):
         default=None,
         description="Latest on-device benchmark per model (absent: no news; the cloud keeps what it has).",
     )
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_optionals(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # absent optional fields stay off the wire, so receivers that predate it still accept the message
-        data = handler(self)
-        if isinstance(data, dict):
-            if data.get("bench") is None:
-                data.pop("bench", None)
-            if not data.get("shadow"):
-                data.pop("shadow", None)
-        return data
 
 
 PAYLOADS: dict[str, type[_Msg]] = {

@@ -20,12 +20,12 @@ from edge_agent.sync import protocol as p
 SAMPLES_DIR = Path(__file__).parent / "wire_v1"
 SAMPLES = sorted(SAMPLES_DIR.glob("*.json"))
 
-# Optional fields added to a message after these samples were frozen. Each is compatible with
-# devices in the field only if it is optional, stays off the wire when absent (a receiver that
-# predates it never sees it) and is shown in a sample that declares it in ``added_after_freeze``.
-# A field may be added here; one may never be removed from a sample.
+# Optional fields added to a message after these samples were frozen (each payload model's
+# ``added_after_freeze``). Each is compatible with devices in the field only if it is optional,
+# stays off the wire when absent (a receiver that predates it never sees it) and is shown in a
+# sample that declares it in ``added_after_freeze``. A field may be added; none may be removed.
 ADDED_AFTER_FREEZE: dict[str, set[str]] = {
-    "models_reported": {"bench"},
+    kind: set(model.added_after_freeze) for kind, model in p.PAYLOADS.items() if model.added_after_freeze
 }
 
 
