@@ -55,11 +55,11 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     gw = Gateway(config, engine, InferenceService(engine, config, metrics, storage), metrics, storage)
 
     retention_days = config.storage.retention_days
-    pruner = Pruner(open_storage(config), None if retention_days is None else retention_days * DAY_S)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw.service.start()
+        pruner = Pruner(open_storage(config), None if retention_days is None else retention_days * DAY_S)
         pruner.start()
         if config.preload:
             results = await asyncio.get_running_loop().run_in_executor(gw.service.executor, engine.load_all)
