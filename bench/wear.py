@@ -47,7 +47,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.patterns import wait_for  # noqa: E402
+from bench.patterns_support import wait_for  # noqa: E402
 from tests.patterns.videos import write_face_video  # noqa: E402
 
 BASELINE = "59be86b"  # main before the SD-card work (issue 14)
