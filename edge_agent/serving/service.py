@@ -43,7 +43,6 @@ from edge_agent.errors import InvalidInput
 from edge_agent.runtime.backends import LoadedModel
 from edge_agent.runtime.batcher import Batcher, QueueTimeout
 from edge_agent.runtime.engine import Engine, Prediction
-from edge_agent.runtime.inputs import validate
 from edge_agent.runtime.package import Batching, Manifest
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.runtime.preprocess import Geometry
@@ -198,7 +197,7 @@ class InferenceService:
         if images is not None:
             job = _Job(model, t0, deadline, images=images)
         else:
-            inputs = validate(model.manifest, tensors or {}, self.engine.options.max_rows)
+            inputs = self.engine.validate(model, tensors or {})
             job = _Job(model, t0, deadline, inputs=inputs, validate_s=time.perf_counter() - t0)
         return await self._serve(job, cache)
 
