@@ -83,13 +83,15 @@ def from_nested(name: str, data: Any, shape: list[int] | None = None) -> np.ndar
     return arr
 
 
-def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
+def _as_array(spec: TensorSpec, value: Any, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
-    if isinstance(value, list):
+    if isinstance(value, list):  # depth and row count are refused before converting
         shape = nested_shape(value, spec.name)
-        if len(shape) not in (len(spec.shape), len(spec.shape) - 1):  # refused before converting
+        if len(shape) not in (len(spec.shape), len(spec.shape) - 1):
             raise _shape_error(spec, shape)
+        if len(shape) == len(spec.shape) and shape[0] > max_rows:
+            raise InvalidInput(f"batch of {shape[0]} rows is over the limit of {max_rows}; split it")
         return from_nested(spec.name, value, shape)
     try:  # a scalar, a tuple, a numpy scalar: what numpy makes of it
         arr = np.asarray(value)
@@ -199,7 +201,7 @@ class InputCheck:
                 if finite and not np.isfinite(arr.ravel()).all():  # (ravel: a 1-d pass is 2x faster)
                     arr = _check_one(spec, arr)  # raises the NaN / infinity error
             else:
-                arr = _check_one(spec, _as_array(spec, arr))
+                arr = _check_one(spec, _as_array(spec, arr, self.max_rows))
             rows = arr.shape[0]
             if n != rows:
                 if n != -1:
