@@ -9,6 +9,11 @@ batch (the model is under load) does the batcher wait up to
 queued when it passes is answered with ``QueueTimeout`` instead of hanging.
 If a gathered batch fails, each request is retried alone, so one request's
 error stays that request's.
+
+A runtime call that takes less than ``INLINE_MAX_S`` (a tiny model) runs on the
+event loop itself: handing it to a thread and back costs more than the call.
+Slower calls go to the executor, so the loop keeps reading requests meanwhile.
+``RunCost`` keeps the moving average that decides.
 """
 
 from __future__ import annotations
@@ -27,6 +32,31 @@ from edge_agent.errors import EdgeAgentError, InferenceError
 Tensors = dict[str, np.ndarray]
 IDLE_YIELDS = 3  # event-loop turns without a new request before a gathering batch runs
 RunFn = Callable[[Tensors], Tensors]
+INLINE_MAX_S = 0.0003  # runtime calls shorter than this (moving average) run on the event loop
+
+
+class RunCost:
+    """Moving average of one model's runtime call; ``inline`` when a thread hop would cost more.
+
+    Unknown at first (the first calls go to the executor) and re-measured there now and then,
+    so a model that got slower (a bigger batch, a busier machine) moves back to the executor."""
+
+    __slots__ = ("_avg", "_calls")
+
+    def __init__(self) -> None:
+        self._avg = INLINE_MAX_S * 10
+        self._calls = 0
+
+    def inline(self) -> bool:
+        self._calls += 1
+        return self._avg < INLINE_MAX_S and self._calls % 64 != 0
+
+    def timed(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Tensors:
+        """``fn(inputs)``, its duration (in whichever thread runs it) added to the average."""
+        t0 = time.perf_counter()
+        out = fn(inputs)
+        self._avg += (time.perf_counter() - t0 - self._avg) * 0.2
+        return out
 
 
 class QueueTimeout(EdgeAgentError):
@@ -65,6 +95,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
+        self.cost = RunCost()
 
     async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
         """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
@@ -134,7 +165,10 @@ class Batcher:
         else:
             merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, merged)
+            if self.cost.inline():
+                outputs = self.cost.timed(self._run, merged)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self.cost.timed, self._run, merged)
         except Exception as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)

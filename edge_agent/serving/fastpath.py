@@ -1,28 +1,30 @@
-"""A fast path for the two hot inference routes.
+"""A fast path for the three hot inference routes.
 
-``POST /v1/models/{name}/predict`` and ``POST /v2/models/{name}/infer`` (no query
-string) are served here by the same handlers as the routed versions, but
-without FastAPI's routing, parameter solving and exception layers: on a tiny
-model those cost more CPU than the model itself. The gateway's own middleware
-(request counter, token, body limit) still wraps this, errors get the same JSON
-answers and the same failure counts, and every other request (and these routes
-with a query string) goes through FastAPI as usual.
+``POST /v1/models/{name}/predict``, ``POST /v2/models/{name}/infer`` and the
+book's ``POST /predict`` (no query string) are served here by the same
+handlers as the routed versions, but without FastAPI's routing, parameter
+solving and exception layers: on a tiny model those cost more CPU than the
+model itself. The gateway's own middleware (request counter, token, body
+limit) still wraps this, errors get the same JSON answers and the same failure
+counts, and every other request (and these routes with a query string) goes
+through FastAPI as usual. The route is found with string tests, not regular
+expressions, and the gateway is handed over once, not looked up per request.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.serving import v1, v2
+from edge_agent.serving import book, v1, v2
 from edge_agent.serving.codec import json_response
-from edge_agent.serving.deps import gateway
+from edge_agent.serving.deps import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -34,40 +36,64 @@ class _Route:
     path: str
 
 
-V1 = (re.compile(r"^/v1/models/([^/]+)/predict$"), _Route("/v1/models/{name}/predict"))
-V2 = (re.compile(r"^/v2/models/([^/]+)/infer$"), _Route("/v2/models/{name}/infer"))
+V1 = _Route("/v1/models/{name}/predict")
+V2 = _Route("/v2/models/{name}/infer")
+BOOK = _Route("/predict")
+
+
+def match(path: str) -> tuple[_Route, str] | None:
+    """(route, model name) of a hot route, else None."""
+    if path == "/predict":
+        return BOOK, ""
+    if path.startswith("/v1/models/") and path.endswith("/predict"):
+        name, route = path[11:-8], V1
+    elif path.startswith("/v2/models/") and path.endswith("/infer"):
+        name, route = path[11:-6], V2
+    else:
+        return None
+    if not name or "/" in name:
+        return None
+    return route, name
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
+        self.gw = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string"):
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        hit = next(((m, r) for p, r in (V1, V2) if (m := p.match(path)) is not None), None)
+        hit = match(path)
         if hit is None:
             await self.app(scope, receive, send)
             return
-        match, route = hit
-        name = match.group(1)
-        scope["path_params"] = {"name": name}
+        route, name = hit
+        scope["path_params"] = {"name": name} if name else {}
         scope["route"] = route
         request = Request(scope, receive)
-        gw = gateway(request)
+        gw = self.gw
         try:
-            if route is V1[1]:
+            if route is V1:
                 response: Response = await v1.predict_fast(gw, request, name)
+            elif route is V2:
+                response = await v2.infer_fast(gw, request, name)
             else:
-                response = await v2.infer_fast(request, name)
+                response = await book.predict_fast(gw, request)
         except EdgeAgentError as exc:
             gw.metrics.failures.labels(name, route.path, exc.code).inc()
             status = exc.status if exc.status < 500 or exc.status in (503, 504) else 500
             if status == 500:
                 logger.error("POST %s failed: %s", path, exc.message)
             response = json_response(exc.to_dict(), status=status)
+        except HTTPException as exc:  # starlette's own (a multipart body without a boundary): as routed
+            response = json_response(
+                {"error": str(exc.detail), "code": "http_error"},
+                status=exc.status_code,
+                headers=getattr(exc, "headers", None),
+            )
         except Exception as exc:  # a bug: the same JSON 500 as the routed endpoints give
             gw.metrics.failures.labels(name, route.path, "internal").inc()
             logger.exception("POST %s: unexpected error", path)

@@ -41,7 +41,7 @@ from edge_agent.cache.prediction import (
 from edge_agent.config import AgentConfig
 from edge_agent.errors import InvalidInput
 from edge_agent.runtime.backends import LoadedModel
-from edge_agent.runtime.batcher import Batcher, QueueTimeout
+from edge_agent.runtime.batcher import Batcher, QueueTimeout, RunCost
 from edge_agent.runtime.engine import Engine, Prediction
 from edge_agent.runtime.package import Batching, Manifest
 from edge_agent.runtime.postprocess import postprocess
@@ -97,7 +97,8 @@ class InferenceService:
         self.config = config
         self.metrics = metrics
         self.storage = storage or Storage.in_dir(config.data_dir)
-        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._batchers: dict[tuple[str, str], Batcher | None] = {}  # None: batching off
+        self._costs: dict[tuple[str, str], RunCost] = {}  # unbatched models: inline or executor
         self._inflight: dict[str, asyncio.Task[ServedPrediction]] = {}
         self._fingerprints: dict[tuple[str, str], tuple[Manifest, str]] = {}
         self.executor = self._new_executor()
@@ -135,6 +136,7 @@ class InferenceService:
     def start(self) -> None:
         """Called on each application start: batchers and in-flight tasks belong to one event loop."""
         self._batchers.clear()
+        self._costs.clear()
         self._inflight.clear()
         if getattr(self.executor, "_shutdown", False):
             self.executor = self._new_executor()
@@ -155,6 +157,7 @@ class InferenceService:
         model = self.engine.model(name, version)
         policy = self.batching(name, model.manifest.batching)
         if not policy.enabled:
+            self._batchers[key] = None
             return None
         hist = self.metrics.batch_size.labels(name)
         batcher = Batcher(
@@ -171,6 +174,8 @@ class InferenceService:
         """After activate / rollback / load / unload: drop batchers, purge other versions' answers."""
         for key in [k for k in self._batchers if k[0] == name]:
             del self._batchers[key]
+        for key in [k for k in self._costs if k[0] == name]:
+            del self._costs[key]
         active = self.engine.active_version(name)
         if self.predictions is not None and active is not None:
             self.predictions.purge(name, keep_version=active)
@@ -348,11 +353,17 @@ class InferenceService:
         if batcher is not None:
             return await batcher.submit(inputs, max(0.001, remaining_s))
         self.metrics.batch_size.labels(m.name).observe(rows)
+        cost = self._costs.get((m.name, m.version))
+        if cost is None:
+            cost = self._costs[(m.name, m.version)] = RunCost()
+        run = functools.partial(self.engine.infer, model)
+        if cost.inline():  # a tiny model: a thread hop would cost more than the call
+            return cost.timed(run, inputs), 0.0
         loop = asyncio.get_running_loop()
         timeout_s = max(0.001, remaining_s)
         try:
             outputs = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, self.engine.infer, model, inputs), timeout_s
+                loop.run_in_executor(self.executor, cost.timed, run, inputs), timeout_s
             )
         except TimeoutError:
             raise QueueTimeout(f"no answer within {timeout_s * 1000:.0f} ms; retry later") from None

@@ -31,7 +31,7 @@ from edge_agent.runtime.engine import Prediction
 from edge_agent.runtime.inputs import from_nested, nested_shape
 from edge_agent.runtime.package import Classification, Detection, Manifest
 from edge_agent.serving.codec import json_response, loads
-from edge_agent.serving.deps import gateway
+from edge_agent.serving.deps import Gateway, gateway
 
 # A JSON number beyond FP32 / FP16 becomes inf and is refused with a clear message; numpy's
 # RuntimeWarning about it would only repeat that on stderr (np.errstate costs ~5 us a call).
@@ -434,13 +434,12 @@ def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) 
     )
 
 
-async def infer_fast(request: Request, name: str) -> Response:
+async def infer_fast(gw: Gateway, request: Request, name: str) -> Response:
     """The fast path's entry (edge_agent/serving/fastpath.py): the active version."""
-    return await _infer(request, name, None)
+    return await _infer(gw, request, name, None)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    gw = gateway(request)
+async def _infer(gw: Gateway, request: Request, name: str, version: str | None) -> Response:
     manifest = gw.engine.model(name, version).manifest
     doc, binary = _split_body(request, await request.body())
     tensors, images = _decode_inputs(doc, binary, manifest)
@@ -450,7 +449,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 @router.post("/models/{name}/infer", summary="Inference", openapi_extra={"requestBody": INFER_BODY})
 async def infer(name: str, request: Request) -> Response:
-    return await _infer(request, name, None)
+    return await _infer(gateway(request), request, name, None)
 
 
 @router.post(
@@ -459,4 +458,4 @@ async def infer(name: str, request: Request) -> Response:
     openapi_extra={"requestBody": INFER_BODY},
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(request, name, version)
+    return await _infer(gateway(request), request, name, version)
