@@ -39,7 +39,7 @@ from edge_agent.cache.prediction import (
     tensors_digest,
 )
 from edge_agent.config import AgentConfig
-from edge_agent.errors import InvalidInput
+from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.runtime.backends import LoadedModel
 from edge_agent.runtime.batcher import Batcher, QueueTimeout, RunCost
 from edge_agent.runtime.engine import Engine, Prediction
@@ -52,6 +52,14 @@ from edge_agent.storage import Storage
 Tensors = dict[str, np.ndarray]
 Geometries = Sequence[Geometry | None]
 HASH_INLINE_BYTES = 256 * 1024  # larger image bodies are hashed in the thread pool
+HEX = frozenset("0123456789abcdef")
+
+
+class PredictionNotCached(EdgeAgentError):
+    """A look-up by digest found no cached answer: the client should send the input."""
+
+    status = 404
+    code = "prediction_not_cached"
 
 
 def _ms(seconds: float) -> float:
@@ -223,6 +231,32 @@ class InferenceService:
             raise InvalidInput(f"{name} takes tensors, not images: data items are images")
         self.data.require(item_id)
         return await self._serve(_Job(model, t0, deadline, item=item_id), cache)
+
+    def cached_by_digest(self, name: str, sha256_hex: str) -> ServedPrediction:
+        """The cached answer of the active version of image model ``name`` to the image whose
+        bytes have this sha256 (a data item's id), without the image; PredictionNotCached if
+        there is none (the client then sends the image)."""
+        t0 = time.perf_counter()
+        model = self.engine.model(name)
+        m = model.manifest
+        if m.preprocessing is None:
+            raise InvalidInput(
+                f"{name} takes tensors: answers are looked up by digest for image models only "
+                "(the digest is the sha256 of the encoded image)"
+            )
+        if len(sha256_hex) != 64 or not all(c in HEX for c in sha256_hex):
+            raise InvalidInput("the digest must be the sha256 of the image bytes: 64 lowercase hex digits")
+        answer = None
+        if self.predictions is not None and self.caching(name):
+            digest = images_digest([bytes.fromhex(sha256_hex)])
+            answer = self.predictions.get(prediction_key(m.name, m.version, self._fingerprint(m), digest))
+        if answer is None:
+            raise PredictionNotCached(
+                f"no cached answer of {m.name}/{m.version} for the image with sha256 {sha256_hex}: "
+                f"send the image (POST /v1/models/{name}/predict); its answer is then cached",
+                upload=f"/v1/models/{name}/predict",
+            )
+        return self._hit(_Job(model, t0, t0, item=sha256_hex), answer, t0)
 
     # -- the prediction cache and single flight ----------------------------------------------
     async def _serve(self, job: _Job, use_cache: bool) -> ServedPrediction:
