@@ -156,7 +156,11 @@ BY_DIGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=BY_DIGEST_RESPONSES,
 )
 async def by_digest(name: str, sha256: str, request: Request, raw: bool = False) -> Response:
-    gw = gateway(request)
+    return answer_by_digest(gateway(request), name, sha256, raw)
+
+
+def answer_by_digest(gw: Gateway, name: str, sha256: str, raw: bool) -> Response:
+    """Also the fast path's entry (edge_agent/serving/fastpath.py) when there is no query string."""
     pred = gw.service.cached_by_digest(name, sha256)
     body: dict[str, Any] = {
         "model": pred.model,

@@ -1,7 +1,8 @@
-"""A fast path for the three hot inference routes.
+"""A fast path for the hot inference routes.
 
-``POST /v1/models/{name}/predict``, ``POST /v2/models/{name}/infer`` and the
-book's ``POST /predict`` (no query string) are served here by the same
+``POST /v1/models/{name}/predict``, ``POST /v2/models/{name}/infer``, the
+book's ``POST /predict`` and the prediction-cache look-up by digest
+``GET /v1/models/{name}/predictions/{sha256}`` (no query string) are served here by the same
 handlers as the routed versions, but without FastAPI's routing, parameter
 solving and exception layers: on a tiny model those cost more CPU than the
 model itself. The gateway's own middleware (request counter, token, body
@@ -22,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.serving import book, v1, v2
+from edge_agent.serving import book, caches, v1, v2
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway
 
@@ -39,6 +40,7 @@ class _Route:
 V1 = _Route("/v1/models/{name}/predict")
 V2 = _Route("/v2/models/{name}/infer")
 BOOK = _Route("/predict")
+BY_DIGEST = _Route("/v1/models/{name}/predictions/{sha256}")
 
 
 def match(path: str) -> tuple[_Route, str] | None:
@@ -56,28 +58,45 @@ def match(path: str) -> tuple[_Route, str] | None:
     return route, name
 
 
+def match_digest(path: str) -> tuple[_Route, str] | None:
+    """(BY_DIGEST, "name/sha256") for a look-up by digest, else None."""
+    if not path.startswith("/v1/models/"):
+        return None
+    parts = path[11:].split("/")
+    if len(parts) != 3 or parts[1] != "predictions" or not parts[0] or not parts[2]:
+        return None
+    return BY_DIGEST, f"{parts[0]}/{parts[2]}"
+
+
 class FastPath:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gw = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string"):
+        if scope["type"] != "http" or scope.get("query_string"):
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        hit = match(path)
+        method = scope["method"]
+        hit = match(path) if method == "POST" else match_digest(path) if method == "GET" else None
         if hit is None:
             await self.app(scope, receive, send)
             return
         route, name = hit
-        scope["path_params"] = {"name": name} if name else {}
         scope["route"] = route
-        request = Request(scope, receive)
         gw = self.gw
+        if route is BY_DIGEST:
+            name, sha256 = name.split("/", 1)
+            scope["path_params"] = {"name": name, "sha256": sha256}
+        else:
+            scope["path_params"] = {"name": name} if name else {}
+        request = Request(scope, receive)
         try:
-            if route is V1:
-                response: Response = await v1.predict_fast(gw, request, name)
+            if route is BY_DIGEST:
+                response: Response = caches.answer_by_digest(gw, name, sha256, False)
+            elif route is V1:
+                response = await v1.predict_fast(gw, request, name)
             elif route is V2:
                 response = await v2.infer_fast(gw, request, name)
             else:
