@@ -32,30 +32,34 @@ from edge_agent.errors import EdgeAgentError, InferenceError
 Tensors = dict[str, np.ndarray]
 IDLE_YIELDS = 3  # event-loop turns without a new request before a gathering batch runs
 RunFn = Callable[[Tensors], Tensors]
-INLINE_MAX_S = 0.0003  # runtime calls shorter than this (moving average) run on the event loop
+INLINE_MAX_S = 0.0003  # runtime calls expected to be shorter than this run on the event loop
+INLINE_ALONE_MAX_S = 0.005  # ... and up to this when nothing else is queued or computing
 
 
 class RunCost:
-    """Moving average of one model's runtime call; ``inline`` when a thread hop would cost more.
+    """Moving average of one model's runtime cost per row, to choose where a call runs.
 
-    Unknown at first (the first calls go to the executor) and re-measured there now and then,
-    so a model that got slower (a bigger batch, a busier machine) moves back to the executor."""
+    On the event loop when the call is expected to take less than a thread hop would cost
+    (``INLINE_MAX_S``), or when it is alone (nothing else queued or computing: no request
+    is kept waiting) and short (``INLINE_ALONE_MAX_S``); otherwise in the executor, so the
+    loop keeps reading requests meanwhile. Unknown at first: the first call goes to the
+    executor. Every call is timed where it runs, so a model that got slower moves back."""
 
-    __slots__ = ("_avg", "_calls")
+    __slots__ = ("_per_row",)
 
     def __init__(self) -> None:
-        self._avg = INLINE_MAX_S * 10
-        self._calls = 0
+        self._per_row = 1.0
 
-    def inline(self) -> bool:
-        self._calls += 1
-        return self._avg < INLINE_MAX_S and self._calls % 64 != 0
+    def inline(self, rows: int, alone: bool) -> bool:
+        expected = self._per_row * rows
+        return expected < INLINE_MAX_S or (alone and expected < INLINE_ALONE_MAX_S)
 
-    def timed(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Tensors:
-        """``fn(inputs)``, its duration (in whichever thread runs it) added to the average."""
+    def timed(self, fn: Callable[[Tensors], Tensors], inputs: Tensors, rows: int) -> Tensors:
+        """``fn(inputs)``, its duration per row (in whichever thread runs it) added to the average."""
         t0 = time.perf_counter()
         out = fn(inputs)
-        self._avg += (time.perf_counter() - t0 - self._avg) * 0.2
+        per_row = (time.perf_counter() - t0) / max(1, rows)
+        self._per_row = per_row if self._per_row == 1.0 else self._per_row + (per_row - self._per_row) * 0.2
         return out
 
 
@@ -165,10 +169,14 @@ class Batcher:
         else:
             merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
         try:
-            if self.cost.inline():
-                outputs = self.cost.timed(self._run, merged)
+            rows = sum(it.rows for it in batch)
+            # Alone (one request, none queued: low load) a short call runs on the loop: the thread
+            # hop is what c=1 latency would pay for nothing. Requests that arrive meanwhile are
+            # read right after and gathered into the next batch, which goes to the executor.
+            if self.cost.inline(rows, alone=len(batch) == 1 and not self._pending):
+                outputs = self.cost.timed(self._run, merged, rows)
             else:
-                outputs = await loop.run_in_executor(self._executor, self.cost.timed, self._run, merged)
+                outputs = await loop.run_in_executor(self._executor, self.cost.timed, self._run, merged, rows)
         except Exception as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)

@@ -391,13 +391,15 @@ class InferenceService:
         if cost is None:
             cost = self._costs[(m.name, m.version)] = RunCost()
         run = functools.partial(self.engine.infer, model)
-        if cost.inline():  # a tiny model: a thread hop would cost more than the call
-            return cost.timed(run, inputs), 0.0
+        # Only a tiny call runs on the loop here: without a batcher, concurrent requests may each
+        # use a core of their own in the executor, which running a longer call inline would undo.
+        if cost.inline(rows, alone=False):
+            return cost.timed(run, inputs, rows), 0.0
         loop = asyncio.get_running_loop()
         timeout_s = max(0.001, remaining_s)
         try:
             outputs = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, cost.timed, run, inputs), timeout_s
+                loop.run_in_executor(self.executor, cost.timed, run, inputs, rows), timeout_s
             )
         except TimeoutError:
             raise QueueTimeout(f"no answer within {timeout_s * 1000:.0f} ms; retry later") from None
