@@ -99,13 +99,16 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
+        self._busy = False  # a batch is being run by the loop task
         self.cost = RunCost()
 
     async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
         """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
+        rows = int(next(iter(inputs.values())).shape[0])
+        if not self._pending and not self._busy and self.cost.inline(rows, alone=False):
+            return self._run_now(inputs, rows), 0.0  # idle and tiny: no queue, no task switch
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
-        rows = int(next(iter(inputs.values())).shape[0])
         fut: asyncio.Future[tuple[Tensors, float]] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(inputs, rows, _signature(inputs), fut))
         self._wakeup.set()
@@ -120,6 +123,18 @@ class Batcher:
                 f"no answer within {timeout_s * 1000:.0f} ms: the model is overloaded; retry later",
                 timeout_ms=round(timeout_s * 1000),
             ) from None
+
+    def _run_now(self, inputs: Tensors, rows: int) -> Tensors:
+        """A lone tiny call, run here on the event loop (nothing is queued or running)."""
+        self._last_batch = 1
+        if self._on_batch is not None:
+            self._on_batch(rows)
+        try:
+            return self.cost.timed(self._run, inputs, rows)
+        except EdgeAgentError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"inference failed: {exc}") from None
 
     def _take(self, batch: list[_Item], rows: int) -> int:
         while self._pending:
@@ -139,25 +154,29 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch: list[_Item] = []
-            rows = self._take(batch, 0)
-            if self._last_batch > 1 and rows < self.max_batch_size and self.max_queue_delay_s > 0:
-                # Under load: gather more, but only while requests keep arriving. Yield to the
-                # event loop (requests being parsed get queued) and stop after a few idle yields
-                # or at the delay, whichever comes first: a fixed sleep would idle the runtime.
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.max_queue_delay_s
-                idle = 0
-                while rows < self.max_batch_size and idle < IDLE_YIELDS and loop.time() < deadline:
-                    await asyncio.sleep(0)
-                    more = self._take(batch, rows)
-                    idle = 0 if more > rows else idle + 1
-                    rows = more
-            batch = [it for it in batch if not it.future.done()]
-            if not batch:
-                continue
-            self._last_batch = len(batch)
-            await self._execute(batch)
+            self._busy = True  # from taking a batch to its answers: submit() does not jump it
+            try:
+                batch: list[_Item] = []
+                rows = self._take(batch, 0)
+                if self._last_batch > 1 and rows < self.max_batch_size and self.max_queue_delay_s > 0:
+                    # Under load: gather more, but only while requests keep arriving. Yield to the
+                    # event loop (requests being parsed get queued) and stop after a few idle yields
+                    # or at the delay, whichever comes first: a fixed sleep would idle the runtime.
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + self.max_queue_delay_s
+                    idle = 0
+                    while rows < self.max_batch_size and idle < IDLE_YIELDS and loop.time() < deadline:
+                        await asyncio.sleep(0)
+                        more = self._take(batch, rows)
+                        idle = 0 if more > rows else idle + 1
+                        rows = more
+                batch = [it for it in batch if not it.future.done()]
+                if not batch:
+                    continue
+                self._last_batch = len(batch)
+                await self._execute(batch)
+            finally:
+                self._busy = False
 
     async def _execute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
