@@ -344,7 +344,13 @@ class InferenceService:
     async def _compute(self, job: _Job) -> ServedPrediction:
         m = job.model.manifest
         t1 = time.perf_counter()
-        inputs, geos, used = await self._prepare(job)
+        geos: Geometries
+        used: dict[str, str]
+        if job.inputs is not None:  # tensors: nothing to prepare (no coroutine for it)
+            inputs, used = job.inputs, {}
+            geos = [None] * next(iter(inputs.values())).shape[0]
+        else:
+            inputs, geos, used = await self._prepare(job)
         t2 = time.perf_counter()
         outputs, queued = await self._infer(job.model, inputs, len(geos), job.deadline - t2)
         t3 = time.perf_counter()
