@@ -7,6 +7,8 @@ tmp data directory; everything started here is stopped at the end, also on failu
 * prediction cache: face on ``tests/data/cat.jpg``, a miss (the image with a few random bytes
   appended after its JPEG end marker: a new cache key, the same decode) then a hit on the same
   bytes; server-side ``timings_ms.total`` and client-side HTTP latency (target: hit >= 10x faster);
+  and a client that asks by digest first (``GET /v1/models/face/predictions/{sha256}``): a hit is
+  that GET, a miss is its 404 plus the upload;
 * data cache: cat.jpg registered with ``POST /data``, predicted by id with ``Cache-Control:
   no-cache`` (the prediction cache is skipped): ``timings_ms.preprocess`` of a miss (the item
   deleted and registered again) against a hit;
@@ -116,7 +118,9 @@ FOOTNOTES = {
         "Prediction cache: each pair is a miss (cat.jpg with 8 random bytes after its JPEG end marker: a "
         "new key, the same decode) then a hit on the same bytes, `POST /v1/models/face/predict`. Server = "
         "the answer's `timings_ms.total`; client = the HTTP round trip on one keep-alive connection "
-        "(`http.client`), which also carries the 110 kB body up and the answer back on every request.",
+        "(`http.client`), which also carries the 110 kB body up and the answer back on every request. "
+        "By digest: the client sends the image's sha256 first (`GET /v1/models/face/predictions/{sha256}`, "
+        "no body); a hit answers there, a miss (404 `prediction_not_cached`) costs that GET plus the upload.",
         "Data cache: `POST /v1/models/face/predict/data/{id}` with `Cache-Control: no-cache`; a miss "
         "decodes + letterboxes the stored JPEG (the item deleted and registered again first), a hit reads "
         "the stored tensor.",

@@ -41,16 +41,26 @@ def bench_caches(ctx: Ctx) -> tuple[list[Row], dict[str, Any]]:
         srv: dict[str, list[float]] = {"miss": [], "hit": []}
         cli: dict[str, list[float]] = {"miss": [], "hit": []}
         lookup: list[float] = []
+        dig: dict[str, list[float]] = {"miss": [], "hit": []}  # by digest: GET first, upload on 404
         for i in range(cfg.warmup + cfg.cache_pairs):
             body = CAT + os.urandom(8)  # after the JPEG end marker: a new key, the same decode
+            by_digest = f"/v1/models/face/predictions/{hashlib.sha256(body).hexdigest()}"
+            absent, ask_ms = client.json("GET", by_digest, expect=(404,))
+            if absent.get("code") != "prediction_not_cached":
+                raise BenchError(f"expected a 404 prediction_not_cached, got {absent}")
             miss, miss_ms = client.json("POST", path, body, JPEG)
             hit, hit_ms = client.json("POST", path, body, JPEG)
+            known, known_ms = client.json("GET", by_digest)
             if (miss["cache"].get("prediction"), hit["cache"].get("prediction")) != ("miss", "hit"):
                 raise BenchError(f"expected a miss then a hit, got {miss['cache']} then {hit['cache']}")
-            if hit["results"] != miss["results"]:
+            if hit["results"] != miss["results"] or known["results"] != miss["results"]:
                 raise BenchError("the cached answer differs from the computed one")
+            if known["cache"].get("prediction") != "hit":
+                raise BenchError(f"expected a hit by digest, got {known['cache']}")
             if i < cfg.warmup:
                 continue
+            dig["miss"].append(ask_ms + miss_ms)
+            dig["hit"].append(known_ms)
             srv["miss"].append(miss["timings_ms"]["total"])
             srv["hit"].append(hit["timings_ms"]["total"])
             cli["miss"].append(miss_ms)
@@ -85,6 +95,7 @@ def bench_caches(ctx: Ctx) -> tuple[list[Row], dict[str, Any]]:
 
     r_srv = ratio(p50(srv["miss"]), p50(srv["hit"]))
     r_cli = ratio(p50(cli["miss"]), p50(cli["hit"]))
+    r_dig = ratio(p50(dig["miss"]), p50(dig["hit"]))
     r_pre = ratio(p50(pre["miss"]), p50(pre["hit"]))
     r_tot = ratio(p50(tot["miss"]), p50(tot["hit"]))
     n, m = len(srv["hit"]), len(pre["miss"])
@@ -106,6 +117,15 @@ def bench_caches(ctx: Ctx) -> tuple[list[Row], dict[str, Any]]:
             target_cell(r_cli),
         ),
         Row(
+            "prediction cache",
+            f"face, cat.jpg by digest: client `GET /v1/models/face/predictions/{{sha256}}` (p50 of {n}); "
+            "a miss is that 404 + the upload",
+            f"hit {fms(p50(dig['hit']))}",
+            f"miss {fms(p50(dig['miss']))}",
+            fx(r_dig),
+            target_cell(r_dig),
+        ),
+        Row(
             "data cache",
             f"cat.jpg for face by id, no-cache: `timings_ms.preprocess` ({m} misses, {len(pre['hit'])} hits)",
             f"hit {fms(p50(pre['hit']))}",
@@ -125,10 +145,17 @@ def bench_caches(ctx: Ctx) -> tuple[list[Row], dict[str, Any]]:
             "server_ms": srv,
             "client_ms": cli,
             "hit_cache_lookup_ms": lookup,
+            "client_by_digest_ms": dig,
             "get_health_ms": floor,
         },
         "data": {"preprocess_ms": pre, "client_ms": tot},
-        "ratios": {"server": r_srv, "client": r_cli, "data_preprocess": r_pre, "data_client": r_tot},
+        "ratios": {
+            "server": r_srv,
+            "client": r_cli,
+            "client_by_digest": r_dig,
+            "data_preprocess": r_pre,
+            "data_client": r_tot,
+        },
     }
     return rows, data
 

@@ -134,7 +134,8 @@ def footnotes(rows: Sequence[Row], cfg: Budget, quick: bool) -> list[str]:
         lines.append(
             "² ZipMap output (skl2onnx `sequence_of_maps`): raw = `session.run` returning the labels and "
             "a list of {class: probability} dicts; the agent also converts that list to a float32 "
-            "[N, classes] array in Python and builds top-k results per row - real work, counted."
+            "[N, classes] array (`np.fromiter` over the dicts' values) and, for +answers, builds top-k "
+            "results per row - real work, counted."
         )
     if any(r.quantized_io for r in ok):
         lines.append(

@@ -26,9 +26,10 @@ STOP_TIMEOUT_S = 10.0
 NO_CACHE_VAR = "EDGE_CACHE__PREDICTION_ENABLED"
 QUIET_CORES = 0.15  # other processes busier than this (in cores) make a measurement noisy
 DISTURBED = 0.10  # rows measured with more than this much other CPU get flagged
-TARGET_TINY_VS_NAIVE = 1.5
-TARGET_HEAVY_VS_RAW = 0.60
-TARGET_IDLE_P50 = 1.3
+TARGET_TINY_VS_NAIVE = 2.0
+TARGET_HEAVY_VS_RAW = 0.90  # binary tensors
+TARGET_HEAVY_JSON_VS_RAW = 0.85
+TARGET_IDLE_P50 = 0.8
 
 PATH_LABEL = {
     "a": "(a) raw runtime",

@@ -57,7 +57,7 @@ def test_small_subset_runs_every_path_and_answers_right(tmp_path: Path) -> None:
             assert r["mean_batch"] is not None and r["mean_batch"] >= 1.0, r  # read from /metrics
     formats = {(r["model"], r["fmt"]) for r in rows if r["path"] == "d"}
     assert {("digits_int8", "json"), ("digits_int8", "bin"), ("face", "png"), ("heavy_cnn", "bin")} <= formats
-    assert len(doc["targets"]) == 3
+    assert len(doc["targets"]) == 4  # tiny vs naive, heavy binary and JSON vs raw, c=1 p50
 
 
 def test_unknown_model_is_a_usage_error() -> None:

@@ -9,6 +9,11 @@ batch (the model is under load) does the batcher wait up to
 queued when it passes is answered with ``QueueTimeout`` instead of hanging.
 If a gathered batch fails, each request is retried alone, so one request's
 error stays that request's.
+
+A runtime call that takes less than ``INLINE_MAX_S`` (a tiny model) runs on the
+event loop itself: handing it to a thread and back costs more than the call.
+Slower calls go to the executor, so the loop keeps reading requests meanwhile.
+``RunCost`` keeps the moving average that decides.
 """
 
 from __future__ import annotations
@@ -27,6 +32,35 @@ from edge_agent.errors import EdgeAgentError, InferenceError
 Tensors = dict[str, np.ndarray]
 IDLE_YIELDS = 3  # event-loop turns without a new request before a gathering batch runs
 RunFn = Callable[[Tensors], Tensors]
+INLINE_MAX_S = 0.0003  # runtime calls expected to be shorter than this run on the event loop
+INLINE_ALONE_MAX_S = 0.005  # ... and up to this when nothing else is queued or computing
+
+
+class RunCost:
+    """Moving average of one model's runtime cost per row, to choose where a call runs.
+
+    On the event loop when the call is expected to take less than a thread hop would cost
+    (``INLINE_MAX_S``), or when it is alone (nothing else queued or computing: no request
+    is kept waiting) and short (``INLINE_ALONE_MAX_S``); otherwise in the executor, so the
+    loop keeps reading requests meanwhile. Unknown at first: the first call goes to the
+    executor. Every call is timed where it runs, so a model that got slower moves back."""
+
+    __slots__ = ("_per_row",)
+
+    def __init__(self) -> None:
+        self._per_row = 1.0
+
+    def inline(self, rows: int, alone: bool) -> bool:
+        expected = self._per_row * rows
+        return expected < INLINE_MAX_S or (alone and expected < INLINE_ALONE_MAX_S)
+
+    def timed(self, fn: Callable[[Tensors], Tensors], inputs: Tensors, rows: int) -> Tensors:
+        """``fn(inputs)``, its duration per row (in whichever thread runs it) added to the average."""
+        t0 = time.perf_counter()
+        out = fn(inputs)
+        per_row = (time.perf_counter() - t0) / max(1, rows)
+        self._per_row = per_row if self._per_row == 1.0 else self._per_row + (per_row - self._per_row) * 0.2
+        return out
 
 
 class QueueTimeout(EdgeAgentError):
@@ -65,12 +99,16 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
+        self._busy = False  # a batch is being run by the loop task
+        self.cost = RunCost()
 
     async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
         """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
+        rows = int(next(iter(inputs.values())).shape[0])
+        if not self._pending and not self._busy and self.cost.inline(rows, alone=False):
+            return self._run_now(inputs, rows), 0.0  # idle and tiny: no queue, no task switch
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
-        rows = int(next(iter(inputs.values())).shape[0])
         fut: asyncio.Future[tuple[Tensors, float]] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(inputs, rows, _signature(inputs), fut))
         self._wakeup.set()
@@ -85,6 +123,18 @@ class Batcher:
                 f"no answer within {timeout_s * 1000:.0f} ms: the model is overloaded; retry later",
                 timeout_ms=round(timeout_s * 1000),
             ) from None
+
+    def _run_now(self, inputs: Tensors, rows: int) -> Tensors:
+        """A lone tiny call, run here on the event loop (nothing is queued or running)."""
+        self._last_batch = 1
+        if self._on_batch is not None:
+            self._on_batch(rows)
+        try:
+            return self.cost.timed(self._run, inputs, rows)
+        except EdgeAgentError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"inference failed: {exc}") from None
 
     def _take(self, batch: list[_Item], rows: int) -> int:
         while self._pending:
@@ -104,25 +154,29 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch: list[_Item] = []
-            rows = self._take(batch, 0)
-            if self._last_batch > 1 and rows < self.max_batch_size and self.max_queue_delay_s > 0:
-                # Under load: gather more, but only while requests keep arriving. Yield to the
-                # event loop (requests being parsed get queued) and stop after a few idle yields
-                # or at the delay, whichever comes first: a fixed sleep would idle the runtime.
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.max_queue_delay_s
-                idle = 0
-                while rows < self.max_batch_size and idle < IDLE_YIELDS and loop.time() < deadline:
-                    await asyncio.sleep(0)
-                    more = self._take(batch, rows)
-                    idle = 0 if more > rows else idle + 1
-                    rows = more
-            batch = [it for it in batch if not it.future.done()]
-            if not batch:
-                continue
-            self._last_batch = len(batch)
-            await self._execute(batch)
+            self._busy = True  # from taking a batch to its answers: submit() does not jump it
+            try:
+                batch: list[_Item] = []
+                rows = self._take(batch, 0)
+                if self._last_batch > 1 and rows < self.max_batch_size and self.max_queue_delay_s > 0:
+                    # Under load: gather more, but only while requests keep arriving. Yield to the
+                    # event loop (requests being parsed get queued) and stop after a few idle yields
+                    # or at the delay, whichever comes first: a fixed sleep would idle the runtime.
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + self.max_queue_delay_s
+                    idle = 0
+                    while rows < self.max_batch_size and idle < IDLE_YIELDS and loop.time() < deadline:
+                        await asyncio.sleep(0)
+                        more = self._take(batch, rows)
+                        idle = 0 if more > rows else idle + 1
+                        rows = more
+                batch = [it for it in batch if not it.future.done()]
+                if not batch:
+                    continue
+                self._last_batch = len(batch)
+                await self._execute(batch)
+            finally:
+                self._busy = False
 
     async def _execute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -134,7 +188,14 @@ class Batcher:
         else:
             merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, merged)
+            rows = sum(it.rows for it in batch)
+            # Alone (one request, none queued: low load) a short call runs on the loop: the thread
+            # hop is what c=1 latency would pay for nothing. Requests that arrive meanwhile are
+            # read right after and gathered into the next batch, which goes to the executor.
+            if self.cost.inline(rows, alone=len(batch) == 1 and not self._pending):
+                outputs = self.cost.timed(self._run, merged, rows)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self.cost.timed, self._run, merged, rows)
         except Exception as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)

@@ -20,7 +20,7 @@ import numpy as np
 from edge_agent.errors import EdgeAgentError, InvalidInput, ModelNotFound, ModelNotReady
 from edge_agent.runtime.backends import BackendOptions, LoadedModel
 from edge_agent.runtime.imageio import DEFAULT_MAX_PIXELS
-from edge_agent.runtime.inputs import DEFAULT_MAX_ROWS, validate
+from edge_agent.runtime.inputs import DEFAULT_MAX_ROWS, InputCheck
 from edge_agent.runtime.package import Manifest
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.runtime.preprocess import Geometry, preprocess
@@ -62,6 +62,9 @@ class Engine:
         self._state_seen = self._state_stamp()
         self._next_follow = 0.0
         self._lock = threading.RLock()
+        # name -> the serving model, read without the lock; emptied on every change of state
+        self._serving: dict[str, LoadedModel] = {}
+        self._checks: dict[tuple[str, str], InputCheck] = {}
 
     # -- lifecycle -------------------------------------------------------------
     def load_all(self) -> dict[str, str | None]:
@@ -80,6 +83,7 @@ class Engine:
         with self._lock:
             if key not in self._loaded:
                 model, report = self.store.load(name, version, self.options.backend)
+                self._checks[key] = InputCheck(model.manifest, self.options.max_rows)
                 self._loaded[key] = model
                 self.reports[key] = report
                 logger.info("loaded %s/%s (%s)", name, version, report.message)
@@ -110,6 +114,10 @@ class Engine:
         raise first_error
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
+        if version is None and time.monotonic() < self._next_follow:
+            serving = self._serving.get(name)
+            if serving is not None and serving.ready:
+                return serving
         with self._lock:
             if name in self._unloaded:
                 raise ModelNotReady(
@@ -122,12 +130,26 @@ class Engine:
                     self._next_follow = now + FOLLOW_INTERVAL_S
                     self.follow_store()
                 version = self._active.get(name) or self._load_serving(name)
+                m = self._load(name, version)
+                self._serving[name] = m
             else:
                 self.store.package_dir(name, version)  # 404s for unknown model / version
-            m = self._load(name, version)
+                m = self._load(name, version)
         if not m.ready:
             raise ModelNotReady(f"{name}/{version} is not ready", model=name, version=version)
         return m
+
+    def input_check(self, model: LoadedModel) -> InputCheck:
+        """The input checks of a loaded model, prepared when it was loaded."""
+        m = model.manifest
+        check = self._checks.get((m.name, m.version))
+        if check is None or check.manifest is not m:
+            check = self._checks[(m.name, m.version)] = InputCheck(m, self.options.max_rows)
+        return check
+
+    def validate(self, model: LoadedModel, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Caller tensors -> contiguous arrays of the model's dtypes (InvalidInput naming the problem)."""
+        return self.input_check(model)(inputs)
 
     def active_version(self, name: str) -> str | None:
         return self._active.get(name)
@@ -148,6 +170,7 @@ class Engine:
             stamp = self._state_stamp()
             if stamp == self._state_seen:
                 return []
+            self._serving.clear()
             self._state_seen = stamp
             switched = []
             for name, serving in list(self._active.items()):
@@ -171,6 +194,7 @@ class Engine:
     def activate(self, name: str, version: str) -> SelfTestReport:
         """Load + self-test ``version``; only then make it the serving version."""
         with self._lock:
+            self._serving.clear()
             self._load(name, version)
             self._unloaded.discard(name)
             self.store.set_active(name, version)
@@ -186,6 +210,7 @@ class Engine:
 
     def rollback(self, name: str) -> str:
         with self._lock:
+            self._serving.clear()
             target = self.store.rollback_target(name)
             self._load(name, target)
             self._unloaded.discard(name)
@@ -196,6 +221,7 @@ class Engine:
     def unload(self, name: str) -> None:
         """Drop every loaded version; requests get 503 until ``load``."""
         with self._lock:
+            self._serving.clear()
             self.store.active_version(name)  # 404 for an unknown model
             for key in [k for k in self._loaded if k[0] == name]:
                 self._loaded.pop(key).close()
@@ -205,6 +231,7 @@ class Engine:
     def load(self, name: str) -> str:
         """(Re)load the active version of ``name``; returns the version now serving."""
         with self._lock:
+            self._serving.clear()
             self._unloaded.discard(name)
             self._active.pop(name, None)
             return self._load_serving(name)
@@ -217,15 +244,18 @@ class Engine:
         return model is not None and model.ready
 
     def close(self) -> None:
+        self._serving.clear()
         for key in list(self._loaded):
             self._loaded.pop(key).close()
 
     # -- inference -------------------------------------------------------------
     def infer(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run validated inputs, split into slices the runtime accepts."""
-        n = next(iter(inputs.values())).shape[0]
         limit = model.max_batch
-        if limit is None or n <= limit:
+        if limit is None:
+            return model.infer(inputs)
+        n = next(iter(inputs.values())).shape[0]
+        if n <= limit:
             return model.infer(inputs)
         parts = [model.infer({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, n, limit)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -263,27 +293,32 @@ class Engine:
         images: Sequence[bytes] | None = None,
         version: str | None = None,
         answers: bool = True,
+        timed: bool = True,
     ) -> Prediction:
         """Validate or preprocess, infer, and (``answers=True``) post-process.
 
         ``answers=False`` returns the raw output tensors only (``results`` empty):
         what a caller that wants tensors, such as the v2 protocol, needs.
+        ``timed=False`` leaves ``timings_ms`` empty (no clock reads).
         """
-        t0 = time.perf_counter_ns()
+        t0 = time.perf_counter_ns() if timed else 0
         model = self.model(name, version)
         m = model.manifest
-        geos: Sequence[Geometry | None]
         if images is not None:
             tensors, geos = self.prepare_images(m, images)
         elif inputs is not None:
-            tensors = validate(m, inputs, self.options.max_rows)
-            geos = [None] * next(iter(tensors.values())).shape[0]
+            tensors = self.validate(model, inputs)
+            geos = []
         else:
             raise InvalidInput("send either input tensors or images")
+        if not timed:
+            outputs = self.infer(model, tensors)
+            results = self._answers(m, tensors, outputs, geos) if answers else []
+            return Prediction(m.name, m.version, outputs, results, {})
         t1 = time.perf_counter_ns()
         outputs = self.infer(model, tensors)
         t2 = time.perf_counter_ns()
-        results = postprocess(m, outputs, geos) if answers else []
+        results = self._answers(m, tensors, outputs, geos) if answers else []
         t3 = time.perf_counter_ns()
         timings = {
             "preprocess": _ms(t0, t1),
@@ -292,6 +327,13 @@ class Engine:
             "total": _ms(t0, t3),
         }
         return Prediction(m.name, m.version, outputs, results, timings)
+
+    @staticmethod
+    def _answers(
+        m: Manifest, tensors: Mapping[str, np.ndarray], outputs: dict[str, np.ndarray], geos: list[Geometry]
+    ) -> list[dict[str, Any]]:
+        rows: Sequence[Geometry | None] = geos or [None] * next(iter(tensors.values())).shape[0]
+        return postprocess(m, outputs, rows)
 
     def describe(self, name: str) -> dict[str, Any]:
         """Everything a caller may want to know about a model, without loading it."""

@@ -7,9 +7,11 @@ uvicorn calls in each worker process when ``--workers N`` > 1.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +49,15 @@ ROUTERS = (
 )
 
 
+# FastAPI's built-in OpenTelemetry hook asks the global providers on every request (~5 us);
+# the gateway's metrics are its own Prometheus registry. (Versions without the hook: nothing.)
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(config)
     metrics = Metrics()
@@ -79,6 +90,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Local HTTP API of the edge inference agent.",
+        **_NO_TELEMETRY,
     )
     app.state.gateway = gw
     for router in ROUTERS:
@@ -99,7 +111,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     )
 
     _install_error_handlers(app, metrics)
-    app.add_middleware(FastPath)  # innermost of ours: the body limit and the token still apply
+    app.add_middleware(FastPath, gateway=gw)  # innermost of ours: the body limit and the token still apply
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.api_token is not None:
         app.add_middleware(BearerAuth, token=config.api_token.get_secret_value())

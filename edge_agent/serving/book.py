@@ -17,7 +17,7 @@ from starlette.responses import Response
 from edge_agent.runtime.engine import Prediction
 from edge_agent.runtime.package import load_golden
 from edge_agent.serving.codec import json_response, read_inputs
-from edge_agent.serving.deps import TENSOR_BODY, gateway
+from edge_agent.serving.deps import TENSOR_BODY, Gateway, gateway
 from edge_agent.serving.openapi import errors
 
 MODEL = errors(404, 503)
@@ -89,7 +89,11 @@ async def predict_test(request: Request) -> Response:
     responses=PREDICT,
 )
 async def predict(request: Request) -> Response:
-    gw = gateway(request)
+    return await predict_fast(gateway(request), request)
+
+
+async def predict_fast(gw: Gateway, request: Request) -> Response:
+    """Also the fast path's entry (edge_agent/serving/fastpath.py)."""
     name = gw.config.default_model
     tensors, images = await read_inputs(request, gw.engine.model(name).manifest)
     pred = await gw.service.predict(name, tensors=tensors, images=images)

@@ -128,6 +128,61 @@ async def predict_item_version(name: str, version: str, item_id: str, request: R
     return await _predict(gateway(request), request, name, version, item_id)
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {"error": {"type": "string"}, "code": {"type": "string"}, "details": {"type": "object"}},
+}
+BY_DIGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Hit: the cached answer, as `POST /v1/models/{name}/predict` gives it "
+        '(`"cache": {"prediction": "hit"}`)',
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    404: _error(
+        "Miss (`code: prediction_not_cached`: send the image to `POST /v1/models/{name}/predict`, "
+        "whose answer is then cached), or no such model (`code: model_not_found`)"
+    ),
+    422: _error(
+        "Not 64 lowercase hex digits, or a model that takes tensors (`code: invalid_input`); "
+        "a `raw` that is not a boolean (`code: invalid_request`)"
+    ),
+    503: _error("The model is unloaded or not ready (`code: model_not_ready`)"),
+}
+
+
+@router.get(
+    "/v1/models/{name}/predictions/{sha256}",
+    summary="The cached answer for an image known by its sha256, without uploading it",
+    description="A client that knows the sha256 of its encoded image (a data item's id is that "
+    "hash) asks here first: a hit answers without the upload; a miss is a 404 with "
+    "`code: prediction_not_cached`, and the client then sends the image to "
+    "`POST /v1/models/{name}/predict`. Active version only; `?raw=true` adds the output tensors.",
+    responses=BY_DIGEST_RESPONSES,
+)
+async def by_digest(name: str, sha256: str, request: Request, raw: bool = False) -> Response:
+    return answer_by_digest(gateway(request), name, sha256, raw)
+
+
+def answer_by_digest(gw: Gateway, name: str, sha256: str, raw: bool) -> Response:
+    """Also the fast path's entry (edge_agent/serving/fastpath.py) when there is no query string."""
+    pred = gw.service.cached_by_digest(name, sha256)
+    body: dict[str, Any] = {
+        "model": pred.model,
+        "version": pred.version,
+        "results": pred.results,
+        "timings_ms": pred.timings_ms,
+        "cache": pred.cache,
+    }
+    if raw:
+        body["outputs"] = pred.outputs
+    return json_response(body)
+
+
 @router.get("/cache", summary="Prediction and data cache: size, bounds, settings")
 async def stats(request: Request) -> Response:
     gw = gateway(request)

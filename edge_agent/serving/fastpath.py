@@ -1,19 +1,21 @@
-"""A fast path for the two hot inference routes.
+"""A fast path for the hot inference routes.
 
-``POST /v1/models/{name}/predict`` and ``POST /v2/models/{name}/infer`` (no query
-string) are served here by the same handlers as the routed versions, but
-without FastAPI's routing, parameter solving and exception layers: on a tiny
-model those cost more CPU than the model itself. The gateway's own middleware
-(request counter, token, body limit) still wraps this, errors get the same JSON
-answers and the same failure counts, and every other request (and these routes
-with a query string) goes through FastAPI as usual. What it answers is what the
+``POST /v1/models/{name}/predict``, ``POST /v2/models/{name}/infer``, the
+book's ``POST /predict`` and the prediction-cache look-up by digest
+``GET /v1/models/{name}/predictions/{sha256}`` (no query string) are served here by the same
+handlers as the routed versions, but without FastAPI's routing, parameter
+solving and exception layers: on a tiny model those cost more CPU than the
+model itself. The gateway's own middleware (request counter, token, body
+limit) still wraps this, errors get the same JSON answers and the same failure
+counts, and every other request (and these routes with a query string) goes
+through FastAPI as usual. The route is found with string tests, not regular
+expressions, and the gateway is handed over once, not looked up per request. What it answers is what the
 OpenAPI document says of the routed versions (tests/serving/test_openapi.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -22,9 +24,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.serving import v1, v2
+from edge_agent.serving import book, caches, v1, v2
 from edge_agent.serving.codec import json_response
-from edge_agent.serving.deps import gateway
+from edge_agent.serving.deps import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -36,34 +38,70 @@ class _Route:
     path: str
 
 
-V1 = (re.compile(r"^/v1/models/([^/]+)/predict$"), _Route("/v1/models/{name}/predict"))
-V2 = (re.compile(r"^/v2/models/([^/]+)/infer$"), _Route("/v2/models/{name}/infer"))
+V1 = _Route("/v1/models/{name}/predict")
+V2 = _Route("/v2/models/{name}/infer")
+BOOK = _Route("/predict")
+BY_DIGEST = _Route("/v1/models/{name}/predictions/{sha256}")
+
+
+def match(path: str) -> tuple[_Route, str] | None:
+    """(route, model name) of a hot route, else None."""
+    if path == "/predict":
+        return BOOK, ""
+    if path.startswith("/v1/models/") and path.endswith("/predict"):
+        name, route = path[11:-8], V1
+    elif path.startswith("/v2/models/") and path.endswith("/infer"):
+        name, route = path[11:-6], V2
+    else:
+        return None
+    if not name or "/" in name:
+        return None
+    return route, name
+
+
+def match_digest(path: str) -> tuple[_Route, str] | None:
+    """(BY_DIGEST, "name/sha256") for a look-up by digest, else None."""
+    if not path.startswith("/v1/models/"):
+        return None
+    parts = path[11:].split("/")
+    if len(parts) != 3 or parts[1] != "predictions" or not parts[0] or not parts[2]:
+        return None
+    return BY_DIGEST, f"{parts[0]}/{parts[2]}"
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
+        self.gw = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string"):
+        if scope["type"] != "http" or scope.get("query_string"):
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        hit = next(((m, r) for p, r in (V1, V2) if (m := p.match(path)) is not None), None)
+        method = scope["method"]
+        hit = match(path) if method == "POST" else match_digest(path) if method == "GET" else None
         if hit is None:
             await self.app(scope, receive, send)
             return
-        match, route = hit
-        name = match.group(1)
-        scope["path_params"] = {"name": name}
+        route, name = hit
         scope["route"] = route
+        gw = self.gw
+        if route is BY_DIGEST:
+            name, sha256 = name.split("/", 1)
+            scope["path_params"] = {"name": name, "sha256": sha256}
+        else:
+            scope["path_params"] = {"name": name} if name else {}
         request = Request(scope, receive)
-        gw = gateway(request)
         try:
-            if route is V1[1]:
-                response: Response = await v1.predict_fast(gw, request, name)
+            if route is BY_DIGEST:
+                response: Response = caches.answer_by_digest(gw, name, sha256, False)
+            elif route is V1:
+                response = await v1.predict_fast(gw, request, name)
+            elif route is V2:
+                response = await v2.infer_fast(gw, request, name)
             else:
-                response = await v2.infer_fast(request, name)
+                response = await book.predict_fast(gw, request)
         except EdgeAgentError as exc:
             gw.metrics.failures.labels(name, route.path, exc.code).inc()
             status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500

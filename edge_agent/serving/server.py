@@ -28,6 +28,9 @@ def serve(config: AgentConfig) -> None:
         "log_level": config.log_level.lower(),
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
         "access_log": False,
+        # The gateway never reads the client address; uvicorn's X-Forwarded-* rewriting layer
+        # would scan every request's headers for nothing.
+        "proxy_headers": False,
         "http": "httptools",
         "loop": "uvloop",
     }

@@ -41,11 +41,10 @@ from edge_agent.cache.prediction import (
     tensors_digest,
 )
 from edge_agent.config import AgentConfig
-from edge_agent.errors import InvalidInput
+from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.runtime.backends import LoadedModel
-from edge_agent.runtime.batcher import Batcher, QueueTimeout
+from edge_agent.runtime.batcher import Batcher, QueueTimeout, RunCost
 from edge_agent.runtime.engine import Engine, Prediction
-from edge_agent.runtime.inputs import validate
 from edge_agent.runtime.package import Batching, Manifest
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.runtime.preprocess import Geometry
@@ -57,6 +56,14 @@ from edge_agent.storage import Storage
 Tensors = dict[str, np.ndarray]
 Geometries = Sequence[Geometry | None]
 HASH_INLINE_BYTES = 256 * 1024  # larger image bodies are hashed in the thread pool
+HEX = frozenset("0123456789abcdef")
+
+
+class PredictionNotCached(EdgeAgentError):
+    """A look-up by digest found no cached answer: the client should send the input."""
+
+    status = 404
+    code = "prediction_not_cached"
 
 
 def _ms(seconds: float) -> float:
@@ -102,7 +109,8 @@ class InferenceService:
         self.config = config
         self.metrics = metrics
         self.storage = storage or open_storage(config)
-        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._batchers: dict[tuple[str, str], Batcher | None] = {}  # None: batching off
+        self._costs: dict[tuple[str, str], RunCost] = {}  # unbatched models: inline or executor
         self._inflight: dict[str, asyncio.Task[ServedPrediction]] = {}
         self._fingerprints: dict[tuple[str, str], tuple[Manifest, str]] = {}
         self.executor = self._new_executor()
@@ -142,6 +150,7 @@ class InferenceService:
     def start(self) -> None:
         """Called on each application start: batchers and in-flight tasks belong to one event loop."""
         self._batchers.clear()
+        self._costs.clear()
         self._inflight.clear()
         if getattr(self.executor, "_shutdown", False):
             self.executor = self._new_executor()
@@ -162,6 +171,7 @@ class InferenceService:
         model = self.engine.model(name, version)
         policy = self.batching(name, model.manifest.batching)
         if not policy.enabled:
+            self._batchers[key] = None
             return None
         hist = self.metrics.batch_size.labels(name)
         batcher = Batcher(
@@ -178,6 +188,8 @@ class InferenceService:
         """After activate / rollback / load / unload: drop batchers, purge other versions' answers."""
         for key in [k for k in self._batchers if k[0] == name]:
             del self._batchers[key]
+        for key in [k for k in self._costs if k[0] == name]:
+            del self._costs[key]
         active = self.engine.active_version(name)
         if self.predictions is not None and active is not None:
             self.predictions.purge(name, keep_version=active)
@@ -204,7 +216,7 @@ class InferenceService:
         if images is not None:
             job = _Job(model, t0, deadline, images=images)
         else:
-            inputs = validate(model.manifest, tensors or {}, self.engine.options.max_rows)
+            inputs = self.engine.validate(model, tensors or {})
             job = _Job(model, t0, deadline, inputs=inputs, validate_s=time.perf_counter() - t0)
         return await self._serve(job, cache)
 
@@ -225,6 +237,32 @@ class InferenceService:
             raise InvalidInput(f"{name} takes tensors, not images: data items are images")
         self.data.require(item_id)
         return await self._serve(_Job(model, t0, deadline, item=item_id), cache)
+
+    def cached_by_digest(self, name: str, sha256_hex: str) -> ServedPrediction:
+        """The cached answer of the active version of image model ``name`` to the image whose
+        bytes have this sha256 (a data item's id), without the image; PredictionNotCached if
+        there is none (the client then sends the image)."""
+        t0 = time.perf_counter()
+        model = self.engine.model(name)
+        m = model.manifest
+        if m.preprocessing is None:
+            raise InvalidInput(
+                f"{name} takes tensors: answers are looked up by digest for image models only "
+                "(the digest is the sha256 of the encoded image)"
+            )
+        if len(sha256_hex) != 64 or not all(c in HEX for c in sha256_hex):
+            raise InvalidInput("the digest must be the sha256 of the image bytes: 64 lowercase hex digits")
+        answer = None
+        if self.predictions is not None and self.caching(name):
+            digest = images_digest([bytes.fromhex(sha256_hex)])
+            answer = self.predictions.get(prediction_key(m.name, m.version, self._fingerprint(m), digest))
+        if answer is None:
+            raise PredictionNotCached(
+                f"no cached answer of {m.name}/{m.version} for the image with sha256 {sha256_hex}: "
+                f"send the image (POST /v1/models/{name}/predict); its answer is then cached",
+                upload=f"/v1/models/{name}/predict",
+            )
+        return self._hit(_Job(model, t0, t0, item=sha256_hex), answer, t0)
 
     # -- the prediction cache and single flight ----------------------------------------------
     async def _serve(self, job: _Job, use_cache: bool) -> ServedPrediction:
@@ -312,7 +350,13 @@ class InferenceService:
     async def _compute(self, job: _Job) -> ServedPrediction:
         m = job.model.manifest
         t1 = time.perf_counter()
-        inputs, geos, used = await self._prepare(job)
+        geos: Geometries
+        used: dict[str, str]
+        if job.inputs is not None:  # tensors: nothing to prepare (no coroutine for it)
+            inputs, used = job.inputs, {}
+            geos = [None] * next(iter(inputs.values())).shape[0]
+        else:
+            inputs, geos, used = await self._prepare(job)
         t2 = time.perf_counter()
         outputs, queued = await self._infer(job.model, inputs, len(geos), job.deadline - t2)
         t3 = time.perf_counter()
@@ -363,11 +407,19 @@ class InferenceService:
         if batcher is not None:
             return await batcher.submit(inputs, max(0.001, remaining_s))
         self.metrics.batch_size.labels(m.name).observe(rows)
+        cost = self._costs.get((m.name, m.version))
+        if cost is None:
+            cost = self._costs[(m.name, m.version)] = RunCost()
+        run = functools.partial(self.engine.infer, model)
+        # Only a tiny call runs on the loop here: without a batcher, concurrent requests may each
+        # use a core of their own in the executor, which running a longer call inline would undo.
+        if cost.inline(rows, alone=False):
+            return cost.timed(run, inputs, rows), 0.0
         loop = asyncio.get_running_loop()
         timeout_s = max(0.001, remaining_s)
         try:
             outputs = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, self.engine.infer, model, inputs), timeout_s
+                loop.run_in_executor(self.executor, cost.timed, run, inputs, rows), timeout_s
             )
         except TimeoutError:
             raise QueueTimeout(f"no answer within {timeout_s * 1000:.0f} ms; retry later") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+import warnings
 from math import prod
 from typing import Any
 
@@ -27,10 +28,15 @@ from starlette.responses import Response
 from edge_agent import __version__
 from edge_agent.errors import InvalidInput
 from edge_agent.runtime.engine import Prediction
+from edge_agent.runtime.inputs import from_nested, nested_shape
 from edge_agent.runtime.package import DETECTORS, Classification, Manifest
 from edge_agent.serving.codec import json_response, loads
-from edge_agent.serving.deps import gateway
+from edge_agent.serving.deps import Gateway, gateway
 from edge_agent.serving.openapi import Responses, errors, no_content
+
+# A JSON number beyond FP32 / FP16 becomes inf and is refused with a clear message; numpy's
+# RuntimeWarning about it would only repeat that on stderr (np.errstate costs ~5 us a call).
+warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -251,13 +257,40 @@ def _parse_bytes_elements(raw: memoryview, count: int, name: str) -> list[bytes]
     return out
 
 
-def _flatten(data: Any) -> list[Any]:
+def _json_tensor(name: str, data: Any, shape: list[int], dtype: str, count: int) -> np.ndarray:
+    """JSON ``data`` (flat or nested row-major) -> an array of ``dtype`` and ``shape``.
+
+    The element count is checked from the lists' structure before anything is
+    converted; the conversion is one numpy call straight to the datatype; the
+    result is checked with vectorised calls (no Python work per element)."""
     if not isinstance(data, list):
-        return [data]
-    out: list[Any] = []
-    for item in data:
-        out.extend(_flatten(item))
-    return out
+        data = [data]
+    nested = nested_shape(data, name)
+    claimed = prod(nested)
+    if claimed != count:
+        held = f"data has {claimed}" if len(nested) == 1 else f"data nested as {nested} hold {claimed}"
+        raise InvalidInput(f"input {name!r}: shape {shape} holds {count} elements, {held}")
+    target = V2_TO_NP[dtype]
+    try:
+        arr = np.array(data, dtype=target)  # (an overflow gives inf: refused below)
+    except (ValueError, TypeError, OverflowError, RuntimeWarning):
+        from_nested(name, data, nested)  # names a ragged or non-numeric array
+        raise InvalidInput(f"input {name!r}: data are not all {dtype} numbers (out of range)") from None
+    if arr.ndim != len(nested):
+        raise InvalidInput(f"input {name!r} is not a rectangular array: rows differ in nesting", input=name)
+    if target.kind == "f" and not np.isfinite(arr.ravel()).all():  # JSON has no NaN or infinity
+        raise InvalidInput(f"input {name!r}: data are not all {dtype} numbers (null, or out of range)")
+    return arr.reshape(shape)
+
+
+def _bytes_elements(name: str, data: Any, count: int) -> list[Any]:
+    """BYTES data in JSON: a flat list of strings (one per element); nesting is read row-major."""
+    flat = data if isinstance(data, list) else [data]
+    while any(isinstance(v, list) for v in flat):  # few elements: one per image
+        flat = [w for v in flat for w in (v if isinstance(v, list) else [v])]
+    if len(flat) != count:
+        raise InvalidInput(f"input {name!r}: shape holds {count} elements, data has {len(flat)}")
+    return flat
 
 
 def _decode_inputs(
@@ -303,18 +336,10 @@ def _decode_inputs(
         else:
             if "data" not in inp:
                 raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
-            flat = _flatten(inp["data"])
-            if len(flat) != count:
-                raise InvalidInput(
-                    f"input {name!r}: shape {shape} holds {count} elements, data has {len(flat)}"
-                )
             if dtype == "BYTES":
-                value = [_bytes_from_json(v, name) for v in flat]
+                value = [_bytes_from_json(v, name) for v in _bytes_elements(name, inp["data"], count)]
             else:
-                try:
-                    value = np.asarray(flat, dtype=V2_TO_NP[dtype]).reshape(shape)
-                except (ValueError, TypeError, OverflowError):
-                    raise InvalidInput(f"input {name!r}: data are not all {dtype} numbers") from None
+                value = _json_tensor(name, inp["data"], shape, dtype, count)
         if dtype == "BYTES":
             pre = manifest.preprocessing
             if pre is None or name != pre.input:
@@ -445,13 +470,12 @@ def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) 
     )
 
 
-async def infer_fast(request: Request, name: str) -> Response:
+async def infer_fast(gw: Gateway, request: Request, name: str) -> Response:
     """The fast path's entry (edge_agent/serving/fastpath.py): the active version."""
-    return await _infer(request, name, None)
+    return await _infer(gw, request, name, None)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    gw = gateway(request)
+async def _infer(gw: Gateway, request: Request, name: str, version: str | None) -> Response:
     manifest = gw.engine.model(name, version).manifest
     doc, binary = _split_body(request, await request.body())
     tensors, images = _decode_inputs(doc, binary, manifest)
@@ -466,7 +490,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     responses=INFER,
 )
 async def infer(name: str, request: Request) -> Response:
-    return await _infer(request, name, None)
+    return await _infer(gateway(request), request, name, None)
 
 
 @router.post(
@@ -476,4 +500,4 @@ async def infer(name: str, request: Request) -> Response:
     responses=INFER,
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(request, name, version)
+    return await _infer(gateway(request), request, name, version)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,59 @@ def test_disabled_model_is_never_cached(gw: Gateway) -> None:
         r = httpx.post(f"{gw.url}/v1/models/iris_setosa/predict", json={"data": [ROW]}).json()
         assert r["timings_ms"]["infer"] > 0 and "cache_lookup" not in r["timings_ms"]
     assert delta(events(gw, "prediction"), before) == {}
+
+
+def test_answer_by_digest_without_the_upload(gw: Gateway) -> None:
+    image = CAT + os.urandom(8)  # after the JPEG end marker: a new key, the same picture
+    sha = hashlib.sha256(image).hexdigest()
+    by_digest = f"{gw.url}/v1/models/face/predictions/{sha}"
+    miss = httpx.get(by_digest)
+    assert miss.status_code == 404 and miss.headers["content-type"] == "application/json"
+    assert miss.json()["code"] == "prediction_not_cached"
+    assert miss.json()["details"]["upload"] == "/v1/models/face/predict"
+    sent = httpx.post(
+        f"{gw.url}/v1/models/face/predict", content=image, headers={"content-type": "image/jpeg"}
+    )
+    assert sent.json()["cache"] == {"prediction": "miss"}
+    before = events(gw, "prediction")
+    hit = httpx.get(by_digest + "?raw=true")
+    assert hit.status_code == 200, hit.text
+    assert delta(events(gw, "prediction"), before) == {"hit": 1}
+    doc = hit.json()
+    assert doc["cache"] == {"prediction": "hit"} and doc["model"] == "face"
+    assert doc["results"] == sent.json()["results"] and "boxes" in doc["results"][0]
+    assert doc["timings_ms"]["infer"] == 0.0 and "outputs" in doc
+
+
+def test_a_data_item_id_is_a_digest_too(gw: Gateway) -> None:
+    image = CAT + os.urandom(8)
+    item = httpx.post(f"{gw.url}/data", content=image, headers={"content-type": "image/jpeg"}).json()["id"]
+    assert httpx.get(f"{gw.url}/v1/models/face/predictions/{item}").status_code == 404
+    computed = httpx.post(f"{gw.url}/v1/models/face/predict/data/{item}").json()
+    hit = httpx.get(f"{gw.url}/v1/models/face/predictions/{item}").json()
+    assert hit["cache"] == {"prediction": "hit"} and hit["results"] == computed["results"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code", "needle"),
+    [
+        ("/v1/models/face/predictions/abc", 422, "invalid_input", "64 lowercase hex digits"),
+        (f"/v1/models/face/predictions/{'A' * 64}", 422, "invalid_input", "64 lowercase hex digits"),
+        (f"/v1/models/iris/predictions/{'a' * 64}", 422, "invalid_input", "image models only"),
+        (f"/v1/models/nope/predictions/{'a' * 64}", 404, "model_not_found", "no model named 'nope'"),
+    ],
+)
+def test_bad_digest_lookups_are_clear_4xx(
+    gw: Gateway, path: str, status: int, code: str, needle: str
+) -> None:
+    r = httpx.get(gw.url + path)
+    assert r.status_code == status and r.json()["code"] == code and needle in r.json()["error"], r.text
+
+
+def test_openapi_documents_the_digest_lookup(gw: Gateway) -> None:
+    op = httpx.get(f"{gw.url}/openapi.json").json()["paths"]["/v1/models/{name}/predictions/{sha256}"]["get"]
+    assert set(op["responses"]) >= {"200", "404", "422", "503"}
+    assert "prediction_not_cached" in op["responses"]["404"]["description"]
 
 
 def test_20_concurrent_identical_requests_run_the_model_once(gw: Gateway) -> None:

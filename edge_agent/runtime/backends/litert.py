@@ -42,32 +42,42 @@ class _Tensor:
     shape: tuple[int, ...]
     scale: float
     zero_point: int
+    quantized: bool = False  # integer tensor with a scale: callers see float32
 
-    @property
-    def quantized(self) -> bool:
-        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+def _is_quantized(dtype: Any, scale: float) -> bool:
+    return scale != 0.0 and bool(np.issubdtype(dtype, np.integer))
 
 
 def _tensor(detail: dict[str, Any]) -> _Tensor:
     scale, zero_point = detail.get("quantization", (0.0, 0))
+    dtype = np.dtype(detail["dtype"])
     return _Tensor(
         name=detail["name"],
         index=int(detail["index"]),
-        dtype=np.dtype(detail["dtype"]),
+        dtype=dtype,
         shape=tuple(int(d) for d in detail["shape_signature"]),
         scale=float(scale),
         zero_point=int(zero_point),
+        quantized=_is_quantized(dtype, float(scale)),
     )
 
 
 def quantize(x: np.ndarray, t: _Tensor) -> np.ndarray:
+    """round(x / scale) + zero point, clipped to the integer type: one temporary, in place."""
     info = np.iinfo(t.dtype)
-    q = np.round(x / t.scale) + t.zero_point
-    return np.clip(q, info.min, info.max).astype(t.dtype)
+    q = x / t.scale
+    np.rint(q, out=q)
+    q += t.zero_point
+    np.clip(q, info.min, info.max, out=q)
+    return q.astype(t.dtype)
 
 
 def dequantize(q: np.ndarray, t: _Tensor) -> np.ndarray:
-    return ((q.astype(np.float32) - np.float32(t.zero_point)) * np.float32(t.scale)).astype(np.float32)
+    x = q.astype(np.float32)
+    x -= np.float32(t.zero_point)
+    x *= np.float32(t.scale)
+    return x
 
 
 class LiteRTModel:
@@ -96,6 +106,9 @@ class LiteRTModel:
         self._fixed_batch = max(1, self._inputs[0].shape[0]) if self._inputs[0].shape else 1
         self._current_batch = -1
         self._lock = threading.Lock()
+        interp = self._interp
+        self._set, self._invoke, self._get = interp.set_tensor, interp.invoke, interp.get_tensor
+        self._out_names = [t.name for t in manifest.outputs]
         self._ready = True
 
     @property
@@ -115,12 +128,10 @@ class LiteRTModel:
             self._current_batch = n
         for t in self._inputs:
             x = inputs[t.name]
-            interp.set_tensor(t.index, quantize(x, t) if t.quantized else x.astype(t.dtype, copy=False))
-        interp.invoke()
-        return [
-            dequantize(interp.get_tensor(t.index), t) if t.quantized else interp.get_tensor(t.index)
-            for t in self._outputs
-        ]
+            self._set(t.index, quantize(x, t) if t.quantized else x.astype(t.dtype, copy=False))
+        self._invoke()
+        get = self._get
+        return [dequantize(get(t.index), t) if t.quantized else get(t.index) for t in self._outputs]
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = int(next(iter(inputs.values())).shape[0])
@@ -143,7 +154,7 @@ class LiteRTModel:
                     results = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
         except (ValueError, RuntimeError) as exc:
             raise InferenceError(f"{self.manifest.name}: LiteRT failed: {exc}") from None
-        return {t.name: r for t, r in zip(self.manifest.outputs, results, strict=True)}
+        return dict(zip(self._out_names, results, strict=True))
 
     def metadata(self) -> dict[str, Any]:
         def describe(t: _Tensor) -> dict[str, Any]:

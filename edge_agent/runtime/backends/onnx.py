@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,15 @@ def _ort() -> Any:
 
 
 def _maps_to_array(seq: Any) -> np.ndarray:
+    """ZipMap rows -> ``[N, classes]`` float32, classes in key order, the values read in C."""
     if not seq:
         return np.zeros((0, 0), dtype=np.float32)
-    keys = sorted(seq[0])
-    return np.array([[row[k] for k in keys] for row in seq], dtype=np.float32)
+    first = seq[0]
+    keys = list(first)
+    if keys != sorted(keys):
+        return np.array([[row[k] for k in sorted(keys)] for row in seq], dtype=np.float32)
+    flat = np.fromiter(chain.from_iterable(map(dict.values, seq)), np.float32, len(seq) * len(keys))
+    return flat.reshape(len(seq), len(keys))
 
 
 class OnnxModel:
@@ -65,6 +71,9 @@ class OnnxModel:
             )
         self._out_names = [t.name for t in manifest.outputs]
         self._maps = {t.name for t in manifest.outputs if t.kind == "sequence_of_maps"}
+        first = manifest.inputs[0].shape
+        self._max_batch = None if not first or first[0] is None else first[0]
+        self._run = self._session.run
         self._ready = True
 
     @property
@@ -73,14 +82,15 @@ class OnnxModel:
 
     @property
     def max_batch(self) -> int | None:
-        first = self.manifest.inputs[0].shape
-        return None if not first or first[0] is None else first[0]
+        return self._max_batch
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            raw = self._session.run(self._out_names, dict(inputs))
+            raw = self._run(self._out_names, inputs if type(inputs) is dict else dict(inputs))
         except Exception as exc:
             raise InferenceError(f"{self.manifest.name}: onnxruntime failed: {exc}") from None
+        if not self._maps:
+            return dict(zip(self._out_names, raw, strict=True))
         out: dict[str, np.ndarray] = {}
         for name, value in zip(self._out_names, raw, strict=True):
             out[name] = _maps_to_array(value) if name in self._maps else value
