@@ -16,6 +16,7 @@ from bench.serving_cases import (
     FORMAT_LABEL,
     PATH_LABEL,
     ROOT,
+    TARGET_HEAVY_JSON_VS_RAW,
     TARGET_HEAVY_VS_RAW,
     TARGET_IDLE_P50,
     TARGET_TINY_VS_NAIVE,
