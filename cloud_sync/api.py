@@ -322,7 +322,13 @@ def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) 
     )
 
 
-@router.post("/rollouts", tags=["rollouts"], status_code=201, summary="Start a staged rollout in waves")
+@router.post(
+    "/rollouts",
+    tags=["rollouts"],
+    status_code=201,
+    summary="Start a staged rollout in waves",
+    responses=errors(404, 422, 503),
+)
 def post_rollout(cloud: CloudDep, body: RolloutRequest, request: Request) -> Row:
     if sum([body.devices is not None, body.all, body.waves is not None, body.groups is not None]) != 1:
         raise InvalidRequest("give exactly one of devices, all, waves, groups")
@@ -345,7 +351,10 @@ def list_rollouts(cloud: CloudDep, limit: Annotated[int, Query(ge=1, le=1000)] =
 
 
 @router.get(
-    "/rollouts/{rollout_id}", tags=["rollouts"], summary="A rollout: waves, per-device state, figures"
+    "/rollouts/{rollout_id}",
+    tags=["rollouts"],
+    summary="A rollout: waves, per-device state, figures",
+    responses=errors(404),
 )
 def get_rollout(cloud: CloudDep, rollout_id: str) -> Row:
     doc = cloud.rollouts.get(rollout_id)
@@ -366,7 +375,12 @@ def get_rollout(cloud: CloudDep, rollout_id: str) -> Row:
     return doc
 
 
-@router.post("/rollouts/{rollout_id}/{action}", tags=["rollouts"], summary="pause, resume or abort a rollout")
+@router.post(
+    "/rollouts/{rollout_id}/{action}",
+    tags=["rollouts"],
+    summary="pause, resume or abort a rollout",
+    responses=errors(404, 422),
+)
 def act_on_rollout(
     cloud: CloudDep, rollout_id: str, action: Annotated[str, PathParam(pattern="^(pause|resume|abort)$")]
 ) -> Row:
