@@ -251,7 +251,7 @@ def get_artifact(cloud: CloudDep, sha256: Annotated[str, PathParam(pattern=SHA25
 
 # -- the application -------------------------------------------------------------------------------
 def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLink | None = None) -> FastAPI:
-    store = store or Store(config.db_path)
+    store = store or Store(config.db_target, pool_size=config.db_pool_size)
     link = link or MqttLink(
         BrokerSettings.from_config(config), f"cloud-api-{socket.gethostname()[:40]}-{os.getpid()}"
     )
@@ -261,7 +261,7 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cloud.link.start(wait_s=None)  # connects (and reconnects) in the background
-        logger.info("cloud API ready (database %s)", config.db_path)
+        logger.info("cloud API ready (database %s)", cloud.store.where)
         yield
         if feed is not None:
             await feed.close()

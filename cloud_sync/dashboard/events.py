@@ -32,19 +32,8 @@ RESULTS_WINDOW_S = 3600.0
 def fleet_snapshot(store: Store, broker_connected: bool, now: float | None = None) -> dict[str, Any]:
     """Every device with what the fleet page shows, plus the markers that say something changed."""
     now = time.time() if now is None else now
-    db = store.db
-    recent = dict(
-        db.execute(
-            "SELECT device, count(*) FROM results WHERE created >= ? GROUP BY device",
-            [now - RESULTS_WINDOW_S],
-        ).fetchall()
-    )
-    latest_metrics: dict[str, dict[str, float]] = {}
-    for device, metrics in db.execute(
-        "SELECT t.device, t.metrics FROM telemetry t JOIN (SELECT device, max(ts) AS ts FROM telemetry "
-        "GROUP BY device) m ON m.device = t.device AND m.ts = t.ts"
-    ).fetchall():
-        latest_metrics[device] = json.loads(metrics)
+    recent = store.recent_result_counts(now - RESULTS_WINDOW_S)
+    latest_metrics = {d: json.loads(m) for d, m in store.latest_metrics().items()}
     devices = []
     for d in store.devices():
         metrics = latest_metrics.get(d["id"], {})
@@ -61,13 +50,12 @@ def fleet_snapshot(store: Store, broker_connected: bool, now: float | None = Non
                 "results_last_hour": int(recent.get(d["id"], 0)),
             }
         )
-    newest = db.execute("SELECT id, created FROM results ORDER BY created DESC, id DESC LIMIT 1").fetchone()
-    update = db.execute("SELECT max(received) FROM deployment_devices").fetchone()
+    newest, update = store.newest_marks()
     return {
         "devices": devices,
         "broker_connected": broker_connected,
-        "newest_result": newest[0] if newest else None,
-        "deployment_update": update[0] if update else None,
+        "newest_result": newest,
+        "deployment_update": update,
     }
 
 

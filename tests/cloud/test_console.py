@@ -46,6 +46,7 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
+from tests.conftest import CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 
 TOKEN = "console-token-" + uuid.uuid4().hex
@@ -120,8 +121,8 @@ class FleetDevice(SimDevice):
 
 # -- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("console")
+def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
+    return tmp_path_factory.mktemp(f"console-{db_backend}")
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +132,12 @@ def broker(workdir: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def db(workdir: Path) -> Path:
-    return workdir / "cloud.sqlite3"
+def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
+    return make_cloud_db(request, db_backend, workdir)
 
 
 @pytest.fixture(scope="module")
-def api_url(broker: Broker, db: Path, workdir: Path) -> Iterator[str]:
+def api_url(broker: Broker, db: CloudDb, workdir: Path) -> Iterator[str]:
     port = free_port()
     with (
         running(start_ingest(broker, db, workdir, "ingest-console")),
@@ -171,7 +172,7 @@ def fleet(broker: Broker, api_url: str) -> Iterator[dict[str, FleetDevice]]:
 
 
 @pytest.fixture(scope="module")
-def published(db: Path) -> None:
+def published(db: CloudDb) -> None:
     """iris 2 and iris BAD_VERSION as signed versions in the store (the devices here do not verify)."""
     store = Store(db)
     for version in ("2", BAD_VERSION):

@@ -1,0 +1,177 @@
+"""What the ingest role writes: devices' status, telemetry, results, command replies, reports.
+
+Idempotent by key on both backends (``ON CONFLICT DO NOTHING``): a result is stored once per
+id, status history once per (device, ts, state), telemetry once per (device, ts), a command
+has one reply. The caller acknowledges only after the outermost transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cloud_sync.errors import Rejected
+from cloud_sync.store.backends import Conn
+from cloud_sync.store.base import StoreBase
+from cloud_sync.store.pages import dumps, finite, result_label
+from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
+
+RESULT_COLUMNS = (
+    "id",
+    "device",
+    "batch",
+    "source",
+    "ref",
+    "model",
+    "version",
+    "label",
+    "created",
+    "received",
+    "ingest",
+    "body",
+)
+# The hot path of the ingest role: one prepared statement through executemany.
+INSERT_RESULT = (
+    f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+TOUCH = (
+    "INSERT INTO devices (id, first_seen, last_seen) VALUES (?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
+    "THEN excluded.last_seen ELSE devices.last_seen END"
+)
+
+
+class IngestWrites(StoreBase):
+    @staticmethod
+    def _touch(db: Conn, device: str, received: float) -> None:
+        db.execute(TOUCH, [device, received, received])
+
+    def touch_devices(self, seen: Mapping[str, float]) -> None:
+        """Mark devices seen (device -> when), in id order: several ingest processes writing one
+        PostgreSQL lock the device rows of their batches in the same order, so never in a cycle."""
+        with self.transaction() as db:
+            for device in sorted(seen):
+                self._touch(db, device, seen[device])
+
+    def record_status(self, msg: Status, received: float) -> None:
+        """History row (once per device, ts, state); device state in arrival order (LWT included)."""
+        ts = finite(msg.ts, "status ts")
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            models = dumps(msg.models, "status models")
+            db.execute(
+                "INSERT INTO status_history (device, state, agent_version, models, ts, received) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, ts, state) DO NOTHING",
+                [msg.device, msg.state, msg.agent_version, models, ts, received],
+            )
+            # An offline Last Will is fixed at connect time, so its ts predates the birth that
+            # follows it: order by arrival (the broker's order), not by the device's ts.
+            newer = "AND (state_received IS NULL OR state_received <= ?)"
+            if msg.state == "online":
+                db.execute(
+                    "UPDATE devices SET online = 1, state = ?, agent_version = ?, models = ?, "
+                    f"status_ts = ?, state_received = ? WHERE id = ? {newer}",
+                    [msg.state, msg.agent_version, models, ts, received, msg.device, received],
+                )
+            else:
+                db.execute(
+                    "UPDATE devices SET online = 0, state = ?, status_ts = ?, state_received = ? "
+                    f"WHERE id = ? {newer}",
+                    [msg.state, ts, received, msg.device, received],
+                )
+
+    def record_telemetry(self, msg: Telemetry, received: float) -> None:
+        ts = finite(msg.ts, "telemetry ts")
+        metrics = dumps(msg.metrics, "telemetry metrics")
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            db.execute(
+                "INSERT INTO telemetry (device, ts, received, metrics) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device, ts) DO NOTHING",
+                [msg.device, ts, received, metrics],
+            )
+
+    def record_results(self, msg: Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
+        """Store a batch; (ids this device has stored now or before, ids refused).
+
+        A result whose id is already stored for another device is refused, not acknowledged;
+        so is one holding a non-finite number.
+        """
+        rows: list[tuple[Any, ...]] = []
+        refused: list[str] = []
+        for r in msg.results:
+            try:
+                created = finite(r.created, f"result {r.id} created")
+                body = dumps(r.body, f"result {r.id} body")
+            except Rejected:
+                refused.append(r.id)
+                continue
+            label = result_label(r.body)
+            row = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
+            rows.append((*row, received, ingest, body))
+        ids = list(dict.fromkeys(row[0] for row in rows))
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            if rows:
+                db.executemany(INSERT_RESULT, rows)
+            owned: set[str] = set()
+            if ids:
+                # by primary key only: a filter on device would let the planner scan its index
+                marks = ",".join("?" * len(ids))
+                found = db.execute(f"SELECT id, device FROM results WHERE id IN ({marks})", ids).fetchall()
+                owned = {rid for rid, device in found if device == msg.device}
+        refused.extend(i for i in ids if i not in owned)
+        return [i for i in ids if i in owned], refused
+
+    def record_reply(self, msg: CommandReply, received: float) -> None:
+        """The first reply to a command is kept; a reply to an unknown command is rejected."""
+        ts = finite(msg.ts, "reply ts")
+        with self.transaction() as db:
+            found = db.query("SELECT device FROM commands WHERE id = ?", [msg.id])
+            if not found:
+                raise Rejected(f"reply to unknown command {msg.id!r}")
+            if found[0]["device"] != msg.device:
+                owner = found[0]["device"]
+                raise Rejected(f"reply from {msg.device!r} to command {msg.id!r} sent to {owner!r}")
+            self._touch(db, msg.device, received)
+            result = None if msg.result is None else dumps(msg.result, "reply result")
+            db.execute(
+                "INSERT INTO command_replies (command_id, device, ok, result, error, ts, received) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING",
+                [msg.id, msg.device, int(msg.ok), result, msg.error, ts, received],
+            )
+            db.execute("UPDATE commands SET state = 'replied' WHERE id = ?", [msg.id])
+
+    def record_reported(self, msg: ModelsReported, received: float) -> None:
+        ts = finite(msg.ts, "reported ts")
+        update = msg.last_update
+        models = dumps(msg.models, "reported models")
+        last = None if update is None else dumps(update.model_dump(), "last_update")
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            db.execute(
+                "UPDATE devices SET reported_models = ?, last_update = ?, reported_ts = ? "
+                "WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
+                [models, last, ts, msg.device, ts],
+            )
+            if update is not None:
+                db.execute(
+                    "INSERT INTO deployment_devices (deployment, device, model, version, state, reason, "
+                    "progress, ts, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (deployment, device) DO UPDATE SET model = excluded.model, "
+                    "version = excluded.version, state = excluded.state, reason = excluded.reason, "
+                    "progress = excluded.progress, ts = excluded.ts, received = excluded.received "
+                    "WHERE excluded.ts >= deployment_devices.ts",
+                    [
+                        update.deployment,
+                        msg.device,
+                        update.model,
+                        update.version,
+                        update.state,
+                        update.reason,
+                        update.progress,
+                        finite(update.ts, "last_update ts"),
+                        received,
+                    ],
+                )
