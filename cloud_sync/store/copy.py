@@ -28,7 +28,6 @@ TABLES = (
     ("deployments", "id"),
     ("deployment_devices", "deployment, device"),
 )
-PROGRESS_TABLES = ("results", "devices", "commands")
 
 
 def copy_database(source: Path | str, target: Path | str, *, batch: int = 5000) -> dict[str, int]:
@@ -59,10 +58,12 @@ def _copy(src: Store, dst: Store, batch: int) -> dict[str, int]:
             f"{src.where} holds tables this copy does not know ({', '.join(extra)}); "
             "copy with the cloud_sync release that wrote them"
         )
-    busy = [t for t in PROGRESS_TABLES if dst.count(t)]
-    if busy and any(dst.count(t) != src.count(t) for t in PROGRESS_TABLES):
+    # An empty target, or one a copy of this source was interrupted in (no table holds more rows
+    # than the source's): rows already there are skipped by key.
+    ahead = [t for t, _ in TABLES if dst.count(t) > src.count(t)]
+    if ahead:
         raise InvalidRequest(
-            f"{dst.where} already holds rows ({', '.join(busy)}) that are not a copy of {src.where}: "
+            f"{dst.where} holds more {ahead[0]} rows than {src.where}: it is not an interrupted copy of it; "
             "copy into an empty database"
         )
     counts: dict[str, int] = {}

@@ -84,6 +84,7 @@ def run_failover(
     batch: int = 25,
     stream_s: float = 6.0,
     kill_at: float = 0.3,
+    hang_s: float = 1.0,
     timeout_s: float = 120.0,
 ) -> FailoverRun:
     """Two shared ingest processes; the first SIGKILLed once it has stored ``kill_at`` of its share."""
@@ -109,7 +110,11 @@ def run_failover(
 
         threshold = int(len(expected) / 2 * kill_at)
         wait_for(lambda: stored_by_a() >= threshold, timeout_s, "ingest-a to store part of the stream")
-        a.proc.send_signal(signal.SIGKILL)  # no clean stop: what it held unacked dies with it
+        # hung first (the broker keeps handing it its share, unacknowledged), then killed: no clean
+        # stop, and what it held unacknowledged dies with it
+        a.proc.send_signal(signal.SIGSTOP)
+        time.sleep(hang_s)
+        a.proc.send_signal(signal.SIGKILL)
         a.proc.wait(10)
         run.killed_after = stored_by_a()
         assert b.alive, "the surviving ingest died"
