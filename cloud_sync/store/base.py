@@ -138,6 +138,22 @@ class StoreBase:
             row = conn.execute(sql, list(params)).fetchone()
         return None if row is None else row[0]
 
+    def explain(self, sql: str, params: Sequence[Any] = (), *, seqscan: bool = True) -> str:
+        """The database's query plan for ``sql`` (SQLite: EXPLAIN QUERY PLAN; PostgreSQL: EXPLAIN).
+        ``seqscan=False`` asks PostgreSQL for its plan with table scans priced out: whether an
+        index can serve the query at all, on a table too small for the planner to want one."""
+        prefix = "EXPLAIN QUERY PLAN " if self.dialect == "sqlite" else "EXPLAIN "
+        with self.transaction() as conn:
+            if not seqscan and self.dialect == "postgresql":
+                conn.execute("SET LOCAL enable_seqscan = off")
+            rows = conn.execute(prefix + sql, list(params)).fetchall()
+        return "\n".join(str(r[-1]) for r in rows)
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (PostgreSQL autovacuum does it too, later)."""
+        with self.transaction() as conn:
+            conn.execute("ANALYZE")
+
     def table_names(self) -> set[str]:
         with self.reading() as conn:
             return self.backend.table_names(conn)

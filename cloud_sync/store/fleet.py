@@ -45,14 +45,10 @@ class FleetReads(StoreBase):
             return self._query("SELECT * FROM devices ORDER BY id")
         return self._query("SELECT * FROM devices WHERE online = ? ORDER BY id", [int(online)])
 
-    def device_page(
-        self,
-        online: bool | None = None,
-        after: str | None = None,
-        limit: int = 100,
-        prefix: str | None = None,
-    ) -> Page:
-        """Devices in id order, ``limit`` at a time from after the id ``after`` (the cursor)."""
+    @staticmethod
+    def device_page_sql(
+        online: bool | None = None, after: str | None = None, limit: int = 100, prefix: str | None = None
+    ) -> tuple[str, list[Any]]:
         if not 1 <= limit <= DEVICE_PAGE_MAX:
             raise InvalidRequest(f"limit must be 1..{DEVICE_PAGE_MAX}")
         where: list[str] = ["1 = 1"]
@@ -67,9 +63,17 @@ class FleetReads(StoreBase):
             # a range on the primary key (no LIKE: it would not use the index on both databases)
             where.append("id >= ? AND id < ?")
             params.extend([prefix, prefix + "\U0010ffff"])
-        rows = self._query(
-            f"SELECT * FROM devices WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", [*params, limit + 1]
-        )
+        return f"SELECT * FROM devices WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", [*params, limit + 1]
+
+    def device_page(
+        self,
+        online: bool | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        prefix: str | None = None,
+    ) -> Page:
+        """Devices in id order, ``limit`` at a time from after the id ``after`` (the cursor)."""
+        rows = self._query(*self.device_page_sql(online, after, limit, prefix))
         items = rows[:limit]
         return Page(items, items[-1]["id"] if len(rows) > limit else None)
 
@@ -124,7 +128,9 @@ class FleetReads(StoreBase):
         }
 
     # -- results and telemetry -----------------------------------------------------------------
-    def results(self, q: ResultQuery) -> Page:
+    @staticmethod
+    def results_sql(q: ResultQuery) -> tuple[str, list[Any]]:
+        """The SQL and parameters of a results page (one page plus one row, to know if more follow)."""
         if q.cursor is not None and q.offset:
             raise InvalidRequest("page with either offset or cursor, not both")
         where: list[str] = ["1 = 1"]
@@ -147,7 +153,10 @@ class FleetReads(StoreBase):
             f"SELECT * FROM results WHERE {' AND '.join(where)} "
             f"ORDER BY created {direction}, id {direction} LIMIT ? OFFSET ?"
         )
-        rows = self._query(sql, [*params, q.limit + 1, q.offset])
+        return sql, [*params, q.limit + 1, q.offset]
+
+    def results(self, q: ResultQuery) -> Page:
+        rows = self._query(*self.results_sql(q))
         items = rows[: q.limit]
         more = len(rows) > q.limit
         return Page(items, encode_cursor(items[-1]["created"], items[-1]["id"]) if more else None)
