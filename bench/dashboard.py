@@ -59,6 +59,7 @@ window.EventSource = class extends NativeEventSource {
   constructor(...args) {
     super(...args);
     this.addEventListener("fleet", () => { window.__fleetEvents += 1; });
+    this.addEventListener("fleet-delta", () => { window.__fleetEvents += 1; });
   }
 };
 """
@@ -164,7 +165,7 @@ def _measure(
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_url(f"{base}/dashboard/")
-            rows_shown = f"() => document.querySelectorAll('#fleet tbody tr').length >= {args.devices}"
+            rows_shown = f"() => fleet.devices.length >= {args.devices}"  # the page draws 100 rows at a time
             page.wait_for_function(rows_shown)
             cell = page.locator(f'#fleet tr[data-device="{device}"] td:nth-child(3)')
             time.sleep(2)  # let the load settle: every device online and sending

@@ -77,6 +77,10 @@ class FleetReads(StoreBase):
         items = rows[:limit]
         return Page(items, items[-1]["id"] if len(rows) > limit else None)
 
+    def devices_seen_since(self, since: float) -> list[dict[str, Any]]:
+        """Devices that sent anything at or after ``since`` (index on last_seen)."""
+        return self._query("SELECT * FROM devices WHERE last_seen >= ? ORDER BY id", [since])
+
     def device(self, device_id: str) -> dict[str, Any]:
         rows = self._query("SELECT * FROM devices WHERE id = ?", [device_id])
         if not rows:
