@@ -294,6 +294,8 @@ def main() -> int:
     p.add_argument("--preload", type=int, default=0, help="results inserted before the run (API at size)")
     p.add_argument("--prefix", default="sim-", help="device name prefix")
     args = p.parse_args()
+    # SIGTERM unwinds like an exception: the servers and roles this started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     rows = []
     with run_postgres(durable=True) as pg:

@@ -15,6 +15,7 @@ devices, per-ingest counts and the wall time. The suite runs the same code with 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=50, help="results per message (default 50)")
     p.add_argument("--stream-s", type=float, default=60.0, help="seconds of first sending (default 60)")
     args = p.parse_args()
+    # SIGTERM unwinds like an exception: the servers and roles this started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory(prefix="failover-") as tmp, run_postgres(durable=True) as pg:
         work = Path(tmp)
         url = PgUrl(pg.create_database("failover"))

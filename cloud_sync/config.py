@@ -151,7 +151,7 @@ def cross_checks(values: Mapping[str, Any]) -> list[str]:
     tls_files = ("broker_ca_file", "broker_cert_file", "broker_key_file")
     if not _truthy(values.get("broker_tls")) and any(values.get(f) is not None for f in tls_files):
         problems.append("broker_ca_file/broker_cert_file/broker_key_file need broker_tls = true")
-    if "://" in str(values.get("db_path") or ""):
+    if str(values.get("db_path") or "").startswith(("postgresql:", "postgres:")):
         problems.append("db_path is a file; a postgresql:// URL goes in db_url (CLOUD_DB_URL)")
     url = values.get("db_url")
     if url is not None:

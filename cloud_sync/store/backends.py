@@ -232,6 +232,9 @@ class PostgresBackend:
 
         self.where = redact_url(url)
         self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        # one plain connection first: a wrong host, port, user or database fails now, with the
+        # server's own words, instead of as a pool timeout
+        psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_s))).close()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=1,
