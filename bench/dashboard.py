@@ -6,6 +6,9 @@ online Status and a Last Will, then one Telemetry message a second), and the fle
 headless Chromium (Debian's, driven by Playwright), logged in. For ``--seconds`` it measures:
 
 * **API CPU % / ingest CPU %**: utime+stime from ``/proc/<pid>/stat`` over the window, as % of one core.
+* **page load and live-update bytes**: a fresh load of the fleet page (navigation to rows drawn),
+  and the bytes of server-sent event data per second, beside what the same events would have
+  carried had each held the whole fleet (the feed before it sent only changed devices).
 * **page updates**: ``fleet`` server-sent events received by the page (counted by a wrapper around
   ``EventSource`` injected before the page's scripts run), and how often the "last seen" cell of one
   device changed when read every ``--sample`` seconds; plus the page's worst staleness (now minus
@@ -54,12 +57,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Counts the page's `fleet` events without touching its code: wraps EventSource before any script runs.
 COUNT_EVENTS = """
 window.__fleetEvents = 0;
+window.__fleetBytes = 0;
+window.__fullBytes = 0;
 const NativeEventSource = window.EventSource;
 window.EventSource = class extends NativeEventSource {
   constructor(...args) {
     super(...args);
-    this.addEventListener("fleet", () => { window.__fleetEvents += 1; });
-    this.addEventListener("fleet-delta", () => { window.__fleetEvents += 1; });
+    this.addEventListener("fleet", (e) => {
+      window.__fleetEvents += 1; window.__fleetBytes += e.data.length; window.__fullBytes = e.data.length;
+    });
+    this.addEventListener("fleet-delta", (e) => {
+      window.__fleetEvents += 1; window.__fleetBytes += e.data.length;
+    });
   }
 };
 """
@@ -167,10 +176,16 @@ def _measure(
             page.wait_for_url(f"{base}/dashboard/")
             rows_shown = f"() => fleet.devices.length >= {args.devices}"  # the page draws 100 rows at a time
             page.wait_for_function(rows_shown)
+            started = time.monotonic()  # a fresh load of the fleet page, logged in
+            page.goto(f"{base}/dashboard/")
+            page.wait_for_function(rows_shown)
+            page.wait_for_selector("#fleet tbody tr")
+            load_s = time.monotonic() - started
             cell = page.locator(f'#fleet tr[data-device="{device}"] td:nth-child(3)')
             time.sleep(2)  # let the load settle: every device online and sending
 
             rows0, sent0, events0 = telemetry_rows(db), sender.sent, page.evaluate("window.__fleetEvents")
+            bytes0 = page.evaluate("window.__fleetBytes")
             api0, ingest0, t0 = cpu_seconds(api_pid), cpu_seconds(ingest_pid), time.monotonic()
             last_title = cell.get_attribute("title")
             reads = changes = 0
@@ -185,6 +200,8 @@ def _measure(
             elapsed = time.monotonic() - t0
             api1, ingest1 = cpu_seconds(api_pid), cpu_seconds(ingest_pid)
             events = page.evaluate("window.__fleetEvents") - events0
+            sse_bytes = page.evaluate("window.__fleetBytes") - bytes0
+            full_bytes = page.evaluate("window.__fullBytes")
             sent, rows = sender.sent - sent0, telemetry_rows(db) - rows0
             online = page.locator("#count").inner_text()
         finally:
@@ -206,6 +223,12 @@ def _measure(
         f"| {events} ({events / elapsed:.2f}/s) | {changes} of {reads} reads | {worst_stale:.1f} s |"
     )
     print()
+    print(
+        f"fleet page load (navigation to rows drawn): {load_s * 1000:.0f} ms; live-update data "
+        f"{sse_bytes / elapsed:,.0f} bytes/s (only changed devices) vs {full_bytes * events / elapsed:,.0f} "
+        f"bytes/s had every event carried the whole fleet ({full_bytes:,} bytes): "
+        f"{full_bytes * events / max(1, sse_bytes):.1f}x less"
+    )
     print(f"page: {online}; CPU is of one core, from /proc/<pid>/stat utime+stime")
 
 

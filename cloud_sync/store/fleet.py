@@ -27,10 +27,11 @@ JSON_SQL = {
         "each_value": "value",
     },
 }
-# The newest telemetry row of each device (the primary key (device, ts) serves it).
+# The newest telemetry of each device: one backward seek on the primary key (device, ts) per
+# device, never a pass over the whole telemetry table (which grows by every report of every device).
 LATEST_TELEMETRY = (
-    "SELECT t.device, t.metrics FROM telemetry t JOIN (SELECT device, max(ts) AS ts FROM telemetry "
-    "GROUP BY device) m ON m.device = t.device AND m.ts = t.ts"
+    "SELECT d.id AS device, (SELECT t.metrics FROM telemetry t WHERE t.device = d.id "
+    "ORDER BY t.ts DESC LIMIT 1) AS metrics FROM devices d"
 )
 DEVICE_PAGE_MAX = 1000
 
@@ -104,7 +105,8 @@ class FleetReads(StoreBase):
             ).fetchone()
             depth = self._json("number", col="t.metrics", key="outbox_depth")
             outbox = db.execute(
-                f"SELECT count({depth}), coalesce(sum({depth}), 0), max({depth}) FROM ({LATEST_TELEMETRY}) t"
+                f"SELECT count({depth}), coalesce(sum({depth}), 0), max({depth}) FROM ({LATEST_TELEMETRY}) t "
+                "WHERE t.metrics IS NOT NULL"
             ).fetchone()
             agents = db.execute(
                 "SELECT agent_version, count(*) FROM devices WHERE agent_version IS NOT NULL "
@@ -186,15 +188,10 @@ class FleetReads(StoreBase):
         if devices is not None:
             if not devices:
                 return {}
-            marks = ",".join("?" * len(devices))
-            sql = (
-                "SELECT t.device, t.metrics FROM telemetry t JOIN (SELECT device, max(ts) AS ts "
-                f"FROM telemetry WHERE device IN ({marks}) GROUP BY device) m "
-                "ON m.device = t.device AND m.ts = t.ts"
-            )
+            sql += f" WHERE d.id IN ({','.join('?' * len(devices))})"
             params = list(devices)
         with self.reading() as db:
-            return {d: m for d, m in db.execute(sql, params).fetchall()}
+            return {d: m for d, m in db.execute(sql, params).fetchall() if m is not None}
 
     def recent_result_counts(self, since: float, devices: list[str] | None = None) -> dict[str, int]:
         """Results created since ``since``, per device (all devices, or those named)."""
