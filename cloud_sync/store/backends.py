@@ -204,8 +204,9 @@ class PgConn:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.raw.cursor() as cur:
             cur.execute(pg_sql(sql), tuple(params))
+            rows = cur.fetchall()  # first: in pipeline mode the description comes with the rows
             names = [d.name for d in cur.description or ()]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in rows]
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -252,7 +253,10 @@ class PostgresBackend:
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Conn]:
-        with self._pool.connection() as raw, raw.transaction():
+        # Pipeline mode: statements whose results nobody reads (savepoints, inserts) go out without
+        # waiting for the server; a read, and the commit, wait for everything before them. An
+        # ingest batch costs a round trip per results message, not one per statement.
+        with self._pool.connection() as raw, raw.pipeline(), raw.transaction():
             yield PgConn(raw)
 
     @contextlib.contextmanager
