@@ -98,6 +98,16 @@ class IngestWrites(StoreBase):
         A result whose id is already stored for another device is refused, not acknowledged;
         so is one holding a non-finite number.
         """
+        with self.transaction():
+            ids, refused = self.insert_results(msg, received, ingest)
+            owners = self.result_owners(ids)
+        refused.extend(i for i in ids if owners.get(i) != msg.device)
+        return [i for i in ids if owners.get(i) == msg.device], refused
+
+    def insert_results(self, msg: Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
+        """Insert a batch without reading anything back: (ids to check with ``result_owners``, ids
+        refused now for a non-finite number). The ingest checks the owners of a whole transaction's
+        results in one read (one round trip to PostgreSQL per batch, not per message)."""
         rows: list[tuple[Any, ...]] = []
         refused: list[str] = []
         for r in msg.results:
@@ -115,14 +125,19 @@ class IngestWrites(StoreBase):
             self._touch(db, msg.device, received)
             if rows:
                 db.executemany(INSERT_RESULT, rows)
-            owned: set[str] = set()
-            if ids:
+        return ids, refused
+
+    def result_owners(self, ids: list[str]) -> dict[str, str]:
+        """The device each of these result ids is stored for (ids not stored are left out)."""
+        owners: dict[str, str] = {}
+        with self.reading() as db:
+            for start in range(0, len(ids), 5000):  # under both databases' parameter limits
+                chunk = ids[start : start + 5000]
                 # by primary key only: a filter on device would let the planner scan its index
-                marks = ",".join("?" * len(ids))
-                found = db.execute(f"SELECT id, device FROM results WHERE id IN ({marks})", ids).fetchall()
-                owned = {rid for rid, device in found if device == msg.device}
-        refused.extend(i for i in ids if i not in owned)
-        return [i for i in ids if i in owned], refused
+                marks = ",".join("?" * len(chunk))
+                found = db.execute(f"SELECT id, device FROM results WHERE id IN ({marks})", chunk).fetchall()
+                owners.update({rid: device for rid, device in found})
+        return owners
 
     def record_reply(self, msg: CommandReply, received: float) -> None:
         """The first reply to a command is kept; a reply to an unknown command is rejected."""
