@@ -84,11 +84,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Telemetry(threading.Thread):
-    """One Telemetry message per device per second, QoS 1, published without waiting for the PUBACK."""
+    """One Telemetry message per device every ``every_s`` (a slice of the fleet each second), QoS 1,
+    published without waiting for the PUBACK."""
 
-    def __init__(self, devices: list[SimDevice]) -> None:
+    def __init__(self, devices: list[SimDevice], every_s: int = 1) -> None:
         super().__init__(daemon=True)
         self.devices = devices
+        self.every_s = max(1, every_s)
         self.sent = 0
         self.stop = threading.Event()
 
@@ -97,7 +99,7 @@ class Telemetry(threading.Thread):
         next_at = time.monotonic()
         while not self.stop.is_set():
             tick += 1
-            for dev in self.devices:
+            for dev in self.devices[tick % self.every_s :: self.every_s]:
                 depth = float(tick % 7)
                 metrics = {"outbox_depth": depth, "rss_bytes": 80e6 + depth * 1e6}
                 msg = protocol.Telemetry(device=dev.device, ts=time.time(), metrics=metrics)
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
                     dev = SimDevice(broker, f"dev-{i:03d}", will=True)
                     devices.append(dev)
                     dev.publish(status_msg(dev.device), "status", retain=True)
-                sender = Telemetry(devices)
+                sender = Telemetry(devices, args.telemetry_s)
                 sender.start()
                 api_pid = _api_pid(ingest.proc.pid)
                 _measure(args, base, db, ingest.proc.pid, api_pid, sender)
@@ -236,6 +238,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--telemetry-s", type=int, default=1, help="seconds between a device's telemetry messages (default 1)"
+    )
     parser.add_argument("--sample", type=float, default=3.0, help="seconds between reads of the page")
     run(parser.parse_args())
 
