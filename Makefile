@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STATE ?= var/demo
 
-.PHONY: demo demo-models mosquitto chromium arm64 image image-arm64 test lint typecheck unit setup models bench clean
+.PHONY: demo demo-models mosquitto chromium postgresql arm64 image image-arm64 test lint typecheck unit setup models bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ mosquitto:
 chromium:
 	@bash scripts/sysdeps.sh chromium:/usr/bin/chromium
 
+# PostgreSQL server binaries: the cloud tests start their own server (initdb in a temporary
+# directory, a free loopback port) and run every cloud test on SQLite and on it.
+postgresql:
+	@bash scripts/sysdeps.sh postgresql:$$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)
+
 lint: $(STAMP)
 	$(BIN)/ruff check edge_agent cloud_sync tests bench demo models/scripts
 	$(BIN)/ruff format --check edge_agent cloud_sync tests bench demo
@@ -42,7 +47,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: mosquitto chromium lint typecheck unit
+test: mosquitto chromium postgresql lint typecheck unit
 
 # The agent on Debian bookworm arm64 under qemu: offline install from aarch64 wheels, golden
 # self-tests of every model on both backends, the gateway over HTTP. Root; ~1 min cached, ~5 min first.

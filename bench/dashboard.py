@@ -6,6 +6,9 @@ online Status and a Last Will, then one Telemetry message a second), and the fle
 headless Chromium (Debian's, driven by Playwright), logged in. For ``--seconds`` it measures:
 
 * **API CPU % / ingest CPU %**: utime+stime from ``/proc/<pid>/stat`` over the window, as % of one core.
+* **page load and live-update bytes**: a fresh load of the fleet page (navigation to rows drawn),
+  and the bytes of server-sent event data per second, beside what the same events would have
+  carried had each held the whole fleet (the feed before it sent only changed devices).
 * **page updates**: ``fleet`` server-sent events received by the page (counted by a wrapper around
   ``EventSource`` injected before the page's scripts run), and how often the "last seen" cell of one
   device changed when read every ``--sample`` seconds; plus the page's worst staleness (now minus
@@ -54,11 +57,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Counts the page's `fleet` events without touching its code: wraps EventSource before any script runs.
 COUNT_EVENTS = """
 window.__fleetEvents = 0;
+window.__fleetBytes = 0;
+window.__fullBytes = 0;
 const NativeEventSource = window.EventSource;
 window.EventSource = class extends NativeEventSource {
   constructor(...args) {
     super(...args);
-    this.addEventListener("fleet", () => { window.__fleetEvents += 1; });
+    this.addEventListener("fleet", (e) => {
+      window.__fleetEvents += 1; window.__fleetBytes += e.data.length; window.__fullBytes = e.data.length;
+    });
+    this.addEventListener("fleet-delta", (e) => {
+      window.__fleetEvents += 1; window.__fleetBytes += e.data.length;
+    });
   }
 };
 """
@@ -74,11 +84,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Telemetry(threading.Thread):
-    """One Telemetry message per device per second, QoS 1, published without waiting for the PUBACK."""
+    """One Telemetry message per device every ``every_s`` (a slice of the fleet each second), QoS 1,
+    published without waiting for the PUBACK."""
 
-    def __init__(self, devices: list[SimDevice]) -> None:
+    def __init__(self, devices: list[SimDevice], every_s: int = 1) -> None:
         super().__init__(daemon=True)
         self.devices = devices
+        self.every_s = max(1, every_s)
         self.sent = 0
         self.stop = threading.Event()
 
@@ -87,7 +99,7 @@ class Telemetry(threading.Thread):
         next_at = time.monotonic()
         while not self.stop.is_set():
             tick += 1
-            for dev in self.devices:
+            for dev in self.devices[tick % self.every_s :: self.every_s]:
                 depth = float(tick % 7)
                 metrics = {"outbox_depth": depth, "rss_bytes": 80e6 + depth * 1e6}
                 msg = protocol.Telemetry(device=dev.device, ts=time.time(), metrics=metrics)
@@ -118,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
                     dev = SimDevice(broker, f"dev-{i:03d}", will=True)
                     devices.append(dev)
                     dev.publish(status_msg(dev.device), "status", retain=True)
-                sender = Telemetry(devices)
+                sender = Telemetry(devices, args.telemetry_s)
                 sender.start()
                 api_pid = _api_pid(ingest.proc.pid)
                 _measure(args, base, db, ingest.proc.pid, api_pid, sender)
@@ -164,12 +176,18 @@ def _measure(
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_url(f"{base}/dashboard/")
-            rows_shown = f"() => document.querySelectorAll('#fleet tbody tr').length >= {args.devices}"
+            rows_shown = f"() => fleet.devices.length >= {args.devices}"  # the page draws 100 rows at a time
             page.wait_for_function(rows_shown)
+            started = time.monotonic()  # a fresh load of the fleet page, logged in
+            page.goto(f"{base}/dashboard/")
+            page.wait_for_function(rows_shown)
+            page.wait_for_selector("#fleet tbody tr")
+            load_s = time.monotonic() - started
             cell = page.locator(f'#fleet tr[data-device="{device}"] td:nth-child(3)')
             time.sleep(2)  # let the load settle: every device online and sending
 
             rows0, sent0, events0 = telemetry_rows(db), sender.sent, page.evaluate("window.__fleetEvents")
+            bytes0 = page.evaluate("window.__fleetBytes")
             api0, ingest0, t0 = cpu_seconds(api_pid), cpu_seconds(ingest_pid), time.monotonic()
             last_title = cell.get_attribute("title")
             reads = changes = 0
@@ -184,6 +202,8 @@ def _measure(
             elapsed = time.monotonic() - t0
             api1, ingest1 = cpu_seconds(api_pid), cpu_seconds(ingest_pid)
             events = page.evaluate("window.__fleetEvents") - events0
+            sse_bytes = page.evaluate("window.__fleetBytes") - bytes0
+            full_bytes = page.evaluate("window.__fullBytes")
             sent, rows = sender.sent - sent0, telemetry_rows(db) - rows0
             online = page.locator("#count").inner_text()
         finally:
@@ -205,6 +225,12 @@ def _measure(
         f"| {events} ({events / elapsed:.2f}/s) | {changes} of {reads} reads | {worst_stale:.1f} s |"
     )
     print()
+    print(
+        f"fleet page load (navigation to rows drawn): {load_s * 1000:.0f} ms; live-update data "
+        f"{sse_bytes / elapsed:,.0f} bytes/s (only changed devices) vs {full_bytes * events / elapsed:,.0f} "
+        f"bytes/s had every event carried the whole fleet ({full_bytes:,} bytes): "
+        f"{full_bytes * events / max(1, sse_bytes):.1f}x less"
+    )
     print(f"page: {online}; CPU is of one core, from /proc/<pid>/stat utime+stime")
 
 
@@ -212,6 +238,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--telemetry-s", type=int, default=1, help="seconds between a device's telemetry messages (default 1)"
+    )
     parser.add_argument("--sample", type=float, default=3.0, help="seconds between reads of the page")
     run(parser.parse_args())
 

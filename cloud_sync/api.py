@@ -140,9 +140,27 @@ router = APIRouter()
 
 
 # -- devices, results, telemetry -----------------------------------------------------------
-@router.get("/devices", tags=["devices"], summary="Every device the cloud has heard from")
-def list_devices(cloud: CloudDep, online: bool | None = None) -> Row:
-    return {"devices": cloud.store.devices(online)}
+@router.get("/devices", tags=["devices"], summary="Devices the cloud has heard from, in id order, paged")
+def list_devices(
+    cloud: CloudDep,
+    online: bool | None = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=1000, description="Devices per page; without it, every device.")
+    ] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    prefix: Annotated[str | None, Query(max_length=128, description="Only ids starting with this.")] = None,
+) -> Row:
+    if limit is None and cursor is None and prefix is None:
+        return {"devices": cloud.store.devices(online), "next_cursor": None}
+    page = cloud.store.device_page(online, after=cursor, limit=limit or 100, prefix=prefix)
+    return {"devices": page.items, "next_cursor": page.next_cursor}
+
+
+@router.get("/fleet/summary", tags=["devices"], summary="Fleet counts computed by the database")
+def fleet_summary(cloud: CloudDep) -> Row:
+    """Online/offline/unknown devices, outbox depth from each device's newest telemetry, and how
+    many devices run each agent and model version."""
+    return cloud.store.fleet_summary()
 
 
 @router.get(
@@ -410,7 +428,7 @@ def get_artifact(cloud: CloudDep, sha256: Annotated[str, PathParam(pattern=SHA25
 
 # -- the application -------------------------------------------------------------------------------
 def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLink | None = None) -> FastAPI:
-    store = store or Store(config.db_path)
+    store = store or Store(config.db_target, pool_size=config.db_pool_size)
     link = link or MqttLink(
         BrokerSettings.from_config(config), f"cloud-api-{socket.gethostname()[:40]}-{os.getpid()}"
     )
@@ -422,7 +440,7 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
         cloud.link.start(wait_s=None)  # connects (and reconnects) in the background
         driver = rollout.RolloutDriver(cloud.rollouts)
         driver.start()
-        logger.info("cloud API ready (database %s)", config.db_path)
+        logger.info("cloud API ready (database %s)", cloud.store.where)
         yield
         driver.stop()
         if feed is not None:

@@ -24,6 +24,8 @@ from cloud_sync.config import CloudConfig, load_config, with_overrides
 from cloud_sync.errors import BrokerError, CloudSyncError, ConfigError, InvalidRequest, NotFound, StoreError
 from edge_agent.errors import EdgeAgentError
 
+PG_SCHEMES = ("postgresql://", "postgres://")
+
 logger = logging.getLogger("cloud_sync")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_STORE, EXIT_BROKER = 0, 1, 2, 3, 4, 5, 6
@@ -49,8 +51,7 @@ def cmd_ingest(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync import ingest
 
     config = with_overrides(
-        config,
-        db_path=args.db,
+        _with_db(config, args),
         ingest_shared=args.shared,
         ingest_group=args.group,
         ingest_client_id=args.client_id,
@@ -65,15 +66,15 @@ def cmd_ingest(config: CloudConfig, args: argparse.Namespace) -> int:
 def cmd_api(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.api import serve
 
-    serve(with_overrides(config, db_path=args.db, api_host=args.host, api_port=args.port))
+    serve(with_overrides(_with_db(config, args), api_host=args.host, api_port=args.port))
     return EXIT_OK
 
 
 def cmd_migrate(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.store import Store
 
-    store = Store(args.db or config.db_path)
-    print(f"{store.path}: schema version {store.schema_version}")
+    store = Store(_with_db(config, args).db_target)
+    print(f"{store.where}: schema version {store.schema_version}")
     store.close()
     return EXIT_OK
 
@@ -81,7 +82,7 @@ def cmd_migrate(config: CloudConfig, args: argparse.Namespace) -> int:
 def cmd_devices(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.store import Store
 
-    store = Store(args.db or config.db_path)
+    store = Store(_with_db(config, args).db_target)
     devices = store.devices(args.online)
     store.close()
     if args.json:
@@ -96,7 +97,7 @@ def cmd_devices(config: CloudConfig, args: argparse.Namespace) -> int:
 def cmd_results(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.store import ResultQuery, Store
 
-    store = Store(args.db or config.db_path)
+    store = Store(_with_db(config, args).db_target)
     q = ResultQuery(
         args.device, args.model, args.label, args.since, args.until, args.limit, cursor=args.cursor
     )
@@ -131,14 +132,14 @@ def cmd_models_publish(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.deploy import artifact_dir, publish
     from cloud_sync.store import Store
 
-    config = with_overrides(config, db_path=args.db)
+    config = _with_db(config, args)
     key = args.key or config.signing_key_path
     if key is None:
         raise InvalidRequest("which signing key: --key KEY.pem (or set signing_key_path)")
     source: Path = args.package_dir
     if not source.exists():
         raise InvalidRequest(f"{source}: no such file or directory")
-    store = Store(config.db_path)
+    store = Store(config.db_target)
     try:
         if source.is_dir():
             published = publish(store, source, key, artifact_dir(config))  # what the API serves
@@ -161,7 +162,7 @@ def cmd_models_publish(config: CloudConfig, args: argparse.Namespace) -> int:
 def cmd_models_list(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.store import Store
 
-    store = Store(args.db or config.db_path)
+    store = Store(_with_db(config, args).db_target)
     models = [store.model(m["name"]) for m in store.models()]
     store.close()
     if args.json:
@@ -177,7 +178,7 @@ def cmd_models_list(config: CloudConfig, args: argparse.Namespace) -> int:
 def cmd_keys_rotate(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.trust import load_keys, rotate, trust_dir
 
-    config = with_overrides(config, db_path=args.db)
+    config = _with_db(config, args)
     current = args.key or ([config.signing_key_path] if config.signing_key_path else [])
     if not current:
         raise InvalidRequest("which current key signs the rotation: --key KEY.pem (or set signing_key_path)")
@@ -198,9 +199,9 @@ def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.store import Store
     from cloud_sync.trust import Signer
 
-    config = with_overrides(config, db_path=args.db)
+    config = _with_db(config, args)
     signer = Signer.from_config(config, args.key)
-    store = Store(config.db_path)
+    store = Store(config.db_target)
     link = MqttLink(
         BrokerSettings.from_config(config), f"cloud-deploy-{socket.gethostname()[:40]}-{os.getpid()}"
     )
@@ -228,7 +229,7 @@ def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
 def cmd_deployments(config: CloudConfig, args: argparse.Namespace) -> int:
     from cloud_sync.store import Store
 
-    store = Store(args.db or config.db_path)
+    store = Store(_with_db(config, args).db_target)
     try:
         if args.id:
             _print_deployment(store.deployment_status(args.id), args.json)
@@ -256,6 +257,22 @@ def _print_deployment(status: dict[str, Any], as_json: bool) -> None:
         print(f"  {d['device']:<32} {d['state']}{progress}{reason}")
 
 
+def cmd_db_copy(config: CloudConfig, args: argparse.Namespace) -> int:
+    from cloud_sync.store.copy import copy_database
+
+    report = copy_database(_db_arg(args.source), _db_arg(args.target), batch=args.batch)
+    for table, n in report.items():
+        print(f"{table:<20} {n:>10} rows")
+    return EXIT_OK
+
+
+def _db_arg(text: str) -> Path | str:
+    """sqlite:///abs/path or a plain path: an SQLite file; postgresql://...: PostgreSQL."""
+    if text.startswith("sqlite:///"):
+        return Path(text.removeprefix("sqlite://"))
+    return text if text.startswith(PG_SCHEMES) else Path(text)
+
+
 def cmd_config(config: CloudConfig, args: argparse.Namespace) -> int:
     _print_json(config.redacted())
     return EXIT_OK
@@ -266,7 +283,22 @@ Command = Callable[[CloudConfig, argparse.Namespace], int]
 
 
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, help="database file (default: db_path of the config)")
+    p.add_argument(
+        "--db",
+        metavar="FILE|URL",
+        help="the database: an SQLite file, or a postgresql:// URL "
+        "(default: db_url, else db_path of the config)",
+    )
+
+
+def _with_db(config: CloudConfig, args: argparse.Namespace) -> CloudConfig:
+    """The config with --db applied: a postgresql:// URL sets db_url, anything else db_path."""
+    db: str | None = getattr(args, "db", None)
+    if db is None:
+        return config
+    if db.startswith(PG_SCHEMES):
+        return with_overrides(config, db_url=db)
+    return with_overrides(config, db_path=Path(db)).model_copy(update={"db_url": None})
 
 
 def _import_arguments(p: argparse.ArgumentParser) -> None:
@@ -394,6 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     _db(p)
 
     add("config", cmd_config, "Print the effective configuration (secrets hidden).")
+
+    p = add("db", cmd_config, "Move the cloud database between SQLite and PostgreSQL.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="copy")
+    p = actions.add_parser(
+        "copy",
+        help="copy every row of one database into another (SQLite file -> PostgreSQL)",
+        description="Copy every table of a cloud database into another one, created or migrated to the "
+        "same schema version first. The target must hold no results, devices or commands yet (refused "
+        "otherwise, nothing written). Stop the ingest and API roles first: rows written during the "
+        "copy are not copied. Exit 0 with the row counts, which are checked against the source.",
+    )
+    p.set_defaults(func=cmd_db_copy)
+    p.add_argument("--from", dest="source", required=True, metavar="FILE|URL", help="source database")
+    p.add_argument("--to", dest="target", required=True, metavar="FILE|URL", help="target database")
+    p.add_argument("--batch", type=int, default=5000, help="rows per insert transaction (default 5000)")
     return parser
 
 

@@ -67,6 +67,14 @@ class CloudConfig(BaseModel):
 
     # -- database -------------------------------------------------------------------
     db_path: Path = Field(default_factory=_default_db_path, description="The cloud SQLite database file.")
+    db_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:password@host:port/dbname); when set, the cloud "
+        "runs on PostgreSQL instead of the db_path file (needs the 'postgres' extra).",
+    )
+    db_pool_size: int = Field(
+        default=8, ge=1, le=200, description="PostgreSQL connections per process at most."
+    )
 
     # -- ingest role ------------------------------------------------------------------
     ingest_shared: bool = Field(
@@ -149,6 +157,11 @@ class CloudConfig(BaseModel):
             raise ValueError("; ".join(problems))
         return self
 
+    @property
+    def db_target(self) -> Path | str:
+        """What the store opens: the PostgreSQL URL when db_url is set, else the SQLite file."""
+        return self.db_url.get_secret_value() if self.db_url is not None else self.db_path
+
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-able values, secrets shown as '***'."""
         out = self.model_dump(mode="json")
@@ -172,6 +185,13 @@ def cross_checks(values: Mapping[str, Any]) -> list[str]:
     tls_files = ("broker_ca_file", "broker_cert_file", "broker_key_file")
     if not _truthy(values.get("broker_tls")) and any(values.get(f) is not None for f in tls_files):
         problems.append("broker_ca_file/broker_cert_file/broker_key_file need broker_tls = true")
+    if str(values.get("db_path") or "").startswith(("postgresql:", "postgres:")):
+        problems.append("db_path is a file; a postgresql:// URL goes in db_url (CLOUD_DB_URL)")
+    url = values.get("db_url")
+    if url is not None:
+        text = url.get_secret_value() if isinstance(url, SecretStr) else str(url)
+        if not text.startswith(("postgresql://", "postgres://")):
+            problems.append("db_url must start with postgresql:// (unset it to use the SQLite file db_path)")
     if values.get("broker_password") is not None and values.get("broker_username") is None:
         problems.append("broker_password is set without broker_username")
     if (values.get("dashboard_user") is None) != (values.get("dashboard_password_hash") is None):
@@ -183,7 +203,7 @@ def cross_checks(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-SECRET_FIELDS = ("broker_password", "api_token", "dashboard_password_hash", "session_secret")
+SECRET_FIELDS = ("broker_password", "api_token", "dashboard_password_hash", "session_secret", "db_url")
 ENV_VARS: dict[str, str] = {ENV_PREFIX + name.upper(): name for name in CloudConfig.model_fields}
 
 

@@ -56,6 +56,16 @@ STATS_EVERY_S = 30.0
 FINAL_UPDATE_STATES = frozenset({"staged", "active", "failed", "rolled_back"})
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A results message stored in this transaction, its ack waiting for the batch's owner read."""
+
+    msg: Results
+    ids: list[str]
+    refused: list[str]
+    undecodable: list[str]
+
+
 @dataclass
 class IngestStats:
     messages: int = 0
@@ -218,9 +228,16 @@ class Ingest:
     def _store(self, decoded: list[Decoded]) -> list[ResultsAck]:
         for attempt, delay in enumerate((*COMMIT_RETRIES, None), start=1):
             acks: list[ResultsAck] = []
+            pending: list[_Pending] = []
             refusals: list[tuple[Message, str]] = []
             try:
                 with self.store.transaction():
+                    # every device row of the batch locked up front, in id order: several ingest
+                    # processes on one PostgreSQL never wait on each other in a cycle
+                    seen: dict[str, float] = {}
+                    for m, msg, _ in decoded:
+                        seen[msg.device] = max(seen.get(msg.device, 0.0), m.received)
+                    self.store.touch_devices(seen)
                     for m, msg, bad in decoded:
                         try:
                             # a savepoint: a failure rolls back this message only
@@ -235,7 +252,10 @@ class Ingest:
                             refusals.append((m, f"internal error ({type(exc).__name__})"))
                         else:
                             if ack is not None:
-                                acks.append(ack)
+                                pending.append(ack)
+                    # whose ids are these: one read for the whole batch, inside its transaction
+                    owners = self.store.result_owners([i for p in pending for i in p.ids])
+                    acks = [self._ack(p, owners) for p in pending]
             except StoreError as exc:
                 if delay is None:
                     logger.error("giving up on %d messages (devices will re-send): %s", len(decoded), exc)
@@ -251,22 +271,28 @@ class Ingest:
             return acks
         return []
 
-    def _store_one(self, m: Message, msg: WireMessage, undecodable: list[str]) -> ResultsAck | None:
+    def _ack(self, p: _Pending, owners: dict[str, str]) -> ResultsAck:
+        msg = p.msg
+        refused = [*p.refused, *(i for i in p.ids if owners.get(i) != msg.device)]
+        if refused:
+            self.stats.results_refused += len(refused)
+            logger.warning(
+                "%d results of batch %s from %s refused (id stored for another device, or a "
+                "non-finite number): %s",
+                len(refused),
+                msg.batch,
+                msg.device,
+                refused[:5],
+            )
+        rejected = list(dict.fromkeys([*refused, *p.undecodable]))
+        self.stats.results_refused += len(p.undecodable)
+        ids = [i for i in p.ids if owners.get(i) == msg.device]
+        return ResultsAck(device=msg.device, batch=msg.batch, ids=ids, rejected=rejected)
+
+    def _store_one(self, m: Message, msg: WireMessage, undecodable: list[str]) -> _Pending | None:
         if isinstance(msg, Results):
-            ids, refused = self.store.record_results(msg, m.received, self.name)
-            if refused:
-                self.stats.results_refused += len(refused)
-                logger.warning(
-                    "%d results of batch %s from %s refused (id stored for another device, or a "
-                    "non-finite number): %s",
-                    len(refused),
-                    msg.batch,
-                    msg.device,
-                    refused[:5],
-                )
-            rejected = list(dict.fromkeys([*refused, *undecodable]))
-            self.stats.results_refused += len(undecodable)
-            return ResultsAck(device=msg.device, batch=msg.batch, ids=ids, rejected=rejected)
+            ids, refused = self.store.insert_results(msg, m.received, self.name)
+            return _Pending(msg, ids, refused, undecodable)
         if isinstance(msg, Status):
             self.store.record_status(msg, m.received)
         elif isinstance(msg, Telemetry):
@@ -297,7 +323,7 @@ class Ingest:
 
 def run(config: CloudConfig, stop: threading.Event) -> IngestStats:
     """The ingest role until ``stop`` is set: connect, subscribe, store, acknowledge."""
-    store = Store(config.db_path)
+    store = Store(config.db_target, pool_size=config.db_pool_size)
     link = MqttLink(BrokerSettings.from_config(config), config.ingest_client_id, manual_ack=True)
     group = config.ingest_group if config.ingest_shared else None
     ingest = Ingest(store, link, name=config.ingest_client_id, group=group, max_batch=config.ingest_max_batch)

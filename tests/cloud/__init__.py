@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.sync import protocol
+from tests.conftest import CloudDb, PgUrl
 from tests.sync.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +37,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def cloud_env(broker: Broker, db: Path, **settings: str) -> dict[str, str]:
+def cloud_env(broker: Broker, db: CloudDb, **settings: str) -> dict[str, str]:
+    """The environment of a cloud role: an SQLite file (CLOUD_DB_PATH) or PostgreSQL (CLOUD_DB_URL,
+    with CLOUD_DB_PATH naming the directory artifacts go to)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_")}
     env |= {
         "CLOUD_BROKER_HOST": broker.host,
         "CLOUD_BROKER_PORT": str(broker.port),
-        "CLOUD_DB_PATH": str(db),
         "PYTHONPATH": str(ROOT),
     }
+    if isinstance(db, PgUrl):
+        env |= {"CLOUD_DB_URL": str(db), "CLOUD_DB_PATH": str(db.state_dir / "cloud.sqlite3")}
+    else:
+        env["CLOUD_DB_PATH"] = str(db)
     env |= {f"CLOUD_{k.upper()}": v for k, v in settings.items()}
     return env
 
@@ -97,7 +103,7 @@ def running(role: Role) -> Iterator[Role]:
         role.stop()
 
 
-def start_ingest(broker: Broker, db: Path, workdir: Path, name: str, *extra: str) -> Role:
+def start_ingest(broker: Broker, db: CloudDb, workdir: Path, name: str, *extra: str) -> Role:
     env = cloud_env(broker, db, ingest_client_id=name, ingest_max_batch="64")
     role = Role(["ingest", *extra], env, workdir / f"{name}.log")
     try:
@@ -114,7 +120,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+def query(db: CloudDb, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows as tuples, straight from the database (not through the store), on either backend."""
+    if isinstance(db, PgUrl):
+        import psycopg
+
+        from cloud_sync.store.backends import pg_sql
+
+        with psycopg.connect(str(db), autocommit=True) as pg:
+            cur = pg.execute(pg_sql(sql), params)
+            return [] if cur.description is None else [tuple(row) for row in cur.fetchall()]
     conn = sqlite3.connect(db, timeout=10)
     try:
         return conn.execute(sql, params).fetchall()

@@ -34,14 +34,15 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
+from tests.conftest import CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("api")
+def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
+    return tmp_path_factory.mktemp(f"api-{db_backend}")
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,18 @@ def broker(workdir: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def db(workdir: Path) -> Path:
-    return workdir / "cloud.sqlite3"
+def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
+    return make_cloud_db(request, db_backend, workdir)
 
 
 @pytest.fixture(scope="module")
-def ingest(broker: Broker, db: Path, workdir: Path) -> Iterator[Role]:
+def ingest(broker: Broker, db: CloudDb, workdir: Path) -> Iterator[Role]:
     with running(start_ingest(broker, db, workdir, "ingest-api")) as role:
         yield role
 
 
 @pytest.fixture(scope="module")
-def api(broker: Broker, db: Path, workdir: Path, ingest: Role) -> Iterator[httpx.Client]:
+def api(broker: Broker, db: CloudDb, workdir: Path, ingest: Role) -> Iterator[httpx.Client]:
     port = free_port()
     env = cloud_env(broker, db, api_token=TOKEN)
     with running(Role(["api", "--port", str(port)], env, workdir / "api.log")) as role:
@@ -244,7 +245,7 @@ def test_bad_commands_are_json_errors(api: httpx.Client) -> None:
 
 
 # -- models and deployments ----------------------------------------------------------------------------
-def test_models_and_deployments_show_what_the_store_has(api: httpx.Client, db: Path) -> None:
+def test_models_and_deployments_show_what_the_store_has(api: httpx.Client, db: CloudDb) -> None:
     store = Store(db)
     store.add_model_version("iris", "3", {"name": "iris", "version": "3"}, sha256="cd" * 32, created=5.0)
     store.create_deployment("dep-1", [{"model": "iris", "version": "3"}], ["dev-x"], created=6.0)
@@ -311,7 +312,7 @@ def test_every_cli_command_has_help_text() -> None:
 
 
 def test_cli_exit_codes_and_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cloud_db: CloudDb, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for key in [k for k in ENV_VARS if k in os.environ]:
         monkeypatch.delenv(key)
@@ -319,7 +320,7 @@ def test_cli_exit_codes_and_output(
     assert cli.main(["config"]) == cli.EXIT_CONFIG
     assert "broker_port" in capsys.readouterr().err
     monkeypatch.delenv("CLOUD_BROKER_PORT")
-    db = tmp_path / "c.sqlite3"
+    db = cloud_db  # --db takes a file or a postgresql:// URL
     assert cli.main(["migrate", "--db", str(db)]) == cli.EXIT_OK
     store = Store(db)
     store.record_results(results_msg("dev-cli", [result_record()]), time.time(), "i")

@@ -47,6 +47,7 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
+from tests.conftest import CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 
 TOKEN = "console-token-" + uuid.uuid4().hex
@@ -121,8 +122,8 @@ class FleetDevice(SimDevice):
 
 # -- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("console")
+def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
+    return tmp_path_factory.mktemp(f"console-{db_backend}")
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +133,8 @@ def broker(workdir: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def db(workdir: Path) -> Path:
-    return workdir / "cloud.sqlite3"
+def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
+    return make_cloud_db(request, db_backend, workdir)
 
 
 def signing_key(workdir: Path) -> Path:
@@ -145,7 +146,7 @@ def signing_key(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api_url(broker: Broker, db: Path, workdir: Path) -> Iterator[str]:
+def api_url(broker: Broker, db: CloudDb, workdir: Path) -> Iterator[str]:
     port = free_port()
     with (
         running(start_ingest(broker, db, workdir, "ingest-console")),
@@ -184,7 +185,7 @@ def fleet(broker: Broker, api_url: str) -> Iterator[dict[str, FleetDevice]]:
 
 
 @pytest.fixture(scope="module")
-def published(db: Path) -> None:
+def published(db: CloudDb) -> None:
     """iris 2 and iris BAD_VERSION as signed versions in the store (the devices here do not verify)."""
     store = Store(db)
     for version in ("2", BAD_VERSION):

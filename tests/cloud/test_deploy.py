@@ -7,6 +7,7 @@ key and updates, one trusts another key and refuses, one is offline during the d
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from edge_agent.sync import protocol
 from edge_agent.sync.ota import OtaSettings, OtaUpdater
 from edge_agent.sync.ota_runner import OtaRunner, StoreActivator, reported
 from tests.cloud import ROOT, cloud_env, running, sim_device, start_ingest, status_msg, wait_for
+from tests.conftest import CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 from tests.sync.ota_helpers import cloud_api, device_store, make_version
 
@@ -94,8 +96,8 @@ class OtaDevice:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("deploy")
+def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
+    return tmp_path_factory.mktemp(f"deploy-{db_backend}")
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,8 @@ def broker(workdir: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def db(workdir: Path) -> Path:
-    return workdir / "cloud.sqlite3"
+def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
+    return make_cloud_db(request, db_backend, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +140,18 @@ def keys(workdir: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def published(workdir: Path, db: Path, keys: dict[str, Path]) -> dict[str, Any]:
+def published(workdir: Path, db: CloudDb, keys: dict[str, Path]) -> dict[str, Any]:
     pkg = make_version(workdir / "packages", "2")
     argv = ["models", "publish", str(pkg), "--key", str(keys["private"]), "--db", str(db)]
+    # artifacts go beside db_path, on PostgreSQL too (--db then names the database only)
+    env = os.environ | {"CLOUD_DB_PATH": str(workdir / "cloud.sqlite3")}
     done = subprocess.run(
-        [sys.executable, "-m", "cloud_sync.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cloud_sync.cli", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout)
@@ -152,7 +161,7 @@ def published(workdir: Path, db: Path, keys: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def api(
-    broker: Broker, db: Path, workdir: Path, published: dict[str, Any], keys: dict[str, Path]
+    broker: Broker, db: CloudDb, workdir: Path, published: dict[str, Any], keys: dict[str, Path]
 ) -> Iterator[httpx.Client]:
     with (
         running(start_ingest(broker, db, workdir, "ingest-deploy")),
@@ -176,8 +185,13 @@ def device_states(api: httpx.Client, deployment: str) -> dict[str, dict[str, Any
 
 
 def test_publish_is_idempotent_and_versions_are_immutable(
-    workdir: Path, db: Path, keys: dict[str, Path], published: dict[str, Any]
+    workdir: Path,
+    db: CloudDb,
+    keys: dict[str, Path],
+    published: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CLOUD_DB_PATH", str(workdir / "cloud.sqlite3"))  # artifacts beside it
     pkg = workdir / "packages" / "iris" / "2"
     argv = ["models", "publish", str(pkg), "--key", str(keys["private"]), "--db", str(db)]
     assert cli.main(argv) == cli.EXIT_OK  # the same package again: nothing changes
@@ -198,7 +212,7 @@ def test_deployment_to_a_group_shows_per_device_progress(
     keys: dict[str, Path],
     published: dict[str, Any],
     devices: list[OtaDevice],
-    db: Path,
+    db: CloudDb,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     good = OtaDevice(broker, "dev-good", workdir / "dev-good", keys["public"])
@@ -274,7 +288,7 @@ def test_a_newer_deployment_supersedes_an_unfinished_one(api: httpx.Client, brok
     assert device_states(api, second["id"])["dev-idle"]["state"] == "pending"
 
 
-def test_deployment_requests_are_checked(api: httpx.Client, db: Path) -> None:
+def test_deployment_requests_are_checked(api: httpx.Client, db: CloudDb) -> None:
     store = Store(db)
     store.add_model_version("iris", "unsigned", {"name": "iris"}, sha256="ef" * 32, created=1.0)
     store.close()
@@ -319,7 +333,7 @@ def retained(broker: Broker, topic: str) -> bytes:
 
 
 def test_deploy_from_the_command_line(
-    broker: Broker, db: Path, api: httpx.Client, published: dict[str, Any], keys: dict[str, Path]
+    broker: Broker, db: CloudDb, api: httpx.Client, published: dict[str, Any], keys: dict[str, Path]
 ) -> None:
     argv = ["deploy", "iris", "2", "--device", "dev-cli", "--base-url", "https://cloud.example/", "--json"]
     argv += ["--key", str(keys["private"])]

@@ -24,12 +24,13 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
+from tests.conftest import CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ingest")
+def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
+    return tmp_path_factory.mktemp(f"ingest-{db_backend}")
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,12 @@ def broker(workdir: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def db(workdir: Path) -> Path:
-    return workdir / "cloud.sqlite3"
+def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
+    return make_cloud_db(request, db_backend, workdir)
 
 
 @pytest.fixture(scope="module")
-def ingest(broker: Broker, db: Path, workdir: Path) -> Iterator[Role]:
+def ingest(broker: Broker, db: CloudDb, workdir: Path) -> Iterator[Role]:
     with running(start_ingest(broker, db, workdir, "ingest-main")) as role:
         yield role
 
@@ -53,12 +54,12 @@ def device_id() -> str:
     return f"dev-{uuid.uuid4().hex[:8]}"
 
 
-def count_results(db: Path, device: str) -> int:
+def count_results(db: CloudDb, device: str) -> int:
     return int(query(db, "SELECT count(*) FROM results WHERE device = ?", device)[0][0])
 
 
 def test_a_batch_published_three_times_is_stored_once_and_acked_each_time(
-    ingest: Role, broker: Broker, db: Path
+    ingest: Role, broker: Broker, db: CloudDb
 ) -> None:
     dev = device_id()
     with sim_device(broker, dev) as device:
@@ -70,7 +71,7 @@ def test_a_batch_published_three_times_is_stored_once_and_acked_each_time(
     assert count_results(db, dev) == 5
 
 
-def test_acks_name_only_stored_ids(ingest: Role, broker: Broker, db: Path) -> None:
+def test_acks_name_only_stored_ids(ingest: Role, broker: Broker, db: CloudDb) -> None:
     owner, other = device_id(), device_id()
     taken = result_record()
     with sim_device(broker, owner) as first, sim_device(broker, other) as second:
@@ -89,7 +90,7 @@ def test_acks_name_only_stored_ids(ingest: Role, broker: Broker, db: Path) -> No
 
 
 def test_results_that_cannot_be_decoded_are_rejected_by_id_and_the_rest_stored(
-    ingest: Role, broker: Broker, db: Path
+    ingest: Role, broker: Broker, db: CloudDb
 ) -> None:
     """A result that fails the contract (a non-finite ``created``, a wrong type, a missing field)
     makes its message undecodable; the ingest still stores the valid ones and names the others
@@ -120,7 +121,7 @@ def test_results_that_cannot_be_decoded_are_rejected_by_id_and_the_rest_stored(
     assert count_results(db, dev) == 2
 
 
-def test_the_last_will_marks_a_device_offline(ingest: Role, broker: Broker, db: Path) -> None:
+def test_the_last_will_marks_a_device_offline(ingest: Role, broker: Broker, db: CloudDb) -> None:
     dev = device_id()
     with sim_device(broker, dev, will=True) as device:
         device.publish(status_msg(dev), "status", retain=True)
@@ -132,7 +133,7 @@ def test_the_last_will_marks_a_device_offline(ingest: Role, broker: Broker, db: 
 
 
 def test_a_device_id_that_disagrees_with_the_topic_is_rejected(
-    ingest: Role, broker: Broker, db: Path
+    ingest: Role, broker: Broker, db: CloudDb
 ) -> None:
     claimed, actual = device_id(), device_id()
     with sim_device(broker, actual) as device:
@@ -163,7 +164,7 @@ def garbage(dev: str) -> list[bytes]:
 
 
 def test_garbage_on_every_topic_is_rejected_and_ingest_keeps_working(
-    ingest: Role, broker: Broker, db: Path
+    ingest: Role, broker: Broker, db: CloudDb
 ) -> None:
     dev = device_id()
     before = ingest.text().count("rejected message")
@@ -191,7 +192,7 @@ def test_garbage_on_every_topic_is_rejected_and_ingest_keeps_working(
     assert "Traceback" not in ingest.text()
 
 
-def test_telemetry_replies_and_reported_models_are_stored(ingest: Role, broker: Broker, db: Path) -> None:
+def test_telemetry_replies_and_reported_models_are_stored(ingest: Role, broker: Broker, db: CloudDb) -> None:
     dev = device_id()
     with sim_device(broker, dev) as device:
         device.publish(status_msg(dev), "status")
@@ -219,8 +220,10 @@ def test_telemetry_replies_and_reported_models_are_stored(ingest: Role, broker: 
     ) == [("replied", 1)]
 
 
-def test_two_ingest_roles_with_shared_subscriptions_store_every_result_once(tmp_path: Path) -> None:
-    db = tmp_path / "shared.sqlite3"
+def test_two_ingest_roles_with_shared_subscriptions_store_every_result_once(
+    tmp_path: Path, cloud_db: CloudDb
+) -> None:
+    db = cloud_db
     with run_broker(tmp_path / "broker") as broker:
         a = start_ingest(broker, db, tmp_path, "ingest-a", "--shared")
         with running(a), running(start_ingest(broker, db, tmp_path, "ingest-b", "--shared")) as b:
@@ -246,8 +249,8 @@ def test_two_ingest_roles_with_shared_subscriptions_store_every_result_once(tmp_
     assert {r for (r,) in query(db, "SELECT id FROM results")} == expected
 
 
-def test_ingest_resubscribes_after_a_broker_restart(tmp_path: Path) -> None:
-    db = tmp_path / "restart.sqlite3"
+def test_ingest_resubscribes_after_a_broker_restart(tmp_path: Path, cloud_db: CloudDb) -> None:
+    db = cloud_db
     with (
         run_broker(tmp_path / "broker") as broker,
         running(start_ingest(broker, db, tmp_path, "ingest-r")) as role,

@@ -1,4 +1,5 @@
-"""The cloud database: schema, idempotent writes, queries. Real SQLite files in tmp dirs."""
+"""The cloud database: schema, idempotent writes, queries. Each test on a real SQLite file in a tmp dir
+and on a fresh database of a real PostgreSQL server (tests/pgserver.py)."""
 
 from __future__ import annotations
 
@@ -11,48 +12,51 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew
-from cloud_sync.store import MIGRATIONS, ResultQuery, Store, result_label
+from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew, StoreError
+from cloud_sync.store import ResultQuery, Store, result_label
+from cloud_sync.store.schema import MIGRATIONS
 from edge_agent.sync import protocol
-from tests.cloud import result_record, results_msg, status_msg
+from tests.cloud import query, result_record, results_msg, status_msg
+from tests.conftest import CloudDb, PgUrl
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "cloud.sqlite3")
+def store(cloud_db: CloudDb) -> Iterator[Store]:
+    s = Store(cloud_db)
     yield s
     s.close()
 
 
-def test_schema_is_created_once_and_reopening_is_harmless(tmp_path: Path) -> None:
-    path = tmp_path / "cloud.sqlite3"
-    first = Store(path)
+def test_schema_is_created_once_and_reopening_is_harmless(cloud_db: CloudDb) -> None:
+    first = Store(cloud_db)
     assert first.schema_version == len(MIGRATIONS)
-    tables = set(first.db.table_names())
+    tables = first.table_names()
     assert {"devices", "status_history", "telemetry", "results", "commands", "command_replies"} <= tables
     assert {"models", "model_versions", "deployments", "deployment_devices"} <= tables
     first.close()
-    again = Store(path)
+    again = Store(cloud_db)
     assert again.schema_version == len(MIGRATIONS)
     again.close()
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "cloud.sqlite3"
-    Store(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
+def test_a_newer_schema_is_refused(cloud_db: CloudDb) -> None:
+    Store(cloud_db).close()
+    if isinstance(cloud_db, PgUrl):
+        query(cloud_db, "UPDATE schema_version SET version = 99")
+    else:
+        conn = sqlite3.connect(cloud_db)
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
     with pytest.raises(SchemaTooNew, match="upgrade cloud_sync"):
-        Store(path)
+        Store(cloud_db)
 
 
-def test_concurrent_opens_migrate_once(tmp_path: Path) -> None:
-    path, errors = tmp_path / "cloud.sqlite3", []
+def test_concurrent_opens_migrate_once(cloud_db: CloudDb) -> None:
+    errors: list[Exception] = []
 
     def open_store() -> None:
         try:
-            Store(path).close()
+            Store(cloud_db).close()
         except Exception as exc:
             errors.append(exc)
 
@@ -62,7 +66,33 @@ def test_concurrent_opens_migrate_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert Store(path).schema_version == len(MIGRATIONS)
+    again = Store(cloud_db)
+    assert again.schema_version == len(MIGRATIONS)
+    again.close()
+
+
+def test_an_sqlite_file_of_the_previous_release_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A file the sqlite-utils schema wrote (version 1) gains the version 2 indexes and keeps its rows."""
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript((Path(__file__).parent / "schema_v1_sqlite_utils.sql").read_text())
+    conn.execute("INSERT INTO devices (id, first_seen, last_seen) VALUES ('dev1', 1.0, 2.0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.device("dev1")["last_seen"] == 2.0
+    indexes = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "idx_devices_online_id" in indexes
+    ids, _ = store.record_results(results_msg("dev1", [result_record()]), time.time(), "i")
+    assert len(ids) == 1
+    store.close()
+
+
+def test_an_unreachable_postgresql_is_a_clear_store_error() -> None:
+    with pytest.raises(StoreError, match=r"cannot connect to postgresql://cloud:\*\*\*@127.0.0.1:9/"):
+        Store("postgresql://cloud:secret@127.0.0.1:9/nothing", connect_timeout_s=1.0)
 
 
 def test_a_redelivered_batch_is_stored_once(store: Store) -> None:

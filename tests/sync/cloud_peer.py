@@ -42,10 +42,10 @@ class SlowStore(Store):
         super().__init__(path, busy_timeout_s=busy_timeout_s)
         self.delay_s = delay_s
 
-    def record_results(self, msg: p.Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
+    def insert_results(self, msg: p.Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
         if self.delay_s:
             time.sleep(self.delay_s)
-        return super().record_results(msg, received, ingest)
+        return super().insert_results(msg, received, ingest)
 
 
 class CloudPeer:

@@ -24,7 +24,7 @@ from edge_agent.runtime.package import read_manifest, save_golden, write_manifes
 from edge_agent.runtime.store import ModelStore
 from edge_agent.sync import protocol
 from tests.cloud import Role, free_port, running, wait_for
-from tests.conftest import MODELS, ROOT
+from tests.conftest import MODELS, ROOT, CloudDb, PgUrl
 
 ROW = [[5.1, 3.5, 1.4, 0.2]]
 
@@ -88,19 +88,22 @@ def desired(
     return decoded
 
 
-def api_env(db: Path, broker_port: int, **settings: str) -> dict[str, str]:
+def api_env(db: CloudDb, broker_port: int, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_")}
     env |= {
         "CLOUD_BROKER_HOST": "127.0.0.1",
         "CLOUD_BROKER_PORT": str(broker_port),
-        "CLOUD_DB_PATH": str(db),
         "PYTHONPATH": str(ROOT),
     }
+    if isinstance(db, PgUrl):  # PostgreSQL; artifacts still go beside db_path
+        env |= {"CLOUD_DB_URL": str(db), "CLOUD_DB_PATH": str(db.state_dir / "cloud.sqlite3")}
+    else:
+        env["CLOUD_DB_PATH"] = str(db)
     return env | {f"CLOUD_{k.upper()}": v for k, v in settings.items()}
 
 
 @contextmanager
-def cloud_api(db: Path, workdir: Path, broker_port: int | None = None, **settings: str) -> Iterator[str]:
+def cloud_api(db: CloudDb, workdir: Path, broker_port: int | None = None, **settings: str) -> Iterator[str]:
     """``cloud-sync api`` as a subprocess on a free loopback port; yields its base URL."""
     port = free_port()
     env = api_env(db, broker_port or free_port(), **settings)

@@ -30,9 +30,12 @@ const dash = {
   },
 
   // Calls onFleet(snapshot) on every fleet change; shows a banner while the feed is down.
+  // The live feed: `fleet` (every device, on connecting) then `fleet-delta` (only the devices
+  // that changed); both end up as one fleet snapshot handed to onFleet.
   live(onFleet) {
     const source = new EventSource("/dashboard/events");
-    source.addEventListener("fleet", (e) => {
+    const known = new Map();
+    const apply = (e, full) => {
       dash.banner("feed", null);
       const snap = JSON.parse(e.data);
       dash.banner("broker", snap.broker_connected === false
@@ -40,8 +43,13 @@ const dash = {
           "online states may be stale. Check that mosquitto is running and reachable (broker_host, broker_port)."
         : null);
       dash.banner("store", snap.error || null);
-      if (!snap.error) onFleet(snap);
-    });
+      if (snap.error) return;
+      if (full) known.clear();
+      for (const d of snap.devices) known.set(d.id, d);
+      onFleet({ ...snap, devices: Array.from(known.values()), changed: snap.devices });
+    };
+    source.addEventListener("fleet", (e) => apply(e, true));
+    source.addEventListener("fleet-delta", (e) => apply(e, false));
     source.onerror = () => dash.banner("feed", "Live updates interrupted: reconnecting to the cloud API...");
     return source;
   },

@@ -1,0 +1,336 @@
+"""Fleet benchmark: simulated devices -> mosquitto -> ingest role(s) -> SQLite or PostgreSQL -> API.
+
+Everything real and on this machine: mosquitto on a free loopback port, the cloud ingest and API
+roles as subprocesses, PostgreSQL from Debian's package (started in a temporary directory, fsync
+on), and bench/fleet_sim.py processes each running a slice of the fleet (one MQTT connection per
+device, the real protocol, an outbox waiting for acks). Each configuration runs once, side by
+side in one invocation, and prints one row of one table:
+
+* devices connected; results produced/s and stored/s over the producing window;
+* created -> acknowledged p50/p99 (the ingest acknowledges after its commit, so this bounds
+  created -> stored from above);
+* CPU of the ingest role(s) and of the API (utime+stime from /proc, % of one core);
+* API p99 of the fleet listing (``/devices?limit=100``), a device's results page and the fleet
+  summary, polled throughout;
+* lost and stored-twice results, counted by id against every id the simulators produced.
+
+``--faults`` adds a run on PostgreSQL with two ingest roles in which, at 25/50/75 % of the
+window, one ingest role is SIGKILLed, PostgreSQL is restarted, and mosquitto is restarted.
+``--preload N`` first inserts N results (directly, spread over the devices) so the API is
+measured against a large table.
+
+    .venv/bin/python bench/fleet.py --devices 1000 --seconds 60            # sqlite-1, pg-1, pg-2
+    .venv/bin/python bench/fleet.py --devices 1000 --seconds 60 --faults
+    .venv/bin/python bench/fleet.py --devices 10000 --seconds 300 --procs 4 --faults --preload 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cloud_sync.store import Store  # noqa: E402
+from cloud_sync.store.writes import INSERT_RESULT  # noqa: E402
+from tests.cloud import Role, cloud_env, free_port, query, start_ingest, wait_for  # noqa: E402
+from tests.conftest import CloudDb, PgUrl  # noqa: E402
+from tests.pgserver import PgServer, run_postgres  # noqa: E402
+from tests.sync.broker import Broker, run_broker  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TOKEN = "fleet-bench-token"
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Prober(threading.Thread):
+    """Polls the API's list endpoints and records their latencies."""
+
+    def __init__(self, base: str, devices: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        self.devices = devices
+        self.stop = threading.Event()
+        self.latency: dict[str, list[float]] = {"devices": [], "results": [], "summary": []}
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.25):
+            device = random.choice(self.devices)
+            checks: tuple[tuple[str, str, dict[str, str | int]], ...] = (
+                ("devices", "/devices", {"limit": 100, "cursor": device}),
+                ("results", "/results", {"device": device, "limit": 50}),
+                ("summary", "/fleet/summary", {}),
+            )
+            for name, path, params in checks:
+                started = time.perf_counter()
+                try:
+                    ok = self.client.get(path, params=params).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.latency[name].append((time.perf_counter() - started) * 1000)
+                else:
+                    self.errors += 1
+
+
+@dataclass
+class Row:
+    name: str
+    devices: int = 0
+    produced_s: float = 0.0
+    stored_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    ingest_cpu: float = 0.0
+    api_cpu: float = 0.0
+    api_p99: dict[str, float] = field(default_factory=dict)
+    api_errors: int = 0
+    produced: int = 0
+    lost: int = 0
+    twice: int = 0
+    left: int = 0
+    faults: str = "-"
+
+
+@contextmanager
+def api_role(broker: Broker, db: CloudDb, work: Path) -> Iterator[Role]:
+    port = free_port()
+    env = cloud_env(broker, db, api_port=str(port), api_token=TOKEN, log_level="WARNING")
+    role = Role(["api"], env, work / "api.log")
+    role.base = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    try:
+        wait_for(lambda: _healthy(role), 60, "the API")
+        yield role
+    finally:
+        role.stop()
+
+
+def _healthy(role: Role) -> bool:
+    if not role.alive:
+        raise RuntimeError(f"api exited:\n{role.text()}")
+    try:
+        return httpx.get(f"{role.base}/health", timeout=1).status_code == 200  # type: ignore[attr-defined]
+    except httpx.TransportError:
+        return False
+
+
+def preload(db: CloudDb, devices: list[str], n: int) -> None:
+    store = Store(db)
+    t0 = time.time() - 86400
+    try:
+        with store.transaction() as tx:
+            for d in devices:
+                tx.execute(
+                    "INSERT INTO devices (id, first_seen, last_seen) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    [d, t0, t0],
+                )
+        done = 0
+        while done < n:
+            rows = []
+            for i in range(done, min(n, done + 20_000)):
+                d = devices[i % len(devices)]
+                label = ("setosa", "versicolor", "virginica")[i % 3]
+                created = t0 + i * 86400 / n
+                body = json.dumps({"label": label, "score": 0.5})
+                rows.append(
+                    (f"pre-{i}", d, "pre", "preload", None, "iris", "1", label, created, created, "pre", body)
+                )
+            with store.transaction() as tx:
+                tx.executemany(INSERT_RESULT, rows)
+            done += len(rows)
+        store.analyze()
+    finally:
+        store.close()
+
+
+def run_config(
+    args: argparse.Namespace, name: str, backend: str, ingests: int, faults: bool, pg: PgServer | None
+) -> Row:
+    row = Row(name)
+    with tempfile.TemporaryDirectory(prefix=f"fleet-{name}-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        db: CloudDb
+        if backend == "pg":
+            assert pg is not None
+            url = PgUrl(pg.create_database(f"fleet_{name.replace('-', '_')}_{int(time.time())}"))
+            url.state_dir = work
+            db = url
+        else:
+            db = work / "cloud.sqlite3"
+        names = [f"{args.prefix}{i:05d}" for i in range(args.devices)]
+        if args.preload:
+            started = time.monotonic()
+            preload(db, names, args.preload)
+            print(
+                f"  {name}: preloaded {args.preload:,} results in {time.monotonic() - started:.0f} s",
+                flush=True,
+            )
+        broker = stack.enter_context(run_broker(work / "broker"))
+        extra = ["--shared"] if ingests > 1 else []
+        roles = []
+        for i in range(ingests):
+            role = start_ingest(broker, db, work, f"ingest-{i}", *extra)
+            stack.callback(role.stop)
+            roles.append(role)
+        api = stack.enter_context(api_role(broker, db, work))
+        prober = Prober(api.base, names)  # type: ignore[attr-defined]
+        per = -(-args.devices // args.procs)
+        sims = []
+        for k in range(args.procs):
+            first, count = k * per, min(per, args.devices - k * per)
+            if count <= 0:
+                break
+            out = work / f"sim-{k}.json"
+            cmd = [
+                sys.executable, str(ROOT / "bench" / "fleet_sim.py"), "--port", str(broker.port),
+                "--devices", str(count), "--first", str(first), "--prefix", args.prefix,
+                "--seconds", str(args.seconds), "--rate", str(args.rate),
+                "--ramp", str(args.ramp / args.procs),
+                "--drain-s", str(args.drain_s), "--out", str(out),
+            ]  # fmt: skip
+            sims.append((subprocess.Popen(cmd, cwd=ROOT), out))
+        ramp_s = args.devices / args.ramp
+        time.sleep(ramp_s)  # connections open; now the measured window
+        cpu0 = [cpu_seconds(r.proc.pid) for r in roles], cpu_seconds(api.proc.pid)
+        stored0 = int(query(db, "SELECT count(*) FROM results WHERE ingest != 'pre'")[0][0])
+        prober.start()
+        window = max(1.0, args.seconds - ramp_s)
+        started = time.monotonic()
+        done_faults = []
+        plan = (
+            [(0.25, "ingest SIGKILL"), (0.5, "PostgreSQL restart"), (0.75, "broker restart")]
+            if faults
+            else []
+        )
+        for at, what in plan:
+            time.sleep(max(0.0, started + at * window - time.monotonic()))
+            if what == "ingest SIGKILL":
+                roles[-1].proc.send_signal(signal.SIGKILL)
+            elif what == "PostgreSQL restart" and pg is not None:
+                pg.restart()
+            elif what == "broker restart":
+                broker.restart()
+            done_faults.append(what)
+        time.sleep(max(0.0, started + window - time.monotonic()))
+        elapsed = time.monotonic() - started
+        cpu1 = [cpu_seconds(r.proc.pid) for r in roles], cpu_seconds(api.proc.pid)
+        stored1 = int(query(db, "SELECT count(*) FROM results WHERE ingest != 'pre'")[0][0])
+        prober.stop.set()
+        prober.join(30)
+        stats: list[dict[str, Any]] = []
+        for proc, out in sims:
+            proc.wait(args.seconds + args.drain_s + 120)
+            stats.append(json.loads(out.read_text()))
+        ids = [i for s in stats for i in s["ids"]]
+        latencies = [x for s in stats for x in s["latencies"]]
+        stored, distinct = query(
+            db, "SELECT count(*), count(DISTINCT id) FROM results WHERE ingest != 'pre'"
+        )[0]
+        stored_ids = {r for (r,) in query(db, "SELECT id FROM results WHERE ingest != 'pre'")}
+        row.devices = sum(s["connected"] for s in stats)
+        row.produced = len(ids)
+        row.produced_s = len(ids) / args.seconds
+        row.stored_s = (stored1 - stored0) / elapsed
+        row.p50_ms, row.p99_ms = pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000
+        row.ingest_cpu = sum(b - a for a, b in zip(cpu0[0], cpu1[0], strict=True)) / elapsed * 100
+        row.api_cpu = (cpu1[1] - cpu0[1]) / elapsed * 100
+        row.api_p99 = {k: pct(v, 0.99) for k, v in prober.latency.items()}
+        row.api_errors = prober.errors
+        row.lost = len(set(ids) - stored_ids)
+        row.twice = int(stored) - int(distinct)
+        row.left = sum(s["outbox_left"] for s in stats)
+        row.faults = ", ".join(done_faults) or "-"
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1,000)")
+    p.add_argument("--seconds", type=float, default=60.0, help="seconds of producing per configuration")
+    p.add_argument("--rate", type=float, default=0.1, help="results per second per device (default 0.1)")
+    p.add_argument("--procs", type=int, default=1, help="simulator processes (the fleet split between them)")
+    p.add_argument("--ramp", type=float, default=200.0, help="device connections opened per second")
+    p.add_argument(
+        "--drain-s", type=float, default=120.0, help="seconds the devices wait for their last acks"
+    )
+    p.add_argument("--configs", default="sqlite-1,pg-1,pg-2", help="comma list of BACKEND-INGESTS")
+    p.add_argument(
+        "--faults", action="store_true", help="add a pg-2 run with an ingest kill, PG and broker restarts"
+    )
+    p.add_argument("--preload", type=int, default=0, help="results inserted before the run (API at size)")
+    p.add_argument("--prefix", default="sim-", help="device name prefix")
+    args = p.parse_args()
+    # SIGTERM unwinds like an exception: the servers and roles this started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    rows = []
+    with run_postgres(durable=True) as pg:
+        for config in configs + (["pg-2-faults"] if args.faults else []):
+            backend, ingests = config.split("-")[0], int(config.split("-")[1])
+            print(
+                f"running {config}: {args.devices} devices, {args.seconds:.0f} s ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(run_config(args, config, backend, ingests, config.endswith("faults"), pg))
+    print(
+        f"\n{args.devices} devices, {args.rate} results/s each, {args.seconds:.0f} s per run"
+        + (f", {args.preload:,} results preloaded" if args.preload else "")
+    )
+    print(
+        "| config | devices | produced/s | stored/s | created->acked p50 ms | p99 ms | ingest CPU % "
+        "| API CPU % | API p99 ms devices/results/summary | produced | lost | stored twice "
+        "| left in outboxes | faults |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        api = "/".join(f"{r.api_p99[k]:.0f}" for k in ("devices", "results", "summary"))
+        print(
+            f"| {r.name} | {r.devices:,} | {r.produced_s:.0f} | {r.stored_s:.0f} | {r.p50_ms:.0f} "
+            f"| {r.p99_ms:.0f} | {r.ingest_cpu:.0f} | {r.api_cpu:.0f} | {api} | {r.produced:,} "
+            f"| {r.lost} | {r.twice} | {r.left} | {r.faults} |"
+        )
+    base = next((r for r in rows if r.name == "sqlite-1"), None)
+    if base and base.stored_s:
+        ratios = ", ".join(f"{r.name} {r.stored_s / base.stored_s:.2f}x" for r in rows if r is not base)
+        print(f"\nstored/s relative to sqlite-1: {ratios}")
+    print(f"created->acked median over all runs: {statistics.median([r.p50_ms for r in rows]):.0f} ms")
+    return 0 if all(r.lost == 0 and r.twice == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

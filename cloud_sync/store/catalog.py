@@ -1,0 +1,197 @@
+"""Commands to devices, published model versions and deployments (both backends)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cloud_sync.errors import NotFound
+from cloud_sync.store.base import StoreBase
+from cloud_sync.store.pages import dumps
+
+UNFINISHED_STATES = frozenset({"pending", "downloading", "verifying"})
+
+
+class Catalog(StoreBase):
+    # -- commands --------------------------------------------------------------------------
+    def add_command(
+        self, command_id: str, device: str, name: str, args: dict[str, Any], created: float
+    ) -> None:
+        with self.transaction() as db:
+            if not db.query("SELECT 1 AS x FROM devices WHERE id = ?", [device]):
+                raise NotFound(f"no device {device!r}: it has never sent anything to the cloud")
+            db.execute(
+                "INSERT INTO commands (id, device, name, args, created, state) VALUES (?, ?, ?, ?, ?, ?)",
+                [command_id, device, name, dumps(args, "command args"), created, "pending"],
+            )
+
+    def mark_command(self, command_id: str, state: str, error: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE commands SET state = ?, error = ? WHERE id = ? AND state != 'replied'",
+                [state, error, command_id],
+            )
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM commands WHERE id = ?", [command_id])
+        if not rows:
+            raise NotFound(f"no command {command_id!r}")
+        replies = self._query(
+            "SELECT ok, result, error, ts, received FROM command_replies WHERE command_id = ?", [command_id]
+        )
+        reply = replies[0] if replies else None
+        if reply is not None:
+            reply["ok"] = bool(reply["ok"])
+        return rows[0] | {"reply": reply}
+
+    def commands(self, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if device is None:
+            return self._query("SELECT * FROM commands ORDER BY created DESC LIMIT ?", [limit])
+        return self._query(
+            "SELECT * FROM commands WHERE device = ? ORDER BY created DESC LIMIT ?", [device, limit]
+        )
+
+    # -- models and deployments (filled by the signed-update tooling) ---------------------
+    def add_model_version(
+        self,
+        model: str,
+        version: str,
+        manifest: dict[str, Any],
+        *,
+        sha256: str,
+        created: float,
+        artifact_url: str | None = None,
+        signature: str | None = None,
+        key_id: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        manifest_text = dumps(manifest, "manifest")
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO models (name, description, created) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET description = coalesce(excluded.description, models.description)",
+                [model, description, created],
+            )
+            db.execute(
+                "INSERT INTO model_versions (model, version, manifest, sha256, artifact_url, signature, "
+                "key_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, version) DO UPDATE "
+                "SET manifest = excluded.manifest, sha256 = excluded.sha256, "
+                "artifact_url = excluded.artifact_url, signature = excluded.signature, "
+                "key_id = excluded.key_id, created = excluded.created",
+                [model, version, manifest_text, sha256, artifact_url, signature, key_id, created],
+            )
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT m.name, m.description, m.created, count(v.version) AS versions "
+            "FROM models m LEFT JOIN model_versions v ON v.model = m.name "
+            "GROUP BY m.name, m.description, m.created ORDER BY m.name"
+        )
+
+    def model(self, name: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM models WHERE name = ?", [name])
+        if not rows:
+            raise NotFound(f"no model {name!r}")
+        versions = self._query("SELECT * FROM model_versions WHERE model = ? ORDER BY created DESC", [name])
+        return rows[0] | {"versions": versions}
+
+    def model_version(self, model: str, version: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM model_versions WHERE model = ? AND version = ?", [model, version])
+        if not rows:
+            raise NotFound(f"no model version {model!r} {version!r}: publish it first")
+        return rows[0]
+
+    def create_deployment(
+        self,
+        deployment_id: str,
+        models: list[dict[str, str]],
+        devices: list[str],
+        created: float,
+        note: str | None = None,
+    ) -> None:
+        with self.transaction() as db:
+            for m in models:
+                if not db.query(
+                    "SELECT 1 AS x FROM model_versions WHERE model = ? AND version = ?",
+                    [m.get("model"), m.get("version")],
+                ):
+                    raise NotFound(f"no model version {m.get('model')!r} {m.get('version')!r}")
+            db.execute(
+                "INSERT INTO deployments (id, created, models, devices, state, note) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    deployment_id,
+                    created,
+                    dumps(models, "deployment models"),
+                    dumps(devices, "deployment devices"),
+                    "active",
+                    note,
+                ],
+            )
+
+    def deployments(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM deployments ORDER BY created DESC LIMIT ?", [limit])
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
+        devices = self._query(
+            "SELECT device, model, version, state, reason, progress, ts, received FROM deployment_devices "
+            "WHERE deployment = ? ORDER BY device",
+            [deployment_id],
+        )
+        if not rows and not devices:
+            raise NotFound(f"no deployment {deployment_id!r}")
+        base = rows[0] if rows else {"id": deployment_id, "state": "unknown"}
+        return base | {"device_states": devices}
+
+    def deployment_status(self, deployment_id: str) -> dict[str, Any]:
+        """A deployment with one entry per device: its last reported state, or ``pending`` (nothing
+        reported yet) or ``superseded`` (unfinished here, and a newer deployment targets the device)."""
+        rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
+        if not rows:
+            raise NotFound(f"no deployment {deployment_id!r}")
+        dep = rows[0]
+        reported = {
+            r["device"]: r
+            for r in self._query(
+                "SELECT device, model, version, state, reason, progress, received FROM deployment_devices "
+                "WHERE deployment = ?",
+                [deployment_id],
+            )
+        }
+        newer: dict[str, str] = {}
+        later = "SELECT id, devices FROM deployments WHERE created > ? ORDER BY created"
+        with self.reading() as db:  # the raw JSON text: both backends parse it here alike
+            for later_id, later_devices in db.execute(later, [dep["created"]]).fetchall():
+                for device in json.loads(later_devices):
+                    newer[device] = later_id
+        first = dep["models"][0] if dep["models"] else {}
+        devices = []
+        for device in sorted(set(dep["devices"]) | set(reported)):
+            row = reported.get(device)
+            state, reason = (row["state"], row["reason"]) if row else ("pending", None)
+            if state in UNFINISHED_STATES and device in newer:
+                state, reason = "superseded", f"deployment {newer[device]} replaced this one"
+            devices.append(
+                {
+                    "device": device,
+                    "state": state,
+                    "version": row["version"] if row else first.get("version"),
+                    "progress": row["progress"] if row else None,
+                    "reason": reason,
+                    "updated": row["received"] if row else None,
+                }
+            )
+        summary: dict[str, int] = {}
+        for d in devices:
+            summary[d["state"]] = summary.get(d["state"], 0) + 1
+        return {
+            "id": dep["id"],
+            "model": first.get("model"),
+            "version": first.get("version"),
+            "models": dep["models"],
+            "created": dep["created"],
+            "note": dep["note"],
+            "devices": devices,
+            "summary": summary,
+        }

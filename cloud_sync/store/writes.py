@@ -1,0 +1,221 @@
+"""What the ingest role writes: devices' status, telemetry, results, command replies, reports.
+
+Idempotent by key on both backends (``ON CONFLICT DO NOTHING``): a result is stored once per
+id, status history once per (device, ts, state), telemetry once per (device, ts), a command
+has one reply. The caller acknowledges only after the outermost transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cloud_sync.errors import Rejected
+from cloud_sync.store.backends import Conn
+from cloud_sync.store.base import StoreBase
+from cloud_sync.store.pages import dumps, finite, result_label
+from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
+
+RESULT_COLUMNS = (
+    "id",
+    "device",
+    "batch",
+    "source",
+    "ref",
+    "model",
+    "version",
+    "label",
+    "created",
+    "received",
+    "ingest",
+    "body",
+    "time_flag",
+    "device_created",
+    "seq",
+)
+# The hot path of the ingest role: one prepared statement through executemany.
+INSERT_RESULT = (
+    f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+TOUCH = (
+    "INSERT INTO devices (id, first_seen, last_seen) VALUES (?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
+    "THEN excluded.last_seen ELSE devices.last_seen END"
+)
+# A device time before this (2020-01-01) or more than a day after the result was received is
+# implausible: stored as received, flagged, the device's own time kept beside it.
+PLAUSIBLE_AFTER = 1_577_836_800.0
+PLAUSIBLE_AHEAD_S = 86_400.0
+
+
+def result_time(created: float, received: float, clock: str | None) -> tuple[float, str | None, float | None]:
+    """(created to store, time_flag, device_created) for a result's device time."""
+    if clock == "unsynced" or not PLAUSIBLE_AFTER <= created <= received + PLAUSIBLE_AHEAD_S:
+        return received, clock or "implausible", created
+    return created, clock, None
+
+
+class IngestWrites(StoreBase):
+    @staticmethod
+    def _touch(db: Conn, device: str, received: float) -> None:
+        db.execute(TOUCH, [device, received, received])
+
+    def touch_devices(self, seen: Mapping[str, float]) -> None:
+        """Mark devices seen (device -> when), in id order: several ingest processes writing one
+        PostgreSQL lock the device rows of their batches in the same order, so never in a cycle."""
+        with self.transaction() as db:
+            for device in sorted(seen):
+                self._touch(db, device, seen[device])
+
+    def record_status(self, msg: Status, received: float) -> None:
+        """History row (once per device, ts, state); device state in arrival order (LWT included)."""
+        ts = finite(msg.ts, "status ts")
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            models = dumps(msg.models, "status models")
+            db.execute(
+                "INSERT INTO status_history (device, state, agent_version, models, ts, received) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, ts, state) DO NOTHING",
+                [msg.device, msg.state, msg.agent_version, models, ts, received],
+            )
+            # An offline Last Will is fixed at connect time, so its ts predates the birth that
+            # follows it: order by arrival (the broker's order), not by the device's ts.
+            newer = "AND (state_received IS NULL OR state_received <= ?)"
+            if msg.state == "online":
+                db.execute(
+                    "UPDATE devices SET online = 1, state = ?, agent_version = ?, models = ?, "
+                    f"rollout_group = ?, status_ts = ?, state_received = ? WHERE id = ? {newer}",
+                    [msg.state, msg.agent_version, models, msg.group, ts, received, msg.device, received],
+                )
+            else:
+                db.execute(
+                    "UPDATE devices SET online = 0, state = ?, status_ts = ?, state_received = ? "
+                    f"WHERE id = ? {newer}",
+                    [msg.state, ts, received, msg.device, received],
+                )
+
+    def record_telemetry(self, msg: Telemetry, received: float) -> None:
+        ts = finite(msg.ts, "telemetry ts")
+        metrics = dumps(msg.metrics, "telemetry metrics")
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            db.execute(
+                "INSERT INTO telemetry (device, ts, received, metrics) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device, ts) DO NOTHING",
+                [msg.device, ts, received, metrics],
+            )
+
+    def record_results(self, msg: Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
+        """Store a batch; (ids this device has stored now or before, ids refused).
+
+        A result whose id is already stored for another device is refused, not acknowledged;
+        so is one holding a non-finite number.
+        """
+        with self.transaction():
+            ids, refused = self.insert_results(msg, received, ingest)
+            owners = self.result_owners(ids)
+        refused.extend(i for i in ids if owners.get(i) != msg.device)
+        return [i for i in ids if owners.get(i) == msg.device], refused
+
+    def insert_results(self, msg: Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
+        """Insert a batch without reading anything back: (ids to check with ``result_owners``, ids
+        refused now for a non-finite number). The ingest checks the owners of a whole transaction's
+        results in one read (one round trip to PostgreSQL per batch, not per message)."""
+        rows: list[tuple[Any, ...]] = []
+        refused: list[str] = []
+        for r in msg.results:
+            try:
+                created, flag, device_created = result_time(
+                    finite(r.created, f"result {r.id} created"), received, r.clock
+                )
+                body = dumps(r.body, f"result {r.id} body")
+            except Rejected:
+                refused.append(r.id)
+                continue
+            label = result_label(r.body)
+            row = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
+            rows.append((*row, received, ingest, body, flag, device_created, r.seq))
+        ids = list(dict.fromkeys(row[0] for row in rows))
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            if rows:
+                db.executemany(INSERT_RESULT, rows)
+        return ids, refused
+
+    def result_owners(self, ids: list[str]) -> dict[str, str]:
+        """The device each of these result ids is stored for (ids not stored are left out)."""
+        owners: dict[str, str] = {}
+        with self.reading() as db:
+            for start in range(0, len(ids), 5000):  # under both databases' parameter limits
+                chunk = ids[start : start + 5000]
+                # by primary key only: a filter on device would let the planner scan its index
+                marks = ",".join("?" * len(chunk))
+                found = db.execute(f"SELECT id, device FROM results WHERE id IN ({marks})", chunk).fetchall()
+                owners.update({rid: device for rid, device in found})
+        return owners
+
+    def record_reply(self, msg: CommandReply, received: float) -> None:
+        """The first reply to a command is kept; a reply to an unknown command is rejected."""
+        ts = finite(msg.ts, "reply ts")
+        with self.transaction() as db:
+            found = db.query("SELECT device FROM commands WHERE id = ?", [msg.id])
+            if not found:
+                raise Rejected(f"reply to unknown command {msg.id!r}")
+            if found[0]["device"] != msg.device:
+                owner = found[0]["device"]
+                raise Rejected(f"reply from {msg.device!r} to command {msg.id!r} sent to {owner!r}")
+            self._touch(db, msg.device, received)
+            result = None if msg.result is None else dumps(msg.result, "reply result")
+            db.execute(
+                "INSERT INTO command_replies (command_id, device, ok, result, error, ts, received) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING",
+                [msg.id, msg.device, int(msg.ok), result, msg.error, ts, received],
+            )
+            db.execute("UPDATE commands SET state = 'replied' WHERE id = ?", [msg.id])
+
+    def record_reported(self, msg: ModelsReported, received: float) -> None:
+        ts = finite(msg.ts, "reported ts")
+        update = msg.last_update
+        models = dumps(msg.models, "reported models")
+        last = None if update is None else dumps(update.model_dump(), "last_update")
+        shadow = dumps({k: v.model_dump() for k, v in msg.shadow.items()}, "shadow")
+        bench = [
+            (model, fig.version, finite(fig.ts, "bench ts"), dumps(fig.model_dump(mode="json"), "bench figures"))
+            for model, fig in (msg.bench or {}).items()
+        ]
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            db.execute(
+                "UPDATE devices SET reported_models = ?, last_update = COALESCE(?, last_update), "
+                "shadow = ?, reported_ts = ? WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
+                [models, last, shadow, ts, msg.device, ts],
+            )
+            for model, version, bench_ts, figures in bench:
+                db.execute(
+                    "INSERT INTO model_bench (device, model, version, ts, received, figures) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, model) DO UPDATE SET "
+                    "version = excluded.version, ts = excluded.ts, received = excluded.received, "
+                    "figures = excluded.figures WHERE excluded.ts >= model_bench.ts",
+                    [msg.device, model, version, bench_ts, received, figures],
+                )
+            if update is not None:
+                db.execute(
+                    "INSERT INTO deployment_devices (deployment, device, model, version, state, reason, "
+                    "progress, ts, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (deployment, device) DO UPDATE SET model = excluded.model, "
+                    "version = excluded.version, state = excluded.state, reason = excluded.reason, "
+                    "progress = excluded.progress, ts = excluded.ts, received = excluded.received "
+                    "WHERE excluded.ts >= deployment_devices.ts",
+                    [
+                        update.deployment,
+                        msg.device,
+                        update.model,
+                        update.version,
+                        update.state,
+                        update.reason,
+                        update.progress,
+                        finite(update.ts, "last_update ts"),
+                        received,
+                    ],
+                )
