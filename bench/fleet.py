@@ -167,7 +167,24 @@ def preload(db: CloudDb, devices: list[str], n: int) -> None:
                 created = t0 + i * 86400 / n
                 body = json.dumps({"label": label, "score": 0.5})
                 rows.append(
-                    (f"pre-{i}", d, "pre", "preload", None, "iris", "1", label, created, created, "pre", body)
+                    # ..., then time_flag, device_created (None: a trusted clock), seq
+                    (
+                        f"pre-{i}",
+                        d,
+                        "pre",
+                        "preload",
+                        None,
+                        "iris",
+                        "1",
+                        label,
+                        created,
+                        created,
+                        "pre",
+                        body,
+                        None,
+                        None,
+                        i,
+                    )
                 )
             with store.transaction() as tx:
                 tx.executemany(INSERT_RESULT, rows)

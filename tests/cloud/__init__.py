@@ -37,6 +37,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def state_dir(db: CloudDb) -> Path:
+    """Where the cloud keeps its other files (artifacts/, trust/): beside db_path, on PostgreSQL too."""
+    return db.state_dir if isinstance(db, PgUrl) else db.parent
+
+
 def cloud_env(broker: Broker, db: CloudDb, **settings: str) -> dict[str, str]:
     """The environment of a cloud role: an SQLite file (CLOUD_DB_PATH) or PostgreSQL (CLOUD_DB_URL,
     with CLOUD_DB_PATH naming the directory artifacts go to)."""

@@ -44,6 +44,7 @@ from tests.cloud import (
     results_msg,
     running,
     start_ingest,
+    state_dir,
     status_msg,
     wait_for,
 )
@@ -199,8 +200,8 @@ def published(db: CloudDb) -> None:
             signature="c2lnbmF0dXJl",
             key_id="test-key",
         )
-    (db.parent / "artifacts").mkdir(exist_ok=True)
-    (db.parent / "artifacts" / f"{'ab' * 32}.tar").write_bytes(b"not a real archive")  # signed size
+    (state_dir(db) / "artifacts").mkdir(exist_ok=True)
+    (state_dir(db) / "artifacts" / f"{'ab' * 32}.tar").write_bytes(b"not a real archive")  # signed size
     store.close()
 
 

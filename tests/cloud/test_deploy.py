@@ -29,7 +29,7 @@ from cloud_sync.store import Store
 from edge_agent.sync import protocol
 from edge_agent.sync.ota import OtaSettings, OtaUpdater
 from edge_agent.sync.ota_runner import OtaRunner, StoreActivator, reported
-from tests.cloud import ROOT, cloud_env, running, sim_device, start_ingest, status_msg, wait_for
+from tests.cloud import ROOT, cloud_env, running, sim_device, start_ingest, state_dir, status_msg, wait_for
 from tests.conftest import CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 from tests.sync.ota_helpers import cloud_api, device_store, make_version
@@ -359,5 +359,7 @@ def test_deploy_from_the_command_line(
     assert msg.targets is not None and msg.targets.signed["device"] == "dev-cli"  # signed for it alone
     (entry,) = msg.targets.signed["models"]
     assert (entry["artifact_url"], entry["artifact_sha256"]) == (signed.artifact_url, published["sha256"])
-    assert entry["artifact_size"] == (db.parent / "artifacts" / f"{published['sha256']}.tar").stat().st_size
+    assert (
+        entry["artifact_size"] == (state_dir(db) / "artifacts" / f"{published['sha256']}.tar").stat().st_size
+    )
     assert api.get(f"/deployments/{status['id']}").json()["devices"][0]["state"] == "pending"

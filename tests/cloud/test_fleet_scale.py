@@ -67,7 +67,10 @@ def fleet(
                     )
                     for j in range(RESULTS_PER_DEVICE)
                 ]
-                tx.executemany(INSERT_RESULT, [(*r, T0, "i", json.dumps({"label": r[7]})) for r in rows])
+                tx.executemany(
+                    INSERT_RESULT,
+                    [(*r, T0, "i", json.dumps({"label": r[7]}), None, None, j) for j, r in enumerate(rows)],
+                )
         store.analyze()
     finally:
         store.close()

@@ -285,12 +285,9 @@ def test_implausible_and_unsynced_device_times_are_flagged_not_stored_as_1970(st
     fixed = result_record(created=now - 30).model_copy(update={"clock": "corrected", "seq": 9})
     ids, refused = store.record_results(results_msg("dev1", [good, y1970, ahead, unsynced, fixed]), now, "i")
     assert len(ids) == 5 and refused == []
-    rows = {
-        r[0]: tuple(r)
-        for r in store.db.execute(
-            "SELECT id, created, time_flag, device_created, seq FROM results"
-        ).fetchall()
-    }
+    with store.reading() as db:
+        found = db.execute("SELECT id, created, time_flag, device_created, seq FROM results").fetchall()
+    rows = {r[0]: tuple(r) for r in found}
     assert rows[good.id] == (good.id, good.created, None, None, 7)
     assert rows[y1970.id] == (y1970.id, now, "implausible", 86_400.0, None)
     assert rows[ahead.id] == (ahead.id, now, "implausible", ahead.created, None)
@@ -313,3 +310,50 @@ def test_rollout_waves_follow_the_groups_devices_report(store: Store) -> None:
     names = [f"d{i:02d}" for i in range(20)]
     assert [len(w) for w in plan_waves(names)] == [1, 1, 8, 10]  # 1, 10 %, 50 %, all (cumulative)
     assert [len(w) for w in plan_waves(names[:4])] == [1, 1, 2]
+
+
+def test_counters_sessions_and_rollouts_are_kept(store: Store) -> None:
+    assert [store.next_counter("targets:dev1") for _ in range(3)] == [1, 2, 3]
+    assert store.next_counter("release:iris") == 1  # each counter on its own
+    assert not store.session_revoked("n1")
+    store.revoke_session("n1", time.time() + 60)
+    store.revoke_session("n1", time.time() + 60)  # a second logout of the same session is harmless
+    store.revoke_session("old", time.time() - 1)  # already expired: dropped by the next revocation
+    store.revoke_session("n2", time.time() + 60)
+    assert store.session_revoked("n1") and store.session_revoked("n2")
+    assert not store.session_revoked("old")
+    store.save_rollout("r1", "running", {"id": "r1", "wave": 0}, 10.0)
+    store.save_rollout("r2", "done", {"id": "r2", "wave": 3}, 20.0)
+    store.save_rollout("r1", "paused", {"id": "r1", "wave": 1}, 30.0)
+    r1 = store.rollout("r1")
+    assert (r1["state"], r1["doc"], r1["created"], r1["updated"]) == (
+        "paused",
+        {"id": "r1", "wave": 1},
+        10.0,
+        30.0,
+    )
+    assert [r["id"] for r in store.rollouts()] == ["r2", "r1"]  # newest first
+    assert [r["id"] for r in store.rollouts(states=["paused", "running"])] == ["r1"]
+    with pytest.raises(NotFound, match="no rollout 'r3'"):
+        store.rollout("r3")
+
+
+def test_next_counter_is_atomic_across_threads(cloud_db: CloudDb) -> None:
+    stores = [Store(cloud_db) for _ in range(4)]
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def bump(s: Store) -> None:
+        for _ in range(10):
+            n = s.next_counter("release:iris")
+            with lock:
+                got.append(n)
+
+    threads = [threading.Thread(target=bump, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sorted(got) == list(range(1, 41))  # every value handed out once
