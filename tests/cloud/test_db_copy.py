@@ -32,6 +32,19 @@ def fill(store: Store) -> None:
     store.record_reported(
         protocol.ModelsReported(device="dev-0", models={"iris": "2"}, last_update=outcome, ts=t0 + 2), t0 + 2
     )
+    # the tables of the later migrations: benchmark figures, sessions, counters, rollouts
+    stage = protocol.StageFigures(p50_ms=0.5, p99_ms=1.0)
+    row = protocol.BenchRow(
+        batch=1, threads=1, calls=10, p50_ms=1.0, p99_ms=2.0, throughput_rps=900.0, stages={"infer": stage}
+    )
+    bench = protocol.ModelBench(
+        model="iris", version="2", backend="onnx", inputs="tensors", memory_mb=3.5, ts=t0 + 3, rows=[row]
+    )
+    reported = protocol.ModelsReported(device="dev-1", models={"iris": "2"}, ts=t0 + 3, bench={"iris": bench})
+    store.record_reported(reported, t0 + 3)
+    store.revoke_session("nonce-1", time.time() + 3600)
+    store.next_counter("targets:dev-0")
+    store.save_rollout("r1", "running", {"id": "r1", "wave": 0}, t0 + 4)
 
 
 def rows(db: Path | str, table: str, key: str) -> list[tuple[object, ...]]:
