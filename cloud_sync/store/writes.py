@@ -181,7 +181,12 @@ class IngestWrites(StoreBase):
         last = None if update is None else dumps(update.model_dump(), "last_update")
         shadow = dumps({k: v.model_dump() for k, v in msg.shadow.items()}, "shadow")
         bench = [
-            (model, fig.version, finite(fig.ts, "bench ts"), dumps(fig.model_dump(mode="json"), "bench figures"))
+            (
+                model,
+                fig.version,
+                finite(fig.ts, "bench ts"),
+                dumps(fig.model_dump(mode="json"), "bench figures"),
+            )
             for model, fig in (msg.bench or {}).items()
         ]
         with self.transaction() as db:
