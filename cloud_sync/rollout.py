@@ -99,6 +99,10 @@ class Rollouts:
 
     def __init__(self, store: Store, link: MqttLink, signer: Callable[[], Signer]) -> None:
         self.store, self.link, self.signer = store, link, signer
+        # one writer of a rollout's document at a time in this process: the driver's step and an
+        # operator's pause/resume/abort each read, change and save the whole document, so without
+        # it a step that read "running" could save over a pause made meanwhile
+        self._lock = threading.RLock()
 
     # -- operator actions -------------------------------------------------------------------------
     def create(
@@ -146,18 +150,30 @@ class Rollouts:
         return doc
 
     def pause(self, rollout_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._pause(rollout_id)
+
+    def _pause(self, rollout_id: str) -> dict[str, Any]:
         doc = self._get(rollout_id)
         if doc["state"] != "running":
             raise InvalidRequest(f"rollout {rollout_id} is {doc['state']}, not running")
         return self._set(doc, "paused", "paused by the operator")
 
     def resume(self, rollout_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._resume(rollout_id)
+
+    def _resume(self, rollout_id: str) -> dict[str, Any]:
         doc = self._get(rollout_id)
         if doc["state"] != "paused":
             raise InvalidRequest(f"rollout {rollout_id} is {doc['state']}, not paused")
         return self._set(doc, "running", "resumed by the operator")
 
     def abort(self, rollout_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._abort(rollout_id)
+
+    def _abort(self, rollout_id: str) -> dict[str, Any]:
         doc = self._get(rollout_id)
         if doc["state"] not in ACTIVE:
             raise InvalidRequest(f"rollout {rollout_id} is {doc['state']}; nothing to abort")
@@ -176,7 +192,8 @@ class Rollouts:
     def tick_all(self) -> None:
         for row in self.store.rollouts(states=["running"]):
             try:
-                self.tick(row["doc"])
+                with self._lock:
+                    self.tick(self._get(row["id"]))  # read again: an operator may have acted since
             except CloudSyncError as exc:  # e.g. the broker is away: try again next tick
                 logger.warning("rollout %s: %s", row["id"], exc.message)
 

@@ -175,7 +175,11 @@ class BatchRunner:
         """Run every pending item once (items failing transiently wait for the next run)."""
         stats = RunStats(new_id())
         t0 = time.perf_counter()
-        stats.recovered = self.items.release_abandoned(self.options.max_attempts)
+        # nothing of this process is in flight between runs: items still leased to it are from a run
+        # cut short (a full disk whose give-back could not be written either); they go back now
+        # instead of waiting for their lease to expire
+        stats.recovered = self.items.give_back(self.owner)
+        stats.recovered += self.items.release_abandoned(self.options.max_attempts)
         stats.pending = self.items.count(statuses=("pending",))
         if stats.pending:
             self._follow_activations()
