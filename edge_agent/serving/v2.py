@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-import warnings
 from math import prod
 from typing import Any
 
@@ -33,10 +32,6 @@ from edge_agent.runtime.package import DETECTORS, Classification, Manifest
 from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import Gateway, gateway
 from edge_agent.serving.openapi import Responses, errors, no_content
-
-# A JSON number beyond FP32 / FP16 becomes inf and is refused with a clear message; numpy's
-# RuntimeWarning about it would only repeat that on stderr (np.errstate costs ~5 us a call).
-warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -261,8 +256,9 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtype: str, count: int)
     """JSON ``data`` (flat or nested row-major) -> an array of ``dtype`` and ``shape``.
 
     The element count is checked from the lists' structure before anything is
-    converted; the conversion is one numpy call straight to the datatype; the
-    result is checked with vectorised calls (no Python work per element)."""
+    converted; the conversion is one numpy call (dtype from the JSON, so strings
+    such as "1.5" are refused, not parsed), then ``_fits`` casts to the datatype
+    with vectorised checks (no Python work per element)."""
     if not isinstance(data, list):
         data = [data]
     nested = nested_shape(data, name)
@@ -271,16 +267,32 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtype: str, count: int)
         held = f"data has {claimed}" if len(nested) == 1 else f"data nested as {nested} hold {claimed}"
         raise InvalidInput(f"input {name!r}: shape {shape} holds {count} elements, {held}")
     target = V2_TO_NP[dtype]
-    try:
-        arr = np.array(data, dtype=target)  # (an overflow gives inf: refused below)
-    except (ValueError, TypeError, OverflowError, RuntimeWarning):
-        from_nested(name, data, nested)  # names a ragged or non-numeric array
-        raise InvalidInput(f"input {name!r}: data are not all {dtype} numbers (out of range)") from None
-    if arr.ndim != len(nested):
-        raise InvalidInput(f"input {name!r} is not a rectangular array: rows differ in nesting", input=name)
-    if target.kind == "f" and not np.isfinite(arr.ravel()).all():  # JSON has no NaN or infinity
-        raise InvalidInput(f"input {name!r}: data are not all {dtype} numbers (null, or out of range)")
-    return arr.reshape(shape)
+    arr = from_nested(name, data, nested)  # dtype from the JSON: strings, nulls, ragged rows refused
+    return _fits(name, arr, target, dtype).reshape(shape)
+
+
+def _fits(name: str, arr: np.ndarray, target: np.dtype[Any], dtype: str) -> np.ndarray:
+    """``arr`` (what the JSON held) as ``target``, refusing what would change a value: booleans only
+    for BOOL, integers (or integral numbers) within range for the integer types, finite numbers for
+    the float types. Vectorised: a few passes over the array, none per element in Python."""
+    kind = arr.dtype.kind
+    if target.kind == "b":
+        if kind != "b":
+            raise InvalidInput(f"input {name!r}: BOOL data must be true or false, not numbers", input=name)
+        return arr
+    if target.kind in "iu" and kind != "b":
+        if kind == "f" and arr.size and not (arr == np.trunc(arr)).all():
+            raise InvalidInput(f"input {name!r}: {dtype} data must be whole numbers, not fractions")
+        info = np.iinfo(target)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise InvalidInput(
+                f"input {name!r}: {dtype} data must lie in [{info.min}, {info.max}]", input=name
+            )
+    elif target.kind == "f" and arr.size and arr.dtype.itemsize > target.itemsize:
+        top = float(np.finfo(target).max)  # checked before the cast: no overflow, no warning
+        if not (np.isfinite(arr).all() and arr.max() <= top and arr.min() >= -top):
+            raise InvalidInput(f"input {name!r}: data are not all {dtype} numbers (out of range)")
+    return arr.astype(target, copy=False)
 
 
 def _bytes_elements(name: str, data: Any, count: int) -> list[Any]:

@@ -171,7 +171,7 @@ def test_models_listing_and_description(gateway: Gateway) -> None:
                 }
             },
             422,
-            "INT8 numbers",
+            "INT8 data must lie in [-128, 127]",
         ),
         (
             "/v2/models/iris/infer",

@@ -34,6 +34,8 @@ def deep(levels: int) -> list:
         ([[1, 2, 3, 4]], [4], "INT8", np.array([1, 2, 3, 4], np.int8)),  # nesting differs from shape
         ([True, False], [2], "BOOL", np.array([True, False])),
         ([True, False], [2], "FP32", np.array([1.0, 0.0], np.float32)),  # booleans are 1 / 0, as before
+        ([3.0, -2.0], [2], "INT32", np.array([3, -2], np.int32)),  # integral numbers are integers
+        ([True, 7], [2], "UINT8", np.array([1, 7], np.uint8)),
         (2.5, [1], "FP64", np.array([2.5])),  # a lone number for one element
         ([], [0, 4], "FP32", np.zeros((0, 4), np.float32)),
     ],
@@ -53,9 +55,16 @@ def test_v2_json_data_convert_to_the_datatype(
         ([[1, 2], [3, 4, 5]], [4], "FP32", "not a rectangular array"),  # ragged, the count fits
         ([[1, 2], 3, 4], [6], "FP32", "not a rectangular array"),  # numbers and lists at one level
         ([1, "a", 3, 4], [4], "FP32", "rectangular array of numbers"),
-        ([1, None, 3, 4], [4], "FP32", "not all FP32 numbers"),
+        ([1, None, 3, 4], [4], "FP32", "rectangular array of numbers"),
+        (["1.5", "2", "3", "4"], [4], "FP32", "rectangular array of numbers"),  # numeric strings: not parsed
+        (["1", "2"], [2], "INT32", "rectangular array of numbers"),
+        ([1.5, 2.0], [2], "INT32", "whole numbers, not fractions"),  # never truncated to 1
+        ([1, 0], [2], "BOOL", "true or false, not numbers"),
+        ([0.5, 1.0], [2], "BOOL", "true or false, not numbers"),
+        ([-1, 2], [2], "UINT8", r"must lie in \[0, 255\]"),  # never wrapped to 255
+        ([1e10], [1], "INT32", r"must lie in \[-2147483648, 2147483647\]"),
         ([{"a": 1}], [1], "FP32", "rectangular array of numbers"),
-        ([1, 2, 3, 999], [4], "INT8", "not all INT8 numbers"),
+        ([1, 2, 3, 999], [4], "INT8", r"must lie in \[-128, 127\]"),
         ([1e39], [1], "FP32", "not all FP32 numbers"),
         ([2**70], [1], "INT64", "too large for 64 bits"),
         (deep(MAX_DEPTH + 1), [1] * (MAX_DEPTH + 1), "FP32", f"more than {MAX_DEPTH} levels deep"),
@@ -105,6 +114,11 @@ def _v2(data: object, shape: list[int], dtype: str = "FP32") -> dict:
         ("/v2/models/iris/infer", _v2([[1, 2, 3], [4]], [1, 4]), "holds 4 elements"),
         ("/v2/models/iris/infer", _v2([[1, 2], [3, 4, 5, 6]], [1, 4]), "not a rectangular array"),
         ("/v2/models/iris/infer", _v2([[1, "a", 3, 4]], [1, 4]), "rectangular array of numbers"),
+        (
+            "/v2/models/iris/infer",
+            _v2([["5.1", "3.5", "1.4", "0.2"]], [1, 4]),
+            "rectangular array of numbers",
+        ),
         ("/v2/models/iris/infer", _v2(deep(40), [1] * 40), "levels deep"),
         ("/v1/models/iris/predict", {"data": [[1, 2, 3, 4], [1, 2]]}, "rectangular array"),
         ("/v1/models/iris/predict", {"data": deep(40)}, "levels deep"),
