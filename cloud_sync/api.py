@@ -35,12 +35,12 @@ from starlette.responses import Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from cloud_sync import __version__, dashboard, deploy, rollout
-from cloud_sync.bodylimit import BodyLimit
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import BrokerSettings, MqttLink
 from cloud_sync.store import ResultQuery, Store
 from cloud_sync.trust import Signer
+from edge_agent.serving.middleware import BodyLimit
 from edge_agent.serving.openapi import Responses, allowed_methods, errors, finish_schema
 from edge_agent.sync import protocol
 
@@ -473,7 +473,7 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
         cookie=dashboard.COOKIE if config.api_token or config.dashboard_user else None,
     )
     _install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, hint="the cloud API takes bodies up to 1 MiB")
     app.middleware("http")(_gate)
     if config.trusted_proxies:  # outermost: the gate and the cookies see the client's scheme and address
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in config.trusted_proxies])
@@ -482,7 +482,7 @@ def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLin
 
 async def _gate(request: Request, call_next: Any) -> Response:
     """Login (token or session + CSRF), checked before any parsing (no 422 leaks); the body limit
-    (:mod:`cloud_sync.bodylimit`) runs next, before the body is parsed."""
+    (:class:`edge_agent.serving.middleware.BodyLimit`) runs next, before the body is parsed."""
     refused = await dashboard.refuse(request, PUBLIC_PATHS, PUBLIC_PREFIXES)
     if refused is not None and not _unserved_method(request):
         return refused

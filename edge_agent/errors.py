@@ -55,11 +55,6 @@ class ImageDecodeError(InvalidInput):
     code = "invalid_image"
 
 
-class PayloadTooLarge(InvalidInput):
-    status = 413
-    code = "payload_too_large"
-
-
 class ModelNotFound(EdgeAgentError):
     status = 404
     code = "model_not_found"

@@ -2,7 +2,7 @@
 
 Both answer before the route runs. The body limit is checked against
 ``Content-Length`` first and then counted chunk by chunk, so a chunked upload
-over the limit is cut off without being read into memory.
+over the limit is cut off after at most the limit is read.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_agent.access import BEARER_HINT, bearer_ok
-from edge_agent.errors import PayloadTooLarge
 from edge_agent.serving.metrics import Metrics
 
 PUBLIC_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/health/live", "/health/ready"})
@@ -35,53 +34,62 @@ async def _reply(
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """The request-body limit, for declared and chunked bodies alike; the gateway's, the model
+    servers' and the cloud API's.
+
+    A ``Content-Length`` over the limit is refused before anything is read; one within it passes
+    untouched (the HTTP parser never reads past a declared length). A body without one
+    (``Transfer-Encoding: chunked``) is read here, chunk by chunk, and refused with the same 413 as
+    soon as it passes the limit, before the route or any body parsing sees it; within the limit it
+    is handed to the app whole (every route reads its body whole anyway). Later ``receive`` calls
+    (a stream waiting for the client to go) pass through."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, hint: str = "send less data or raise max_body_bytes"
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.too_large = {
+            "error": f"request body is over the limit of {max_bytes} bytes; {hint}",
+            "code": "payload_too_large",
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
-        message = {
-            "error": f"request body is over the limit of {limit} bytes; "
-            "send less data or raise max_body_bytes",
-            "code": "payload_too_large",
-        }
         for name, value in scope["headers"]:
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
+                if not value.isdigit():
                     await _reply(send, 400, {"error": "invalid Content-Length header", "code": "bad_request"})
-                    return
-                if declared > limit:
-                    await _reply(send, 413, message)
-                    return
-        seen = 0
-        started = False
+                elif int(value) > self.max_bytes:
+                    await _reply(send, 413, self.too_large)
+                else:
+                    await self.app(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away mid-body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _reply(send, 413, self.too_large)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        async def limited_receive() -> Message:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:  # raised inside the route: the app's error handler answers 413
-                    raise PayloadTooLarge(message["error"], limit=limit)
-            return msg
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except PayloadTooLarge:
-            if not started:
-                await _reply(send, 413, message)
+        await self.app(scope, replay, send)
 
 
 class CountRequests:
