@@ -37,7 +37,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from cloud_sync import __version__, dashboard, deploy, rollout
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
-from cloud_sync.mqtt import BrokerSettings, MqttLink
+from cloud_sync.mqtt import MqttLink, broker_options
 from cloud_sync.store import ResultQuery, Store
 from cloud_sync.trust import Signer
 from edge_agent.serving.middleware import BodyLimit
@@ -429,9 +429,7 @@ def get_artifact(cloud: CloudDep, sha256: Annotated[str, PathParam(pattern=SHA25
 # -- the application -------------------------------------------------------------------------------
 def create_app(config: CloudConfig, *, store: Store | None = None, link: MqttLink | None = None) -> FastAPI:
     store = store or Store(config.db_target, pool_size=config.db_pool_size)
-    link = link or MqttLink(
-        BrokerSettings.from_config(config), f"cloud-api-{socket.gethostname()[:40]}-{os.getpid()}"
-    )
+    link = link or MqttLink(broker_options(config), f"cloud-api-{socket.gethostname()[:40]}-{os.getpid()}")
     cloud = Cloud(config, store, link)
     feed: dashboard.Feed | None = None
 

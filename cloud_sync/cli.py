@@ -195,16 +195,14 @@ def cmd_deploy(config: CloudConfig, args: argparse.Namespace) -> int:
     import socket
 
     from cloud_sync.deploy import deploy
-    from cloud_sync.mqtt import BrokerSettings, MqttLink
+    from cloud_sync.mqtt import MqttLink, broker_options
     from cloud_sync.store import Store
     from cloud_sync.trust import Signer
 
     config = _with_db(config, args)
     signer = Signer.from_config(config, args.key)
     store = Store(config.db_target)
-    link = MqttLink(
-        BrokerSettings.from_config(config), f"cloud-deploy-{socket.gethostname()[:40]}-{os.getpid()}"
-    )
+    link = MqttLink(broker_options(config), f"cloud-deploy-{socket.gethostname()[:40]}-{os.getpid()}")
     try:
         link.start(wait_s=10.0)
         status = deploy(

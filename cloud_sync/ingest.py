@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import CloudSyncError, Rejected, StoreError
-from cloud_sync.mqtt import BrokerSettings, Message, MqttLink, shared
+from cloud_sync.mqtt import Message, MqttLink, broker_options, shared
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
 from edge_agent.sync.protocol import (
@@ -324,7 +324,7 @@ class Ingest:
 def run(config: CloudConfig, stop: threading.Event) -> IngestStats:
     """The ingest role until ``stop`` is set: connect, subscribe, store, acknowledge."""
     store = Store(config.db_target, pool_size=config.db_pool_size)
-    link = MqttLink(BrokerSettings.from_config(config), config.ingest_client_id, manual_ack=True)
+    link = MqttLink(broker_options(config), config.ingest_client_id, manual_ack=True)
     group = config.ingest_group if config.ingest_shared else None
     ingest = Ingest(store, link, name=config.ingest_client_id, group=group, max_batch=config.ingest_max_batch)
     ingest.start()

@@ -12,53 +12,38 @@ become ``BrokerError`` here, where they enter ``cloud_sync``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import replace
 
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError
 from edge_agent.sync.mqtt import LinkOptions, Message, MqttError, shared
 from edge_agent.sync.mqtt import MqttLink as _Link
 
-__all__ = ["BrokerSettings", "Handler", "Message", "MqttLink", "shared"]
+__all__ = ["Handler", "LinkOptions", "Message", "MqttLink", "broker_options", "shared"]
 
 Handler = Callable[[Message], None]
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerSettings:
-    host: str
-    port: int
-    tls: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password: str | None = None
-    keepalive_s: int = 30
-
-    @classmethod
-    def from_config(cls, config: CloudConfig) -> BrokerSettings:
-        return cls(
-            host=config.broker_host,
-            port=config.broker_port,
-            tls=config.broker_tls,
-            ca_file=config.broker_ca_file,
-            cert_file=config.broker_cert_file,
-            key_file=config.broker_key_file,
-            username=config.broker_username,
-            password=None if config.broker_password is None else config.broker_password.get_secret_value(),
-            keepalive_s=config.broker_keepalive_s,
-        )
-
-    def __repr__(self) -> str:  # never show the password
-        return f"BrokerSettings({self.host}:{self.port}, tls={self.tls}, user={self.username!r})"
+def broker_options(config: CloudConfig) -> LinkOptions:
+    """The cloud's broker settings as the link's options (always MQTT 5)."""
+    password = config.broker_password
+    return LinkOptions(
+        broker_host=config.broker_host,
+        broker_port=config.broker_port,
+        tls=config.broker_tls,
+        ca_file=config.broker_ca_file,
+        cert_file=config.broker_cert_file,
+        key_file=config.broker_key_file,
+        username=config.broker_username,
+        password=None if password is None else password.get_secret_value(),
+        keepalive_s=config.broker_keepalive_s,
+    )
 
 
 class MqttLink:
     def __init__(
         self,
-        settings: BrokerSettings,
+        options: LinkOptions,
         client_id: str,
         *,
         manual_ack: bool = False,
@@ -67,29 +52,17 @@ class MqttLink:
     ) -> None:
         """``clean_start=False`` with ``session_expiry_s``: the broker keeps the session (and queues
         QoS 1 messages for it) that long after a disconnect."""
-        s = settings
-        options = LinkOptions(
-            broker_host=s.host,
-            broker_port=s.port,
-            protocol="5",
-            tls=s.tls,
-            ca_file=s.ca_file,
-            cert_file=s.cert_file,
-            key_file=s.key_file,
-            username=s.username,
-            password=s.password,
-            keepalive_s=s.keepalive_s,
-            reconnect_min_s=1,
-            reconnect_max_s=30,
-            persistent=not clean_start,
-            session_expiry_s=session_expiry_s or 0,
+        options = replace(
+            options, protocol="5", persistent=not clean_start, session_expiry_s=session_expiry_s or 0
         )
-        self.settings = settings
+        self.options = options
         self.client_id = client_id
         try:
             self._link = _Link(options, client_id, manual_ack=manual_ack)
         except MqttError as exc:
-            raise BrokerError(f"cannot set up the connection to {s.host}:{s.port}: {exc.message}") from None
+            raise BrokerError(
+                f"cannot set up the connection to {options.broker_host}:{options.broker_port}: {exc.message}"
+            ) from None
 
     def start(self, wait_s: float | None = 10.0) -> None:
         """Connect in the background (reconnecting forever); wait up to ``wait_s`` for the CONNACK."""

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from cloud_sync.dashboard.events import Feed, FleetCache
-from cloud_sync.mqtt import BrokerSettings, MqttLink
+from cloud_sync.mqtt import LinkOptions, MqttLink
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
 from tests.cloud import status_msg
@@ -55,7 +55,9 @@ async def frames(feed: Feed) -> AsyncIterator[tuple[str, dict[str, object]]]:
 
 
 def test_the_stream_sends_the_fleet_once_then_only_what_changed(store: Store) -> None:
-    link = MqttLink(BrokerSettings(host="127.0.0.1", port=1), "feed-test")  # never started: not connected
+    link = MqttLink(
+        LinkOptions(broker_host="127.0.0.1", broker_port=1), "feed-test"
+    )  # never started: not connected
 
     async def scenario() -> list[tuple[str, dict[str, object]]]:
         feed = Feed(store, link, interval_s=0.05)

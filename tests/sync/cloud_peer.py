@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_sync.ingest import Ingest, IngestStats
-from cloud_sync.mqtt import BrokerSettings, MqttLink
+from cloud_sync.mqtt import LinkOptions, MqttLink
 from cloud_sync.store import Store
 from edge_agent.sync import protocol as p
 
@@ -75,7 +75,7 @@ class CloudPeer:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> CloudPeer:
-        settings = BrokerSettings(host="127.0.0.1", port=self.port)
+        settings = LinkOptions(broker_host="127.0.0.1", broker_port=self.port)
         self._link = MqttLink(
             settings, self.client_id, manual_ack=True, clean_start=False, session_expiry_s=SESSION_EXPIRY_S
         )
