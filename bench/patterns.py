@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common.machine import command_line, cpu_model, cpus_line, dist, load_text
+from bench.common.table import markdown
 from bench.patterns_camera import bench_camera
 from bench.patterns_http import bench_caches, bench_microservice
 from bench.patterns_jobs import bench_async, bench_batch
@@ -105,12 +106,7 @@ def header_lines(argv: Sequence[str]) -> list[str]:
 def table_lines(rows: Sequence[Row]) -> list[str]:
     head = ["section", "what", "measured", "against", "ratio", "target"]
     body = [[r.section, r.what, r.measured, r.against, r.ratio, r.target] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    return [fmt(head), "| " + " | ".join("-" * w for w in widths) + " |", *(fmt(b) for b in body)]
+    return markdown(head, body, left=range(len(head)))
 
 
 FOOTNOTES = {

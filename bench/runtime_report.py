@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bench.common.machine import command_line, cpus_line, dist
+from bench.common.table import markdown
 from bench.runtime_measure import Row
 from bench.runtime_raw import TARGET_OVERHEAD, Budget
 
@@ -91,18 +92,7 @@ def table_lines(rows: Sequence[Row]) -> list[str]:
                 f"{r.answers_b32:.2f}",
             ]
         )
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    left = {0, 1}
-
-    def fmt(cells: Sequence[str]) -> str:
-        padded = [
-            c.ljust(w) if i in left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = ["-" * w if i in left else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
-    return [fmt(head), "| " + " | ".join(rule) + " |", *(fmt(b) for b in body)]
+    return markdown(head, body, left={0, 1})
 
 
 def footnotes(rows: Sequence[Row], cfg: Budget, quick: bool) -> list[str]:

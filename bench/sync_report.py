@@ -16,6 +16,7 @@ from pathlib import Path
 
 import edge_agent
 from bench.common.machine import command_line, cpus_line, dist, load_text
+from bench.common.table import markdown
 from bench.sync_measure import Row
 from bench.sync_procs import (
     BATCHED,
@@ -128,18 +129,7 @@ def table_lines(rows: Sequence[Row], single_rate: float) -> list[str]:
                 f"{cpu['machine']:.0f}",
             ]
         )
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    left = {0, 2}
-
-    def fmt(cells: Sequence[str]) -> str:
-        padded = [
-            c.ljust(w) if i in left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = ["-" * w if i in left else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
-    return [fmt(head), "| " + " | ".join(rule) + " |", *(fmt(b) for b in body)]
+    return markdown(head, body, left={0, 2})
 
 
 def footnotes(
