@@ -9,25 +9,11 @@ the CLI alone maps them to exit codes.
 
 from __future__ import annotations
 
-from typing import Any
+from edge_agent.errors import CodedError
 
 
-class CloudSyncError(Exception):
+class CloudSyncError(CodedError):
     """Root of every error the cloud service raises on purpose."""
-
-    status: int = 500
-    code: str = "internal"
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.message, "code": self.code}
-        if self.details:
-            out["details"] = self.details
-        return out
 
 
 class ConfigError(CloudSyncError):

@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 
-class EdgeAgentError(Exception):
-    """Root of every error the agent raises on purpose."""
+class CodedError(Exception):
+    """An error with an HTTP ``status`` and a stable ``code``: the one owner of the error body both
+    HTTP APIs answer with (``{"error": message, "code": code, "details": {...}}``). The agent's tree
+    (``EdgeAgentError``) and the cloud's (``cloud_sync.errors.CloudSyncError``) grow from it."""
 
     status: int = 500
     code: str = "internal"
@@ -29,6 +31,10 @@ class EdgeAgentError(Exception):
         if self.details:
             out["details"] = self.details
         return out
+
+
+class EdgeAgentError(CodedError):
+    """Root of every error the agent raises on purpose."""
 
 
 class ConfigError(EdgeAgentError):

@@ -124,3 +124,15 @@ def test_a_secret_is_never_echoed_in_a_problem() -> None:
         load_cloud(env={"CLOUD_BROKER_PASSWORD": "hunter2-secret"})
     assert "hunter2-secret" not in cloud.value.message
     assert "broker_password is set without broker_username" in cloud.value.problems
+
+
+def test_both_error_trees_answer_with_the_one_error_body() -> None:
+    from cloud_sync.errors import CloudSyncError, NotFound
+    from edge_agent.errors import CodedError, EdgeAgentError, ModelNotFound
+
+    assert issubclass(CloudSyncError, CodedError) and issubclass(EdgeAgentError, CodedError)
+    assert not issubclass(CloudSyncError, EdgeAgentError)  # two trees: callers catch their own
+    cloud, device = NotFound("no device 'x'", device="x"), ModelNotFound("no model 'x'", model="x")
+    assert cloud.to_dict() == {"error": "no device 'x'", "code": "not_found", "details": {"device": "x"}}
+    assert device.to_dict() == {"error": "no model 'x'", "code": "model_not_found", "details": {"model": "x"}}
+    assert (cloud.status, device.status) == (404, 404)
