@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STATE ?= var/demo
 
-.PHONY: demo demo-models mosquitto chromium postgresql arm64 image image-arm64 test lint typecheck unit setup models bench clean
+.PHONY: demo demo-models mosquitto chromium postgresql shellcheck arm64 image image-arm64 test lint typecheck unit setup models bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ chromium:
 postgresql:
 	@bash scripts/sysdeps.sh postgresql:$$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)
 
+# The shell scripts (firmware checks, provisioning, setup) through Debian's shellcheck.
+shellcheck:
+	@bash scripts/sysdeps.sh shellcheck:/usr/bin/shellcheck
+	shellcheck -x firmware_images/*.sh firmware_images/*/*.sh scripts/*.sh models/scripts/*.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check edge_agent cloud_sync tests bench demo models/scripts
 	$(BIN)/ruff format --check edge_agent cloud_sync tests bench demo
@@ -47,7 +52,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: mosquitto chromium postgresql lint typecheck unit
+test: mosquitto chromium postgresql shellcheck lint typecheck unit
 
 # The agent on Debian bookworm arm64 under qemu: offline install from aarch64 wheels, golden
 # self-tests of every model on both backends, the gateway over HTTP. Root; ~1 min cached, ~5 min first.

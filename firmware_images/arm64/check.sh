@@ -44,51 +44,21 @@ ROOT="$WORK/root"
 PLATFORMS=(manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_28_aarch64)
 
 T0=$(date +%s)
-# bash runs a trap only once the foreground command ends: long steps run in the
-# background and are waited for, so Ctrl-C or SIGTERM cleans up at once
-in_background() {
-    "$@" &
-    wait "$!"
-}
+# shellcheck source=firmware_images/lib/chroot.sh
+. "$HERE/../lib/chroot.sh"
 log() { printf '[arm64 %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 die() { log "FAIL: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot and mount need it)"
 [ "$(uname -m)" = x86_64 ] || [ "$(uname -m)" = aarch64 ] || die "unsupported host $(uname -m)"
 
-# -- mounts: listed from the kernel, removed deepest first; nothing is deleted while one remains --
-mounts_under() {
-    # every mount point at or below $1, deepest first
-    awk -v p="$1" '$2 == p || index($2, p "/") == 1 { print $2 }' /proc/self/mounts | sort -r
-}
-
-release_mounts() {
-    local m
-    for m in $(mounts_under "$ROOT"); do
-        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-    done
-    if [ -n "$(mounts_under "$ROOT")" ]; then
-        log "still mounted under $ROOT: $(mounts_under "$ROOT" | tr '\n' ' ')"
-        return 1
-    fi
-}
+release_mounts() { release_mounts_under "$ROOT"; }
+stop_chroot_processes() { stop_processes_rooted_at "$ROOT"; }
 
 remove_root() {
     stop_chroot_processes
     release_mounts || die "refusing to delete $ROOT while something is mounted there"
     rm -rf --one-file-system "$ROOT"
-}
-
-stop_chroot_processes() {
-    # processes whose root is our copy are the smoke's own (a gateway left by an interrupted run)
-    local p pids=()
-    for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && pids+=("${p#/proc/}")
-    done
-    [ "${#pids[@]}" -eq 0 ] && return 0
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    sleep 2
-    kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
 cleanup() {
@@ -124,22 +94,9 @@ need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
 command -v update-binfmts >/dev/null || need+=(binfmt-support)
-if [ "${#need[@]}" -gt 0 ]; then
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_packages "${need[@]}"
 if [ "$(uname -m)" = x86_64 ]; then
-    [ -e /proc/sys/fs/binfmt_misc/status ] ||
-        mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc ||
-        die "cannot mount binfmt_misc"
-    if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
-        update-binfmts --import qemu-aarch64 >/dev/null 2>&1 || true
-    fi
-    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
-    grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null ||
-        die "binfmt handler qemu-aarch64 is not enabled (update-binfmts --enable qemu-aarch64)"
+    enable_qemu_aarch64
     INTERP="$(awk '/^interpreter/ { print $2 }' /proc/sys/fs/binfmt_misc/qemu-aarch64)"
     log "binfmt: qemu-aarch64 enabled ($INTERP, flags: $(awk '/^flags/ { print $2 }' /proc/sys/fs/binfmt_misc/qemu-aarch64)), QEMU_CPU=$QEMU_CPU"
 else
@@ -154,19 +111,8 @@ step=$(date +%s)
 if [ -s "$ROOTFS_TAR" ]; then
     log "root file system: cached $ROOTFS_TAR"
 else
-    build="$WORK/rootfs-build"
-    ROOT="$build" release_mounts || die "mounts left under $build"
-    rm -rf --one-file-system "$build"
     log "root file system: debootstrap $SUITE arm64 from $MIRROR (several minutes, once)"
-    in_background debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv \
-        "$SUITE" "$build" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
-        { tail -20 "$WORK/debootstrap.log"; ROOT="$build" release_mounts || true; die "debootstrap failed (log: $WORK/debootstrap.log)"; }
-    ROOT="$build" release_mounts || die "debootstrap left mounts under $build"
-    chroot "$build" apt-get clean
-    rm -rf "$build"/var/lib/apt/lists/* "$build"/var/cache/apt/*.bin
-    tar -C "$build" --numeric-owner -czf "$ROOTFS_TAR.tmp" .
-    mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
-    rm -rf --one-file-system "$build"
+    debootstrap_tarball arm64 python3,python3-venv "$ROOTFS_TAR" "$WORK/rootfs-build" "$WORK/debootstrap.log"
     log "root file system built and cached ($(du -h "$ROOTFS_TAR" | cut -f1)) in $(($(date +%s) - step)) s"
 fi
 
@@ -185,7 +131,8 @@ key="$(printf '%s\n' "${DEPS[@]}" "${PLATFORMS[@]}" cp311 | sha256sum | cut -c1-
 WHEELS="$CACHE/wheels-$key"
 [ "${EDGE_ARM64_REFRESH:-0}" = 1 ] && rm -rf "$WHEELS"
 if [ -e "$WHEELS/.complete" ]; then
-    log "wheels: cached $WHEELS ($(ls "$WHEELS"/*.whl | wc -l) files)"
+    cached=("$WHEELS"/*.whl)
+    log "wheels: cached $WHEELS (${#cached[@]} files)"
 else
     rm -rf "$WHEELS" && mkdir -p "$WHEELS.tmp"
     plat=(); for p in "${PLATFORMS[@]}"; do plat+=(--platform "$p"); done
@@ -228,18 +175,7 @@ cp "$WHEELS"/*.whl "$PROJECT_WHEELS"/*.whl "$ROOT/wheels/"
 cp "$HERE/smoke.sh" "$ROOT/smoke/smoke.sh"
 
 mount -t proc proc "$ROOT/proc"
-# a minimal /dev of our own: the host's /dev and /sys stay out of the chroot
-mount -t tmpfs -o mode=0755,nosuid,size=64m edge-arm64-dev "$ROOT/dev"
-for node in "null c 1 3" "zero c 1 5" "full c 1 7" "random c 1 8" "urandom c 1 9" "tty c 5 0"; do
-    # shellcheck disable=SC2086 # split "name type major minor" on purpose
-    set -- $node
-    mknod -m 0666 "$ROOT/dev/$1" "$2" "$3" "$4"
-done
-mkdir -p "$ROOT/dev/shm" "$ROOT/dev/pts"
-ln -s /proc/self/fd "$ROOT/dev/fd"
-ln -s /proc/self/fd/0 "$ROOT/dev/stdin"
-ln -s /proc/self/fd/1 "$ROOT/dev/stdout"
-ln -s /proc/self/fd/2 "$ROOT/dev/stderr"
+minimal_dev "$ROOT" edge-arm64-dev
 mount -t tmpfs -o mode=1777,nosuid,size=256m edge-arm64-tmp "$ROOT/tmp"
 log "chroot ready in $(($(date +%s) - step)) s; running the smoke inside"
 

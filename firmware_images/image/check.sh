@@ -56,31 +56,20 @@ CTR=""
 MNT=""
 
 T0=$(date +%s)
-in_background() {
-    "$@" &
-    wait "$!"
-}
+# shellcheck source=firmware_images/lib/chroot.sh
+. "$HERE/../lib/chroot.sh"
 log() { printf '[image %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 die() { log "FAIL: $*"; exit 1; }
 
-stop_chroot_processes() {
-    # processes whose root is the mounted container are the smoke's own (an interrupted run)
-    local p pids=()
-    for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/root" 2>/dev/null)" = "$MNT" ] && pids+=("${p#/proc/}")
-    done
-    [ "${#pids[@]}" -eq 0 ] && return 0
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    sleep 2
-    kill -KILL "${pids[@]}" 2>/dev/null || true
-}
+stop_chroot_processes() { stop_processes_rooted_at "$MNT"; }
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [ -n "$MNT" ]; then
         stop_chroot_processes
-        for m in $(awk -v p="$MNT" 'index($2, p "/") == 1 { print $2 }' /proc/self/mounts | sort -r); do
+        # the mounts inside the container's root (its root itself is buildah's to release)
+        for m in $(mounts_under "$MNT" | grep -vxF "$MNT"); do
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
         done
         "${BUILDAH[@]}" umount "$CTR" >/dev/null 2>&1 || true
@@ -117,20 +106,9 @@ if [ "$ARCH" != "$host_arch" ]; then
     [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
     command -v update-binfmts >/dev/null || need+=(binfmt-support)
 fi
-if [ "${#need[@]}" -gt 0 ]; then
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_packages "${need[@]}"
 if [ "$ARCH" != "$host_arch" ]; then
-    [ -e /proc/sys/fs/binfmt_misc/status ] ||
-        mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc ||
-        die "cannot mount binfmt_misc"
-    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --import qemu-aarch64 >/dev/null 2>&1 || true
-    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
-    grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null ||
-        die "binfmt handler qemu-aarch64 is not enabled (update-binfmts --enable qemu-aarch64)"
+    enable_qemu_aarch64
     # buildah's chroot runs the image's binaries: only binfmt's F flag (interpreter opened at
     # registration) lets the kernel find qemu outside the container's root
     grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 ||
@@ -148,21 +126,8 @@ fi
 if [ -s "$ROOTFS_TAR" ]; then
     log "base root file system: cached $ROOTFS_TAR"
 else
-    build="$CACHE/rootfs-build-$ARCH"
-    rm -rf --one-file-system "$build"
     log "base root file system: debootstrap $SUITE $ARCH from $MIRROR (minutes, once)"
-    in_background debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" \
-        "$SUITE" "$build" "$MIRROR" >"$CACHE/debootstrap-$ARCH.log" 2>&1 ||
-        { tail -20 "$CACHE/debootstrap-$ARCH.log"; die "debootstrap failed (log: $CACHE/debootstrap-$ARCH.log)"; }
-    # debootstrap may leave /proc or /sys mounted in the new root on failure paths
-    for m in $(awk -v p="$build" 'index($2, p "/") == 1 { print $2 }' /proc/self/mounts | sort -r); do
-        umount "$m" || die "cannot unmount $m"
-    done
-    chroot "$build" apt-get clean
-    rm -rf "$build"/var/lib/apt/lists/* "$build"/var/cache/apt/*.bin "$build"/var/log/*.log
-    tar -C "$build" --numeric-owner -czf "$ROOTFS_TAR.tmp" .
-    mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
-    rm -rf --one-file-system "$build"
+    debootstrap_tarball "$ARCH" "$PACKAGES" "$ROOTFS_TAR" "$CACHE/rootfs-build-$ARCH" "$CACHE/debootstrap-$ARCH.log"
     log "base root file system built and cached ($(du -h "$ROOTFS_TAR" | cut -f1))"
 fi
 digest="$(sha256sum "$ROOTFS_TAR" | cut -c1-16)"
@@ -219,7 +184,9 @@ mapfile -t cfg <<<"$config"
 health="${cfg[0]}" entrypoint="${cfg[1]}" command="${cfg[2]}" user="${cfg[3]}" workdir="${cfg[4]}"
 image_env=("${cfg[@]:5}")
 log "image config: HEALTHCHECK $health, ENTRYPOINT $entrypoint, CMD $command, USER $user, WORKDIR $workdir"
-[ "$health" != null ] && [ -n "$health" ] || die "the image has no HEALTHCHECK (built without --format docker?)"
+if [ "$health" = null ] || [ -z "$health" ]; then
+    die "the image has no HEALTHCHECK (built without --format docker?)"
+fi
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 CTR="$("${BUILDAH[@]}" from --arch "$ARCH" --pull-never --quiet "$IMAGE")"
 "${BUILDAH[@]}" copy --quiet "$CTR" "$HERE/smoke.sh" /usr/local/share/edge-image-smoke.sh >/dev/null
@@ -241,16 +208,11 @@ else
     # (onnxruntime then warns that cpuinfo failed: expected).
     MNT="$("${BUILDAH[@]}" mount "$CTR")"
     mount -t proc proc "$MNT/proc"
-    mount -t tmpfs -o mode=0755,nosuid,size=16m edge-image-dev "$MNT/dev"
-    for node in "null c 1 3" "zero c 1 5" "full c 1 7" "random c 1 8" "urandom c 1 9" "tty c 5 0"; do
-        # shellcheck disable=SC2086 # split "name type major minor" on purpose
-        set -- $node
-        mknod -m 0666 "$MNT/dev/$1" "$2" "$3" "$4"
-    done
-    mkdir -p "$MNT/dev/shm" && ln -s /proc/self/fd "$MNT/dev/fd"
+    minimal_dev "$MNT" edge-image-dev
     mount -t tmpfs -o mode=1777,nosuid,size=256m edge-image-tmp "$MNT/tmp"
     uid="$(awk -F: -v u="$user" '$1 == u || $3 == u { print $3 ":" $4; exit }' "$MNT/etc/passwd")"
     [ -n "$uid" ] || die "user $user of the image is not in its /etc/passwd"
+    # shellcheck disable=SC2016 # $1 is expanded by the inner sh
     in_background env -i "${image_env[@]}" HOME=/data QEMU_CPU="$QEMU_CPU" "${smoke_env[@]}" \
         chroot --userspec="$uid" "$MNT" /bin/sh -c 'cd "$1" && exec /bin/sh /usr/local/share/edge-image-smoke.sh' \
         sh "$workdir"

@@ -31,6 +31,7 @@ for backend in onnx litert; do
 done
 
 # the image's ENTRYPOINT and CMD as a container start would run them
+# shellcheck disable=SC2046 # the entry point and command, split into words on purpose
 set -- $(python3 -c 'import json, os; print(" ".join(json.loads(os.environ["SMOKE_ENTRYPOINT"]) + json.loads(os.environ["SMOKE_CMD"])))')
 step "start: $* (EDGE_PORT=$PORT)"
 "$@" >"$LOG" 2>&1 &
