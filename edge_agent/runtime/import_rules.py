@@ -253,3 +253,45 @@ def golden_inputs(
         raise ImportRejected(
             f"the golden inputs do not fit the model: {exc.message}", flag="--sample"
         ) from None
+
+
+def drift_reference(
+    sig: Signature, opts: ImportOptions, pre: ImagePreprocess | None
+) -> tuple[dict[str, Any] | None, str]:
+    """The package's drift reference from the user's samples, or None; and a sentence saying which
+    and why. Run after ``golden_inputs`` (which refuses unreadable samples). Images add their source
+    size; every sample row counts (not only the golden batch). Inputs only: the label shares would
+    need the model run on every sample, which a fixed-batch model cannot take at once."""
+    from edge_agent.runtime import drift, drift_sample
+    from edge_agent.runtime.preprocess import preprocess
+
+    need = drift_sample.MIN_REFERENCE_ROWS
+    if not opts.samples:
+        return None, (
+            "no drift reference written: no --sample given, and seeded inputs say nothing about what "
+            f"the model will see; pass at least {need} rows of real inputs with --sample"
+        )
+    first = pre.input if pre is not None else sig.inputs[0].name
+    rows: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    for path in opts.samples:
+        if path.suffix.lower() in IMAGE_SUFFIXES and pre is not None:
+            x, geo = preprocess(path.read_bytes(), pre)
+            rows.append(x[None])
+            sizes.append((geo.width, geo.height))
+        else:
+            rows.append(np.asarray(_sample_arrays(path, sig, pre)[first], dtype=np.float64))
+    try:
+        x = np.concatenate(rows)
+    except ValueError as exc:
+        return None, f"no drift reference written: the samples do not stack ({exc})"
+    n = int(x.shape[0])
+    if n < need:
+        return None, (
+            f"no drift reference written: the samples hold {n} row(s), fewer than the {need} a "
+            "reference needs (fewer rows are sampling noise); pass more with --sample"
+        )
+    names = ", ".join(p.name for p in opts.samples[:5]) + (" ..." if len(opts.samples) > 5 else "")
+    feats = drift.features(x, sizes if len(sizes) == n else None)
+    doc = drift_sample.reference(feats, None, f"the user's samples ({names}): {n} rows, inputs only", n)
+    return doc, f"drift reference written from {n} sample row(s): {', '.join(doc['features'])}"
