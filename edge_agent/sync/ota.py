@@ -79,8 +79,6 @@ class Activator(Protocol):
 
     def check(self, name: str, version: str) -> SelfTestReport: ...
 
-    def rollback(self, name: str) -> str: ...
-
 
 class UpdateRefused(PackageError):
     """The update's content does not match what was signed."""
@@ -218,17 +216,6 @@ class OtaUpdater:
                 f"{entry.name} {entry.version} is older than the active {active} and the signed metadata "
                 "does not mark it a rollback (an operator's rollback is POST /devices/{id}/rollback)"
             )
-
-    def rollback(self, name: str) -> UpdateOutcome:
-        """Switch ``name`` back to its previous version (raises if there is none); reports it."""
-        with self._lock:
-            previous = self.store.active_version(name)
-            target = self.activator.rollback(name)
-            prior = self._ledger().get(name)
-            deployment = str(prior["deployment"]) if prior else "rollback"
-            reason = f"rolled back from {previous} to {target} on command"
-            logger.info("model %s: %s", name, reason)
-            return self._emit(deployment, name, target, "rolled_back", reason, final=True)
 
     # -- one model -------------------------------------------------------------------------
     def _apply_one(self, deployment: str, signed: SignedModel, target: TargetModel) -> UpdateOutcome:
