@@ -164,13 +164,14 @@ def publish(store: Store, package_dir: Path, key_path: Path, artifacts: Path) ->
 
 def publish_file(
     store: Store, model_path: Path, options: ImportOptions, key_path: Path, artifacts: Path
-) -> tuple[Published, dict[str, Any]]:
+) -> tuple[Published, dict[str, Any], str]:
     """A user's bare model file -> a package (the device's importer, same checks) -> published.
 
-    Returns what ``publish`` returns and the manifest made. Nothing is stored when the file
+    Returns what ``publish`` returns, the manifest made and the importer's drift note (the
+    reference written from the samples, or why none was). Nothing is stored when the file
     is refused, the key is unreadable or the version already exists.
     """
-    from edge_agent.runtime.importer import build_package, default_name
+    from edge_agent.runtime.importer import default_name, prepare, write_package
 
     try:
         signing.load_private_key(key_path)  # a bad key fails before any work
@@ -184,10 +185,12 @@ def publish_file(
         )
     with tempfile.TemporaryDirectory(prefix="publish-import-") as tmp:
         try:
-            manifest = build_package(model_path, options, Path(tmp))
+            prep = prepare(model_path, options)
+            manifest = write_package(prep, Path(tmp))
         except EdgeAgentError as exc:
             raise PackageRejected(exc.message) from None
-        return publish(store, Path(tmp), key_path, artifacts), manifest.model_dump(mode="json")
+        published = publish(store, Path(tmp), key_path, artifacts)
+        return published, manifest.model_dump(mode="json"), prep.drift_note
 
 
 def _pack(package_dir: Path, artifacts: Path) -> tuple[str, int]:
