@@ -272,26 +272,22 @@ def drift_reference(
             f"the model will see; pass at least {need} rows of real inputs with --sample"
         )
     first = pre.input if pre is not None else sig.inputs[0].name
-    rows: list[np.ndarray] = []
-    sizes: list[tuple[int, int]] = []
+    parts: list[dict[str, np.ndarray]] = []  # features per sample file: never every tensor at once
     for path in opts.samples:
         if path.suffix.lower() in IMAGE_SUFFIXES and pre is not None:
             x, geo = preprocess(path.read_bytes(), pre)
-            rows.append(x[None])
-            sizes.append((geo.width, geo.height))
+            parts.append(drift.features(x[None], [(geo.width, geo.height)]))
         else:
-            rows.append(np.asarray(_sample_arrays(path, sig, pre)[first], dtype=np.float64))
-    try:
-        x = np.concatenate(rows)
-    except ValueError as exc:
-        return None, f"no drift reference written: the samples do not stack ({exc})"
-    n = int(x.shape[0])
+            x = np.asarray(_sample_arrays(path, sig, pre)[first], dtype=np.float64)
+            parts.append(drift.features(x))  # the same features the gateway takes of this input
+    common = set.intersection(*(set(p) for p in parts))  # images and arrays mixed: no source size
+    feats = {k: np.concatenate([p[k] for p in parts]) for k in sorted(common, key=list(parts[0]).index)}
+    n = len(next(iter(feats.values()))) if feats else 0
     if n < need:
         return None, (
             f"no drift reference written: the samples hold {n} row(s), fewer than the {need} a "
             "reference needs (fewer rows are sampling noise); pass more with --sample"
         )
     names = ", ".join(p.name for p in opts.samples[:5]) + (" ..." if len(opts.samples) > 5 else "")
-    feats = drift.features(x, sizes if len(sizes) == n else None)
     doc = drift_sample.reference(feats, None, f"the user's samples ({names}): {n} rows, inputs only", n)
     return doc, f"drift reference written from {n} sample row(s): {', '.join(doc['features'])}"
