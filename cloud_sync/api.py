@@ -96,6 +96,23 @@ class DeploymentRequest(BaseModel):
     )
 
 
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=64, description="Model name.")
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Older published version to go back to (default: the newest earlier version the "
+        "device reported active).",
+    )
+    artifact_base_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Base URL devices download artifacts from."
+    )
+    note: str | None = Field(default=None, max_length=1000, description="Free text kept with it.")
+
+
 class RolloutRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -337,6 +354,29 @@ def post_deployment(cloud: CloudDep, body: DeploymentRequest, request: Request) 
         signer=Signer.from_config(cloud.config),
         note=body.note,
         rollback=body.rollback,
+    )
+
+
+@router.post(
+    "/devices/{device_id}/rollback",
+    tags=["deployments"],
+    status_code=201,
+    summary="Take one device back to an older model version: new signed metadata marked rollback",
+    responses=errors(404, 422, 503),
+)
+def post_device_rollback(cloud: CloudDep, device_id: str, body: RollbackRequest, request: Request) -> Row:
+    """A deployment to this device alone whose signed targets metadata names the older version with
+    ``rollback: true`` and the model's next release counter; devices refuse a lower version without
+    it, and refuse the MQTT ``rollback``/``activate`` commands once signed updates are configured."""
+    return deploy.rollback_device(
+        cloud.store,
+        cloud.link,
+        device_id,
+        body.model,
+        body.version,
+        base_url=body.artifact_base_url or str(request.base_url),
+        signer=Signer.from_config(cloud.config),
+        note=body.note,
     )
 
 

@@ -152,8 +152,8 @@ def cmd_models_publish(config: CloudConfig, args: argparse.Namespace) -> int:
                 options = options_from_args(args)
             except EdgeAgentError as exc:
                 raise InvalidRequest(exc.message) from None
-            published, manifest = publish_file(store, source, options, key, artifact_dir(config))
-            _print_json(published.to_dict() | {"manifest": manifest})
+            published, manifest, drift = publish_file(store, source, options, key, artifact_dir(config))
+            _print_json(published.to_dict() | {"manifest": manifest, "drift": drift})
     finally:
         store.close()
     return EXIT_OK

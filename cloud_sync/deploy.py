@@ -17,6 +17,12 @@
   signed decision (marked ``rollback`` when the operator says so), never a
   replay of the old one. Devices report on ``models/reported``; the
   ingest role stores those outcomes and ``Store.deployment_status`` shows them.
+- ``rollback_device``: an operator's decision to take one device back to an
+  older version (``POST /devices/{id}/rollback``, ``edge-console rollback``):
+  a deployment to that device alone whose signed metadata says ``rollback``
+  and carries the next release counter. Devices refuse a lower version
+  without that flag, and refuse their MQTT ``rollback``/``activate`` commands
+  once signed updates are configured, so this is the only way back.
 
 Signing and verifying share ``edge_agent.sync.signing``; the archive format is
 ``edge_agent.sync.archive``. Private keys are never logged or printed.
@@ -42,6 +48,7 @@ from cloud_sync.store import Store
 from cloud_sync.trust import Signer, sign_targets
 from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.package import read_manifest
+from edge_agent.runtime.store import version_key
 from edge_agent.sync import protocol, signing
 from edge_agent.sync.archive import pack
 
@@ -157,13 +164,14 @@ def publish(store: Store, package_dir: Path, key_path: Path, artifacts: Path) ->
 
 def publish_file(
     store: Store, model_path: Path, options: ImportOptions, key_path: Path, artifacts: Path
-) -> tuple[Published, dict[str, Any]]:
+) -> tuple[Published, dict[str, Any], str]:
     """A user's bare model file -> a package (the device's importer, same checks) -> published.
 
-    Returns what ``publish`` returns and the manifest made. Nothing is stored when the file
+    Returns what ``publish`` returns, the manifest made and the importer's drift note (the
+    reference written from the samples, or why none was). Nothing is stored when the file
     is refused, the key is unreadable or the version already exists.
     """
-    from edge_agent.runtime.importer import build_package, default_name
+    from edge_agent.runtime.importer import default_name, prepare, write_package
 
     try:
         signing.load_private_key(key_path)  # a bad key fails before any work
@@ -177,10 +185,12 @@ def publish_file(
         )
     with tempfile.TemporaryDirectory(prefix="publish-import-") as tmp:
         try:
-            manifest = build_package(model_path, options, Path(tmp))
+            prep = prepare(model_path, options)
+            manifest = write_package(prep, Path(tmp))
         except EdgeAgentError as exc:
             raise PackageRejected(exc.message) from None
-        return publish(store, Path(tmp), key_path, artifacts), manifest.model_dump(mode="json")
+        published = publish(store, Path(tmp), key_path, artifacts)
+        return published, manifest.model_dump(mode="json"), prep.drift_note
 
 
 def _pack(package_dir: Path, artifacts: Path) -> tuple[str, int]:
@@ -256,6 +266,50 @@ def deploy(
             deployment=deployment_id,
         )
     return store.deployment_status(deployment_id)
+
+
+def rollback_device(
+    store: Store,
+    link: MqttLink,
+    device: str,
+    model: str,
+    version: str | None,
+    *,
+    base_url: str,
+    signer: Signer,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Sign and publish ``device``'s going back to an older ``version`` of ``model`` (default: the newest
+    earlier version it reported active); the deployment's status with ``rollback: {from, to}``."""
+    row = store.device(device)  # NotFound: a device the cloud never heard from
+    current = (row.get("reported_models") or row.get("models") or {}).get(model)
+    if current is None:
+        raise InvalidRequest(f"device {device!r} reports no model {model!r}; nothing to roll back")
+    if version is None:
+        earlier = [v for v in store.active_versions(device, model) if version_key(v) < version_key(current)]
+        if not earlier:
+            raise InvalidRequest(
+                f"no version of {model!r} older than {current} is known to have been active on {device!r}; "
+                "name the version to go back to"
+            )
+        version = earlier[0]
+    elif version_key(version) >= version_key(current):
+        raise InvalidRequest(
+            f"{model} {version} is not older than {current}, which {device!r} runs: a rollback goes back; "
+            "deploy a newer version with POST /deployments"
+        )
+    status = deploy(
+        store,
+        link,
+        model,
+        version,
+        devices=[device],
+        base_url=base_url,
+        signer=signer,
+        note=note or f"rollback of {model} on {device} from {current} to {version}",
+        rollback=True,
+    )
+    return status | {"rollback": {"device": device, "model": model, "from": current, "to": version}}
 
 
 def model_entry(

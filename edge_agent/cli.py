@@ -144,8 +144,9 @@ def cmd_models_import(config: AgentConfig, args: argparse.Namespace) -> int:
     from edge_agent.runtime.importer import import_model
 
     engine = _engine(config)
-    manifest = import_model(engine.store, args.path, options_from_args(args))
+    manifest, drift_note = import_model(engine.store, args.path, options_from_args(args))
     print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    print(drift_note)
     where = f"{manifest.name}/{manifest.version}"
     if args.activate:
         report = engine.activate(manifest.name, manifest.version)

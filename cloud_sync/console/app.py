@@ -367,14 +367,28 @@ def rollback_command(
     ctx: typer.Context,
     device: Annotated[str, typer.Argument(help="Device id.", show_default=False)],
     model: Annotated[str, typer.Argument(help="Model to roll back.", show_default=False)],
-    wait: WaitOption = 30.0,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Older version to go back to (default: the one it ran before)."),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0, help="Seconds to wait for the device to report.")
+    ] = 60.0,
+    poll: Annotated[float, typer.Option(min=0.1, help="Seconds between progress checks.")] = 1.0,
 ) -> int:
-    """Make a device go back to the previous version of a model (the one that passes its self-test)."""
-    reply = _client(ctx).rollback(device, model, wait).raise_for_error()
-    result = reply.result or {}
-    was = f" (was {result['previous']})" if result.get("previous") else ""
-    _emit(_console(), f"{device}: {model} rolled back to {result.get('version', '?')}{was}")
-    return EXIT_OK
+    """Take a device back to an older model version: new update metadata, signed by the cloud and marked
+    rollback (devices refuse a local switch once signed updates are configured)."""
+    client, out = _client(ctx), _console()
+    deployment_id, was, target = client.rollback(device, model, version)
+    _emit(out, f"deployment {deployment_id}: {model} {target} (signed rollback from {was})")
+    final = list(client.watch_deployment(deployment_id, poll_s=poll, timeout_s=wait))[-1]
+    row = next((r for r in final.devices if r.device == device), None)
+    if row is not None and row.state == "active":
+        _emit(out, f"{device}: {model} rolled back to {target} (was {was})")
+        return EXIT_OK
+    state, reason = (row.state, row.reason) if row else ("unknown", None)
+    _emit(_console(stderr=True), f"{PROG}: {device} {state}: {reason or 'no reason given'}")
+    return EXIT_ERROR
 
 
 # -- staged rollouts ------------------------------------------------------------------------------

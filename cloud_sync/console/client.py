@@ -402,9 +402,13 @@ class ConsoleClient:
                     command_id=command_id,
                 )
 
-    def rollback(self, device: str, model: str, wait_s: float = 30.0) -> Reply:
-        """Ask a device to go back to the previous version of ``model`` that passes its self-test."""
-        return self.send(device, "rollback", {"model": model}, wait_s)
+    def rollback(self, device: str, model: str, version: str | None = None) -> tuple[str, str, str]:
+        """Sign and send ``device``'s going back to an older ``version`` of ``model`` (default: the newest
+        earlier one it ran): ``POST /devices/{id}/rollback``. (deployment id, from version, to version)."""
+        body = {"model": model} | ({"version": version} if version is not None else {})
+        data = self._request("POST", f"/devices/{device}/rollback", json=body)
+        back = data.get("rollback") or {}
+        return str(data["id"]), str(back.get("from", "?")), str(back.get("to", data.get("version", "?")))
 
     # -- deployments -----------------------------------------------------------------------------------
     def deploy(

@@ -101,6 +101,25 @@ class Catalog(StoreBase):
             raise NotFound(f"no model version {model!r} {version!r}: publish it first")
         return rows[0]
 
+    def active_versions(self, device: str, model: str, limit: int = 1000) -> list[str]:
+        """The versions of ``model`` that ``device`` ran, newest first: from its status messages (the
+        models it announced) and the deployments it reported ``active`` or ``rolled_back``."""
+        seen: dict[str, float] = {}
+        for r in self._query(
+            "SELECT models, received FROM status_history WHERE device = ? ORDER BY received DESC LIMIT ?",
+            [device, limit],
+        ):
+            version = (r["models"] or {}).get(model) if isinstance(r["models"], dict) else None
+            if version is not None:
+                seen[str(version)] = max(seen.get(str(version), 0.0), float(r["received"]))
+        for r in self._query(
+            "SELECT version, MAX(received) AS last FROM deployment_devices WHERE device = ? AND model = ? "
+            "AND state IN ('active', 'rolled_back') GROUP BY version",
+            [device, model],
+        ):
+            seen[str(r["version"])] = max(seen.get(str(r["version"]), 0.0), float(r["last"]))
+        return sorted(seen, key=lambda v: seen[v], reverse=True)
+
     def create_deployment(
         self,
         deployment_id: str,

@@ -253,3 +253,41 @@ def golden_inputs(
         raise ImportRejected(
             f"the golden inputs do not fit the model: {exc.message}", flag="--sample"
         ) from None
+
+
+def drift_reference(
+    sig: Signature, opts: ImportOptions, pre: ImagePreprocess | None
+) -> tuple[dict[str, Any] | None, str]:
+    """The package's drift reference from the user's samples, or None; and a sentence saying which
+    and why. Run after ``golden_inputs`` (which refuses unreadable samples). Images add their source
+    size; every sample row counts (not only the golden batch). Inputs only: the label shares would
+    need the model run on every sample, which a fixed-batch model cannot take at once."""
+    from edge_agent.runtime import drift, drift_sample
+    from edge_agent.runtime.preprocess import preprocess
+
+    need = drift_sample.MIN_REFERENCE_ROWS
+    if not opts.samples:
+        return None, (
+            "no drift reference written: no --sample given, and seeded inputs say nothing about what "
+            f"the model will see; pass at least {need} rows of real inputs with --sample"
+        )
+    first = pre.input if pre is not None else sig.inputs[0].name
+    parts: list[dict[str, np.ndarray]] = []  # features per sample file: never every tensor at once
+    for path in opts.samples:
+        if path.suffix.lower() in IMAGE_SUFFIXES and pre is not None:
+            x, geo = preprocess(path.read_bytes(), pre)
+            parts.append(drift.features(x[None], [(geo.width, geo.height)]))
+        else:
+            x = np.asarray(_sample_arrays(path, sig, pre)[first], dtype=np.float64)
+            parts.append(drift.features(x))  # the same features the gateway takes of this input
+    common = set.intersection(*(set(p) for p in parts))  # images and arrays mixed: no source size
+    feats = {k: np.concatenate([p[k] for p in parts]) for k in sorted(common, key=list(parts[0]).index)}
+    n = len(next(iter(feats.values()))) if feats else 0
+    if n < need:
+        return None, (
+            f"no drift reference written: the samples hold {n} row(s), fewer than the {need} a "
+            "reference needs (fewer rows are sampling noise); pass more with --sample"
+        )
+    names = ", ".join(p.name for p in opts.samples[:5]) + (" ..." if len(opts.samples) > 5 else "")
+    doc = drift_sample.reference(feats, None, f"the user's samples ({names}): {n} rows, inputs only", n)
+    return doc, f"drift reference written from {n} sample row(s): {', '.join(doc['features'])}"

@@ -6,7 +6,10 @@ labels, the decoder) comes from :class:`ImportOptions`, and a missing piece is
 an :class:`ImportRejected` naming the flag to pass. The golden sample is the
 model's own answer on the user's samples (images, .npy, JSON) or, without
 samples, on seeded inputs, and the manifest says which. The tolerance follows
-from each output's element type, with the reason written down.
+from each output's element type, with the reason written down. The drift
+reference (``drift.json``) is written from the user's samples when they hold
+enough rows (``drift_sample.MIN_REFERENCE_ROWS``); otherwise none, and the
+import's report says why (seeded inputs only, too few rows).
 
 ``prepare`` checks everything and writes nothing; ``write_package`` writes a
 package directory; ``import_model`` installs it into a store only when every
@@ -19,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -100,6 +103,8 @@ class Prepared:
     manifest: Manifest
     golden_inputs: dict[str, np.ndarray]
     golden_outputs: dict[str, np.ndarray]
+    drift_reference: dict[str, Any] | None = None  # written as drift.json beside the manifest
+    drift_note: str = ""  # what was written, or why none was
 
 
 def default_name(path: Path) -> str:
@@ -254,7 +259,8 @@ def prepare(path: Path, opts: ImportOptions, existing: set[tuple[str, str]] | No
             f"the manifest made for {path.name} is invalid: {exc}", reason="manifest"
         ) from None
     decoders.check_decoder(manifest, outputs)
-    return Prepared(path, manifest, inputs, outputs)
+    reference, note = rules.drift_reference(sig, opts, pre)
+    return Prepared(path, manifest, inputs, outputs, reference, note)
 
 
 def _run(path: Path, manifest: Manifest, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -274,9 +280,14 @@ def _run(path: Path, manifest: Manifest, inputs: dict[str, np.ndarray]) -> dict[
 
 
 def write_package(prep: Prepared, dest: Path) -> Manifest:
-    """Write model file, golden.npz and manifest.json into the empty directory ``dest``."""
+    """Write model file, golden.npz, manifest.json and the drift reference (when there is one) into the
+    empty directory ``dest``."""
+    from edge_agent.runtime import drift_sample
+
     m = prep.manifest
     shutil.copyfile(prep.model_path, dest / m.file)
+    if prep.drift_reference is not None:
+        drift_sample.write(dest, prep.drift_reference)
     golden_sha = save_golden(dest, prep.golden_inputs, prep.golden_outputs)
     final = m.model_copy(update={"golden": m.golden.model_copy(update={"sha256": golden_sha})})
     final = Manifest.model_validate(final.model_dump())
@@ -289,8 +300,9 @@ def build_package(path: Path, opts: ImportOptions, dest: Path) -> Manifest:
     return write_package(prepare(path, opts), dest)
 
 
-def import_model(store: ModelStore, path: Path, opts: ImportOptions) -> Manifest:
-    """Prepare, then install into ``store`` through a temporary directory; returns the manifest."""
+def import_model(store: ModelStore, path: Path, opts: ImportOptions) -> tuple[Manifest, str]:
+    """Prepare, then install into ``store`` through a temporary directory; returns the manifest and
+    the drift note (the reference written, or why none was)."""
     existing = {(n, v) for n in store.names() for v in store.versions(n)}
     name = opts.name or default_name(Path(path))
     if (store.root / name / opts.version).exists():  # even a half-written leftover counts
@@ -299,4 +311,4 @@ def import_model(store: ModelStore, path: Path, opts: ImportOptions) -> Manifest
     with tempfile.TemporaryDirectory(prefix="edge-import-") as tmp:
         final = write_package(prep, Path(tmp))
         store.install(Path(tmp))
-    return final
+    return final, prep.drift_note

@@ -370,9 +370,8 @@ class InferenceService:
             "total": _ms(t4 - job.t0),
         }
         self.metrics.observe_stages(m.name, timings)
-        if inputs:  # the window compared with the package's drift reference (nothing without one)
-            sizes = [(g.width, g.height) for g in geos if g is not None]
-            self.drift.observe(m.name, m.version, next(iter(inputs.values())), results, sizes or None)
+        if inputs:  # handed to the drift thread (compared there with the package's reference)
+            self.drift.observe(m.name, m.version, next(iter(inputs.values())), results, geos)
         if job.item is None:  # a copy for the staged version, if any (data items are not mirrored)
             compute_ms = timings["total"] - timings["queue"]  # what the candidate's figure compares with
             self.shadow.offer(

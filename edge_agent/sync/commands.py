@@ -51,7 +51,7 @@ class CommandContext:
     status: Callable[[], dict[str, Any]]
     apply_settings: Callable[[Mapping[str, Any]], None]
     models_changed: Callable[[], None]
-    ota: Any = None  # the OtaUpdater when updates are configured: rollbacks then go through it
+    ota: Any = None  # the OtaUpdater when signed updates are configured: no local version switch then
 
 
 _A = TypeVar("_A", bound=BaseModel)
@@ -119,11 +119,31 @@ def list_models(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:
     return {"models": models}
 
 
+class SignedUpdatesOnly(EdgeAgentError):
+    """A local version switch asked of a device that takes versions from signed metadata only."""
+
+    status = 409
+    code = "signed_update_required"
+
+
+def _local_switch_allowed(ctx: CommandContext, what: str, model: str) -> None:
+    """With signed updates configured (``trusted_keys``), which version runs is decided by signed
+    metadata alone: a command over MQTT (anyone with the broker credentials) cannot switch it."""
+    if ctx.ota is not None:
+        raise SignedUpdatesOnly(
+            f"{what} refused: this device takes model versions only from signed update metadata "
+            f"(trusted_keys is set); go back with a signed rollback: `edge-console rollback "
+            f"{ctx.ota.settings.device or 'DEVICE'} {model} [--version V]` (POST /devices/{{id}}/rollback)"
+        )
+
+
 def activate(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Verify and self-test the version in this process, then switch the store's pointer."""
+    """Verify and self-test the version in this process, then switch the store's pointer
+    (refused when signed updates are configured)."""
     from edge_agent.sync.ota_runner import StoreActivator
 
     a = _args(_ActivateArgs, args)
+    _local_switch_allowed(ctx, "activate", a.model)
     report = StoreActivator(_store(ctx), _backend_options(ctx)).activate(a.model, a.version)
     ctx.models_changed()
     return {"model": a.model, "version": a.version, "self_test": report.message}
@@ -133,12 +153,10 @@ def rollback(ctx: CommandContext, args: Mapping[str, Any]) -> dict[str, Any]:
     from edge_agent.sync.ota_runner import StoreActivator
 
     a = _args(_ModelArgs, args)
+    _local_switch_allowed(ctx, "rollback", a.model)
     store = _store(ctx)
     previous = store.active_version(a.model)
-    if ctx.ota is not None:  # reported on models/reported too, and remembered by the updater
-        target = ctx.ota.rollback(a.model).version
-    else:
-        target = StoreActivator(store, _backend_options(ctx)).rollback(a.model)
+    target = StoreActivator(store, _backend_options(ctx)).rollback(a.model)
     ctx.models_changed()
     return {"model": a.model, "version": target, "previous": previous}
 

@@ -7,6 +7,8 @@ A desired state is first authorised as a whole (``edge_agent.sync.trust``):
 2. the targets metadata must be signed by a threshold of the targets keys,
    name this device, not be older than what was seen (metadata version and
    per-model release), not be expired, and the clock must be trustworthy;
+   a model version lower than the active one needs the signed ``rollback``
+   flag (the operator's decision: ``POST /devices/{id}/rollback``);
 3. every model it names must match a manifest of the message (sha256 of the
    canonical manifest) and the artifact URL and sha256 travelling beside it;
    the signed size must be within ``max_artifact_bytes``.
@@ -45,7 +47,7 @@ import httpx
 
 from edge_agent.errors import EdgeAgentError, PackageError
 from edge_agent.runtime.package import Manifest, parse_manifest, read_manifest, sha256_file
-from edge_agent.runtime.store import ModelStore, SelfTestReport, atomic_write
+from edge_agent.runtime.store import ModelStore, SelfTestReport, atomic_write, version_key
 from edge_agent.sync.archive import unpack
 from edge_agent.sync.download import DownloadError, fetch
 from edge_agent.sync.metadata import (
@@ -54,6 +56,7 @@ from edge_agent.sync.metadata import (
     ClockUntrusted,
     MetadataError,
     MetadataMissing,
+    RollbackRefused,
     TargetModel,
     manifest_digest,
 )
@@ -75,8 +78,6 @@ class Activator(Protocol):
     def activate(self, name: str, version: str) -> SelfTestReport: ...
 
     def check(self, name: str, version: str) -> SelfTestReport: ...
-
-    def rollback(self, name: str) -> str: ...
 
 
 class UpdateRefused(PackageError):
@@ -199,20 +200,22 @@ class OtaUpdater:
                     f"{where}: signed artifact size {entry.artifact_size} bytes is over this device's "
                     f"limit of {self.settings.max_artifact_bytes}"
                 )
+            self._check_direction(entry)
             plan.append((signed, entry))
         self.trust.accept(accepted)
         return plan
 
-    def rollback(self, name: str) -> UpdateOutcome:
-        """Switch ``name`` back to its previous version (raises if there is none); reports it."""
-        with self._lock:
-            previous = self.store.active_version(name)
-            target = self.activator.rollback(name)
-            prior = self._ledger().get(name)
-            deployment = str(prior["deployment"]) if prior else "rollback"
-            reason = f"rolled back from {previous} to {target} on command"
-            logger.info("model %s: %s", name, reason)
-            return self._emit(deployment, name, target, "rolled_back", reason, final=True)
+    def _check_direction(self, entry: TargetModel) -> None:
+        """A version lower than the active one only with the signed ``rollback`` flag (an operator's
+        decision); without it, older signed metadata re-signed with a new counter still cannot downgrade."""
+        if entry.rollback or entry.name not in self.store.names():
+            return
+        active = self.store.active_version(entry.name)
+        if version_key(entry.version) < version_key(active):
+            raise RollbackRefused(
+                f"{entry.name} {entry.version} is older than the active {active} and the signed metadata "
+                "does not mark it a rollback (an operator's rollback is POST /devices/{id}/rollback)"
+            )
 
     # -- one model -------------------------------------------------------------------------
     def _apply_one(self, deployment: str, signed: SignedModel, target: TargetModel) -> UpdateOutcome:

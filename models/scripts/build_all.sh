@@ -15,3 +15,12 @@ for family in iris digits face person; do
     echo "== building $family"
     build "$family"
 done
+echo "== drift references (drift.json beside each manifest; packed with the archive)"
+ref() {  # family source package...
+    local py="$VENVS/$1/bin/python" source=$2
+    shift 2
+    for pkg in "$@"; do PYTHONPATH=. "$py" models/scripts/drift_reference.py "$source" "models/$pkg/1"; done
+}
+ref iris iris iris iris_setosa iris_versicolor iris_virginica
+ref digits digits digits digits_int8 digits_tflite digits_tflite_int8
+ref face photos face face_onnx person

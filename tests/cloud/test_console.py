@@ -435,12 +435,40 @@ def test_an_error_reply_exits_non_zero(
     assert code == console_app.EXIT_ERROR and json.loads(out)["ok"] is False
 
 
-def test_rollback_sends_the_rollback_command(
-    api_url: str, fleet: dict[str, FleetDevice], capsys: pytest.CaptureFixture[str]
+def test_rollback_signs_a_rollback_deployment_and_sends_no_command(
+    api_url: str,
+    db: CloudDb,
+    fleet: dict[str, FleetDevice],
+    published: None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, err = run_main(capsys, api_url, "rollback", "con-a", "iris")
-    assert (code, out) == (0, "con-a: iris rolled back to 1 (was 2)\n"), err
-    assert fleet["con-a"].received("rollback")[-1].args == {"model": "iris"}
+    """`edge-console rollback` asks the cloud (POST /devices/{id}/rollback) for new signed metadata
+    marked rollback; no MQTT command is sent (devices with signed updates refuse one)."""
+    store = Store(db)
+    store.add_model_version(
+        "iris",
+        "1",
+        {"name": "iris", "version": "1"},
+        sha256="ab" * 32,
+        created=time.time(),
+        artifact_url=f"/artifacts/{'ab' * 32}",
+        signature="c2lnbmF0dXJl",
+        key_id="test-key",
+    )
+    store.close()
+    with ConsoleClient(api_url, TOKEN) as client:
+        up = client.deploy("iris", "2", ["con-a"])
+        assert list(client.watch_deployment(up, poll_s=0.1, timeout_s=20))[-1].devices[0].state == "active"
+    commands_before = len(fleet["con-a"].received("rollback"))
+    code, out, err = run_main(capsys, api_url, "rollback", "con-a", "iris", "--poll", "0.1")
+    assert code == 0, err
+    assert out.splitlines()[-1] == "con-a: iris rolled back to 1 (was 2)", out
+    desired = fleet["con-a"].desired[-1]
+    assert desired.targets is not None and desired.models[0].manifest["version"] == "1"
+    assert [(m["version"], m["rollback"]) for m in desired.targets.signed["models"]] == [("1", True)]
+    assert len(fleet["con-a"].received("rollback")) == commands_before
+    code, out, err = run_main(capsys, api_url, "rollback", "con-a", "iris", "--version", "2")
+    assert code == console_app.EXIT_USAGE and "is not older than 1" in err, (code, err)
 
 
 def test_errors_are_one_line_with_their_exit_code(api_url: str, capsys: pytest.CaptureFixture[str]) -> None:

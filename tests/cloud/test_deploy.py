@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +23,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_sync import cli
-from cloud_sync.deploy import generate_keys
+from cloud_sync.deploy import generate_keys, publish
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
 from edge_agent.sync.ota import OtaSettings, OtaUpdater
 from edge_agent.sync.ota_runner import OtaRunner, StoreActivator, reported
 from tests.cloud import ROOT, cloud_env, running, sim_device, start_ingest, state_dir, status_msg, wait_for
-from tests.conftest import CloudDb, make_cloud_db
+from tests.conftest import MODELS, CloudDb, make_cloud_db
 from tests.sync.broker import Broker, run_broker
 from tests.sync.ota_helpers import cloud_api, device_store, make_version
 
@@ -38,8 +37,7 @@ TOKEN = "deploy-token-" + uuid.uuid4().hex
 
 
 class OtaDevice:
-    """A device on paho: desired state -> OtaRunner; outcomes -> retained models/reported;
-    a ``rollback`` command -> ``OtaUpdater.rollback`` and a reply."""
+    """A device on paho: desired state -> OtaRunner; outcomes -> retained models/reported."""
 
     def __init__(self, broker: Broker, device: str, root: Path, trusted: Path) -> None:
         self.device = device
@@ -58,24 +56,13 @@ class OtaDevice:
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect(broker.host, broker.port, keepalive=30)
         self.client.loop_start()
-        self.client.subscribe(
-            [(protocol.topic(device, "models_desired"), 1), (protocol.topic(device, "cmd"), 1)]
-        )
+        self.client.subscribe(protocol.topic(device, "models_desired"), 1)
         assert subscribed.wait(5), "no SUBACK"
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         _, decoded = protocol.decode(msg.topic, bytes(msg.payload))
         if isinstance(decoded, protocol.ModelsDesired):
             self.runner.submit(decoded)
-        elif isinstance(decoded, protocol.Command) and decoded.name == "rollback":
-            threading.Thread(target=self._rollback, args=(decoded,)).start()
-
-    def _rollback(self, cmd: protocol.Command) -> None:
-        outcome = self.updater.rollback(str(cmd.args["model"]))
-        reply = protocol.CommandReply(
-            device=self.device, id=cmd.id, ok=True, result={"version": outcome.version}, ts=time.time()
-        )
-        self.client.publish(protocol.topic(self.device, "cmd_reply"), protocol.encode(reply), qos=1)
 
     def _report(self, outcome: protocol.UpdateOutcome) -> None:
         self.outcomes.append(outcome)
@@ -257,19 +244,24 @@ def test_deployment_to_a_group_shows_per_device_progress(
     listed = api.get("/deployments").json()["deployments"]
     assert listed[0]["id"] == dep["id"] and listed[0]["summary"] == {"active": 2, "failed": 1}
 
-    # rollback on command, reported against the deployment
-    cmd = api.post("/commands", json={"device": "dev-good", "name": "rollback", "args": {"model": "iris"}})
-    assert cmd.status_code == 202, cmd.text
-    reply = api.get(f"/commands/{cmd.json()['id']}", params={"wait": 10}).json()["reply"]
-    assert reply["ok"] and reply["result"] == {"version": "1"}
-    wait_for(lambda: device_states(api, dep["id"])["dev-good"]["state"] == "rolled_back", what="rolled_back")
+    # going back: a signed rollback deployment to dev-good alone (to the bundled iris 1, published)
+    store = Store(db)
+    try:
+        publish(store, MODELS / "iris" / "1", keys["private"], workdir / "artifacts")
+    finally:
+        store.close()
+    back = api.post("/devices/dev-good/rollback", json={"model": "iris", "version": "1"})
+    assert back.status_code == 201, back.text
+    assert back.json()["rollback"] == {"device": "dev-good", "model": "iris", "from": "2", "to": "1"}
+    wait_for(lambda: device_states(api, back.json()["id"])["dev-good"]["state"] == "active", what="back")
     assert good.store.active_version("iris") == "1"
+    assert api.post("/devices/dev-good/rollback", json={"model": "iris"}).status_code == 422  # none older
 
     # the operator's command line over the same database
     capsys.readouterr()
     assert cli.main(["deployments", dep["id"], "--db", str(db)]) == cli.EXIT_OK
     out = capsys.readouterr().out
-    assert "dev-wrong-key" in out and "failed" in out and "rolled_back" in out
+    assert "dev-wrong-key" in out and "failed" in out and "active" in out
 
 
 def test_a_newer_deployment_supersedes_an_unfinished_one(api: httpx.Client, broker: Broker) -> None:

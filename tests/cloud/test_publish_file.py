@@ -45,6 +45,7 @@ def test_publish_a_bare_onnx_file(tmp_path: Path, keys: tuple[Path, Path]) -> No
     out: dict[str, Any] = json.loads(r.stdout)
     assert (out["model"], out["version"]) == ("dyn", "3")
     assert out["manifest"]["inputs"][0]["shape"] == [None, 4]  # the manifest made is printed
+    assert out["drift"].startswith("no drift reference written: no --sample given")  # and why no reference
     # the signature verifies with the public key, over the manifest the store recorded
     store = Store(db)
     row = store.model_version("dyn", "3")
@@ -74,3 +75,26 @@ def test_a_refused_file_publishes_nothing(tmp_path: Path, keys: tuple[Path, Path
     store.close()
     artifacts = db.parent / "artifacts"
     assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_a_file_published_with_samples_carries_its_drift_reference(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """`models publish FILE --sample rows.npy`: the importer writes drift.json from the samples and it
+    travels in the signed archive (devices watch drift against it)."""
+    import tarfile
+
+    import numpy as np
+
+    model, _, _ = dynamic_classifier(tmp_path / "user_model.onnx")
+    np.save(tmp_path / "rows.npy", np.random.default_rng(3).random((40, 4), dtype=np.float32))
+    db = tmp_path / "cloud" / "cloud.db"
+    r = cloud_sync("models", "publish", model, "--name", "dyn", "--version", "1", "--postprocess",
+                   "classification", "--sample", tmp_path / "rows.npy", "--key", keys[0], "--db", db)  # fmt: skip
+    assert r.returncode == cli.EXIT_OK, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    assert out["drift"] == "drift reference written from 40 sample row(s): f0, f1, f2, f3"
+    with tarfile.open(db.parent / "artifacts" / f"{out['sha256']}.tar") as tar:
+        assert "drift.json" in tar.getnames()
+        ref = json.load(tar.extractfile("drift.json"))  # type: ignore[arg-type]
+    assert ref["rows"] == 40 and set(ref["features"]) == {"f0", "f1", "f2", "f3"}

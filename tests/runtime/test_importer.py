@@ -108,7 +108,7 @@ def test_ssd_detector_imported_and_served_by_the_engine(tmp_path: Path) -> None:
         name="ssd", postprocess="ssd", labels=["background", "person", "car"],
         image=ImageOptions(input_range=(0.0, 1.0), resize="letterbox"), decoder=DecoderOptions(min_score=0.5),
     )  # fmt: skip
-    m = import_model(store, path, opts)
+    m, _ = import_model(store, path, opts)
     assert m.postprocessing is not None and m.postprocessing.type == "ssd"
     img = np.full((32, 64, 3), 100, np.uint8)  # 64x32 into 64x64: scale 1, 16 px of padding above
     ok, png = cv2.imencode(".png", img)
@@ -168,3 +168,61 @@ def test_cli_anchor_choices_are_the_presets() -> None:
     add_import_arguments(p)
     action = next(a for a in p._actions if "--anchors" in a.option_strings)
     assert sorted(action.choices or []) == sorted(PRESETS)
+
+
+def test_drift_reference_from_the_samples_or_the_reason_why_not(tmp_path: Path) -> None:
+    """Enough sample rows: drift.json beside the manifest (a file the manifest does not list, so
+    ``verify_files`` stays clean); seeded inputs or too few rows: none, and the note says why."""
+    from edge_agent.runtime import drift
+
+    heldout = np.load(DATA / "digits_heldout.npz")
+    x = heldout["images"][:400].astype(np.float32)[:, None] / 16.0
+    np.save(tmp_path / "rows.npy", x)
+    path = MODELS / "digits" / "1" / "digits.onnx"
+    prep = prepare(path, ImportOptions(name="d", task="classification", samples=[tmp_path / "rows.npy"]))
+    assert prep.drift_note == "drift reference written from 400 sample row(s): brightness, contrast"
+    ref = prep.drift_reference
+    assert ref is not None and ref["rows"] == 400 and set(ref["features"]) == {"brightness", "contrast"}
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    final = write_package(prep, pkg)
+    verify_files(pkg, final)
+    assert drift.load_reference(pkg) == ref
+    same = drift.compare(ref, drift.features(x))
+    assert same["max"] < 1e-9 and not same["drifted"]
+
+    seeded = prepare(path, ImportOptions(name="d", task="classification"))
+    assert seeded.drift_reference is None and seeded.drift_note.startswith(
+        "no drift reference written: no --sample given, and seeded inputs say nothing"
+    )
+    np.save(tmp_path / "few.npy", x[:3])
+    few = prepare(path, ImportOptions(name="d", task="classification", samples=[tmp_path / "few.npy"]))
+    assert few.drift_reference is None and "hold 3 row(s), fewer than the 30" in few.drift_note
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_package(few, empty)
+    assert not (empty / drift.REFERENCE_FILE).exists()
+
+
+def test_image_samples_give_brightness_contrast_and_size(tmp_path: Path) -> None:
+    """A fixed-batch image model (BlazeFace, batch 1): the golden takes one sample, the reference all
+    of them, with their source sizes."""
+    import cv2
+
+    photo = cv2.imread(str(MODELS / "face" / "1" / "samples" / "astronaut.png"))
+    samples = []
+    for i in range(32):
+        side = 200 + 8 * i
+        path = tmp_path / f"crop{i}.png"
+        cv2.imwrite(str(path), photo[:side, : side + 40])
+        samples.append(path)
+    opts = ImportOptions(
+        name="f", postprocess="blazeface", image=ImageOptions(input_range=(-1.0, 1.0), resize="letterbox"),
+        decoder=DecoderOptions(anchors="face"), samples=samples,
+    )  # fmt: skip
+    prep = prepare(MODELS / "face" / "1" / "model.tflite", opts)
+    assert prep.golden_inputs["input"].shape == (1, 128, 128, 3)
+    ref = prep.drift_reference
+    assert ref is not None and ref["rows"] == 32
+    assert set(ref["features"]) == {"brightness", "contrast", "pixels"}
+    assert ref["features"]["pixels"]["min"] == 200 * 240 and ref["features"]["pixels"]["max"] == 448 * 488

@@ -85,7 +85,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     make_version(packages, "5", label="to be tampered with, sha256 adjusted")
     for version in ("3", "4", "5"):
         publish(store, packages / "iris" / version, keys.private, artifacts)
-    rows = {v: store.model_version("iris", v) for v in ("2", "3", "4", "5")}
+    publish(store, MODELS / "iris" / "1", keys.private, artifacts)  # the bundled version, to go back to
+    rows = {v: store.model_version("iris", v) for v in ("1", "2", "3", "4", "5")}
     store.close()
     with cloud_api(db, work) as base:
         yield Cloud(base, db, artifacts, rows, keys.public, other.private, keys.private)
@@ -166,11 +167,15 @@ def test_update_downloads_verifies_installs_and_activates(device: Device, cloud:
     assert (again.state, again.version) == ("active", "2")
     assert device.states() == ["active"]
 
-    # rollback on command, reported; the retained desired state does not undo it
-    back = device.updater.rollback("iris")
-    assert (back.state, back.version, back.deployment) == ("rolled_back", "1", msg.deployment)
+    # going back is a new signed decision (iris 1 marked rollback, a higher release): no download
+    device.outcomes.clear()
+    back = device.apply(cloud.desired(cloud.rows["1"], cloud.base, rollback=True))
+    assert (back.state, back.version) == ("active", "1"), back
     assert device.serving() == "1" and device.store.active_version("iris") == "1"
-    assert device.apply(msg).state == "rolled_back"
+    assert "downloading" not in device.states()
+    # the earlier desired state of 2, delivered again, is a replay now: refused, nothing undone
+    again = device.apply(msg)
+    assert again.state == "failed" and (again.reason or "").startswith("rollback_refused: "), again
     assert device.serving() == "1"
 
     # a new deployment of the same version activates it again, without downloading
@@ -178,6 +183,11 @@ def test_update_downloads_verifies_installs_and_activates(device: Device, cloud:
     redo = device.apply(cloud.desired(cloud.rows["2"], cloud.base))
     assert redo.state == "active" and device.serving() == "2"
     assert "downloading" not in device.states()
+
+    # an older version signed by the cloud but not marked rollback: refused, 2 keeps serving
+    down = device.apply(cloud.desired(cloud.rows["1"], cloud.base))
+    assert down.state == "failed" and "does not mark it a rollback" in (down.reason or ""), down
+    assert device.serving() == "2"
 
 
 def test_sync_role_activation_switches_the_store_pointer(tmp_path: Path, cloud: Cloud) -> None:

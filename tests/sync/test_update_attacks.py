@@ -244,6 +244,84 @@ def test_an_oversized_artifact_is_cut_off_at_the_signed_size(fleet: Fleet) -> No
     )
 
 
+def console(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_CONSOLE_")}
+    env |= {"EDGE_CONSOLE_API": fleet.api, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "cloud_sync.console.app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def releases(fleet: Fleet) -> int:
+    state = fleet.work / DEVICE / "data" / "trust" / "state.json"
+    return int(json.loads(state.read_text())["releases"]["iris"])
+
+
+def test_a_signed_rollback_from_the_console_goes_back_and_cannot_be_replayed(fleet: Fleet) -> None:
+    """`edge-console rollback` -> POST /devices/{id}/rollback: new targets metadata for this device,
+    signed by the cloud, marked rollback, with the next release counter; reported on models/reported."""
+    assert wait_version(gateway(fleet), "3") == "3"
+    before = releases(fleet)
+    done = console(fleet, "rollback", DEVICE, "iris", "--poll", "0.2")  # no --version: the one it ran before
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"{DEVICE}: iris rolled back to 2 (was 3)", done.stdout
+    assert "signed rollback from 3" in done.stdout
+    assert wait_version(gateway(fleet), "2") == "2"
+    last = fleet.cloud_http.get(f"{fleet.api}/devices/{DEVICE}").json()
+    assert (last["last_update"]["state"], last["last_update"]["version"]) == ("active", "2"), last
+    assert last["reported_models"] == {"iris": "2"}
+    assert releases(fleet) > before  # a new decision with a higher release, not a replay
+    rollback_msg = retained_desired(fleet)
+    signed = protocol.decode(protocol.topic(DEVICE, "models_desired"), rollback_msg)[1]
+    assert isinstance(signed, protocol.ModelsDesired) and signed.targets is not None
+    (entry,) = signed.targets.signed["models"]
+    assert (entry["version"], entry["rollback"]) == ("2", True)
+
+    deploy(fleet, "3")  # forward again
+    # the rollback's signed metadata, kept and sent again by someone with broker credentials
+    refused(fleet, rollback_msg, "rollback_refused", "older than version", serving="3")
+    # a downgrade signed by the cloud with fresh counters but not marked rollback: refused too
+    refused(fleet, legit(fleet, "2"), "rollback_refused", "does not mark it a rollback", serving="3")
+
+
+def test_the_rollback_route_refuses_what_is_not_a_rollback(fleet: Fleet) -> None:
+    url = f"{fleet.api}/devices/{DEVICE}/rollback"
+    newer = fleet.cloud_http.post(url, json={"model": "iris", "version": "4"})
+    assert newer.status_code == 422 and "is not older than 3" in newer.json()["error"], newer.text
+    same = fleet.cloud_http.post(url, json={"model": "iris", "version": "3"})
+    assert same.status_code == 422, same.text
+    unknown = fleet.cloud_http.post(f"{fleet.api}/devices/nobody/rollback", json={"model": "iris"})
+    assert unknown.status_code == 404 and "nobody" in unknown.json()["error"], unknown.text
+    model = fleet.cloud_http.post(url, json={"model": "nosuch"})
+    assert model.status_code == 422 and "reports no model 'nosuch'" in model.json()["error"], model.text
+    unpublished = fleet.cloud_http.post(url, json={"model": "iris", "version": "0"})
+    assert unpublished.status_code == 404, unpublished.text
+    assert wait_version(gateway(fleet), "3", timeout=5) == "3"
+
+
+def test_the_mqtt_rollback_and_activate_commands_are_refused(fleet: Fleet) -> None:
+    """With signed updates configured, MQTT commands (anyone with broker credentials) switch nothing."""
+    for name, args in (("rollback", {"model": "iris"}), ("activate", {"model": "iris", "version": "2"})):
+        sent = fleet.cloud_http.post(
+            f"{fleet.api}/commands", json={"device": DEVICE, "name": name, "args": args}
+        )
+        assert sent.status_code == 202, sent.text
+        cmd = fleet.cloud_http.get(f"{fleet.api}/commands/{sent.json()['id']}", params={"wait": 30}).json()
+        reply = cmd["reply"]
+        assert reply is not None and reply["ok"] is False, cmd
+        assert reply["result"] == {"code": "signed_update_required"}, reply
+        assert (
+            f"{name} refused" in reply["error"] and f"edge-console rollback {DEVICE} iris" in reply["error"]
+        )
+    assert wait_version(gateway(fleet), "3", timeout=5) == "3"
+    assert fleet.cloud_http.get(f"{fleet.api}/devices/{DEVICE}").json()["reported_models"] == {"iris": "3"}
+
+
 def cloud(fleet: Fleet, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_")}
     return subprocess.run(
@@ -304,6 +382,7 @@ def test_a_threshold_not_met_is_refused(fleet: Fleet) -> None:
         "--key",
         new,
         "--json",
+        "--rollback",  # 4 -> 3: going down needs the signed flag
         env={"CLOUD_COSIGNING_KEY_PATHS": second},
     )
     assert both.returncode == 0, both.stderr
