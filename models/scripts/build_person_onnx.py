@@ -228,19 +228,27 @@ def main() -> int:
         sample = Path(shutil.copyfile(SAMPLES / "astronaut.png", tmp / "astronaut.png"))
         prep = prepare(onnx_path, options(sample, wheel.name, versions, diff))
         if diff > prep.manifest.golden.atol:
-            raise SystemExit(f"ONNX differs from LiteRT by {diff:.2e}, more than atol {prep.manifest.golden.atol}")
+            raise SystemExit(
+                f"ONNX differs from LiteRT by {diff:.2e}, more than atol {prep.manifest.golden.atol}"
+            )
         if pkg.exists():
             shutil.rmtree(pkg)
         (pkg / "samples").mkdir(parents=True)
         manifest = write_package(prep, pkg)
         shutil.copyfile(tmp / "LICENSE", pkg / "LICENSE.txt")
-        notice = (REPO / "models" / "person" / "1" / "NOTICE.txt").read_text().replace(
-            "The model file is unmodified (renamed model.tflite).\n",
-            f"Modified: its {folded} sparse fp16 weight tensors densified to fp32 (by TensorFlow Lite's "
-            f"own DENSIFY and DEQUANTIZE kernels), then converted from TFLite to ONNX (opset {ONNX_OPSET}) "
-            f"with {versions}; the TFLite ops were rewritten as ONNX ops, the other fp16 weights "
-            "dequantized to fp32 and the graph canonicalized; "
-            f"the computation is the same (outputs within {diff:.1e} of the TFLite model's on the samples).\n",
+        notice = (
+            (REPO / "models" / "person" / "1" / "NOTICE.txt")
+            .read_text()
+            .replace(
+                "The model file is unmodified (renamed model.tflite).\n",
+                f"Modified: its {folded} sparse fp16 weight tensors densified to fp32 (by TensorFlow "
+                "Lite's own DENSIFY and DEQUANTIZE kernels), then converted from TFLite to ONNX "
+                f"(opset {ONNX_OPSET}) "
+                f"with {versions}; the TFLite ops were rewritten as ONNX ops, the other fp16 weights "
+                "dequantized to fp32 and the graph canonicalized; "
+                f"the computation is the same (outputs within {diff:.1e} of the TFLite model's on "
+                "the samples).\n",
+            )
         )
         (pkg / "NOTICE.txt").write_text(notice)
         shutil.copyfile(sample, pkg / "samples" / "astronaut.png")
