@@ -160,7 +160,9 @@ def cmd_models_quantize(config: AgentConfig, args: argparse.Namespace) -> int:
     from edge_agent.tools.quantize import QuantizeOptions, quantize
 
     engine = _engine(config)
-    options = QuantizeOptions(version=args.to_version, threshold=args.threshold / 100.0)
+    options = QuantizeOptions(
+        version=args.to_version, threshold=args.threshold / 100.0, fp32_tail=args.fp32_tail
+    )
     try:
         report = quantize(
             engine.store,
@@ -318,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=99.0,
         help="minimum top-1 agreement with fp32 in percent (default 99); under it nothing is written "
         "and the exit code is 7",
+    )
+    sp.add_argument(
+        "--fp32-tail",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the N weighted layers (Conv/MatMul/Gemm) nearest the outputs, and every node after "
+        "them, in float (default 0: quantize everything); for detectors whose box and score heads "
+        "lose too much in int8",
     )
     sp.add_argument("--activate", action="store_true", help="activate the new version once written")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")

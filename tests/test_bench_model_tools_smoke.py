@@ -24,6 +24,7 @@ def test_quick_run_prints_one_row_per_model_and_batch(tmp_path: Path) -> None:
         "fp32 KiB",
         "int8 KiB",
         "agreement",
+        "99 % gate",
         "raw fp32 ms",
         "bench fp32 ms",
         "bench overhead int8",
@@ -31,12 +32,13 @@ def test_quick_run_prints_one_row_per_model_and_batch(tmp_path: Path) -> None:
         assert column in header[0]
     rows = [line.split("|")[1:3] for line in lines if line.startswith("| digits ")]
     assert [(m.strip(), b.strip()) for m, b in rows] == [("digits", "1"), ("digits", "32")]
+    assert any(line.startswith("digits: int8 = static QDQ, per-channel; agreement ") for line in lines)
     assert lines[-1].startswith("bench overhead: largest |bench/raw - 1| = ")
     doc = json.loads(out_json.read_text())
     assert [(r["model"], r["batch"]) for r in doc["rows"]] == [("digits", 1), ("digits", 32)]
     for r in doc["rows"]:
         q = r["quantize"]
-        assert q["written"] and q["size_bytes"]["int8"] < q["size_bytes"]["fp32"]
+        assert q["written"] and q["gate"] == "written" and q["size_bytes"]["int8"] < q["size_bytes"]["fp32"]
         assert r["fp32"]["raw_ms"] > 0 and r["int8"]["bench_ms"] > 0
 
 

@@ -36,6 +36,7 @@ class QuantizeReport:
     threshold: float = DEFAULT_THRESHOLD
     written: bool = False
     activated: bool = False
+    scheme: str = "static QDQ, per-channel"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class QuantizeReport:
             "threshold": self.threshold,
             "written": self.written,
             "activated": self.activated,
+            "scheme": self.scheme,
         }
 
     @classmethod
@@ -70,7 +72,7 @@ class QuantizeReport:
             rows.append(("top-1 accuracy", f"{self.accuracy['fp32']:.2%}", f"{self.accuracy['int8']:.2%}"))
             ratio.append(f"{self.accuracy['int8'] - self.accuracy['fp32']:+.2%}")
         lines = [
-            f"{self.model}: {self.source_version} (fp32) -> {self.version} (int8 static QDQ, per-channel)",
+            f"{self.model}: {self.source_version} (fp32) -> {self.version} (int8 {self.scheme})",
             f"calibration: {self.calibration}",
             f"evaluation:  {self.evaluation}",
             f"{'':24} {'fp32':>12} {'int8':>12} {'int8/fp32':>10}",

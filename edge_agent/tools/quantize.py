@@ -8,7 +8,9 @@ Steps, and nothing is written until every one has passed:
 3. ``onnxruntime.quantization``: ``quant_pre_process`` then ``quantize_static`` with
    ``QuantFormat.QDQ``, per-channel int8 weights (symmetric), int8 activations (asymmetric),
    MinMax calibration over the calibration rows (as ``models/scripts/build_digits.py`` made
-   ``digits_int8``);
+   ``digits_int8``); with ``fp32_tail = N`` the last N weighted layers (Conv, MatMul, Gemm)
+   before the outputs, and every node between them and the outputs, stay in float
+   (``nodes_to_exclude``): a detector's regressors and score logits keep their precision;
 4. a complete package is built in a temporary directory: the int8 model, a golden sample
    (the source's golden inputs, the int8 model's outputs, a tolerance of 1.5 output
    quantization steps), a manifest valid for :mod:`edge_agent.runtime.package`, sha256s;
@@ -58,10 +60,18 @@ class QuantizeOptions:
     threshold: float = DEFAULT_THRESHOLD
     activate: bool = False
     timing_seconds: float = 0.5
+    fp32_tail: int = 0  # weighted layers nearest the outputs kept in float, with all after them
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise InvalidInput(f"the agreement threshold must be 0..100 %, got {self.threshold * 100:g} %")
+        if self.fp32_tail < 0:
+            raise InvalidInput(f"--fp32-tail must be 0 or more layers, got {self.fp32_tail}")
+
+    def describe(self) -> str:
+        if not self.fp32_tail:
+            return "static QDQ, per-channel"
+        return f"static QDQ, per-channel, last {self.fp32_tail} weighted layers and after in float"
 
 
 def _tools() -> tuple[Any, Any]:
@@ -96,7 +106,37 @@ class _Reader:
         pass
 
 
-def _quantize_file(src: Path, dest: Path, calib: EvalSet, step: int, work: Path) -> None:
+WEIGHTED_OPS = frozenset({"Conv", "MatMul", "Gemm", "ConvTranspose"})
+
+
+def float_tail(path: Path, layers: int) -> list[str]:
+    """Names of the nodes met walking back from the outputs, breadth first, until ``layers``
+    weighted layers are among them: what stays in float with ``fp32_tail``."""
+    if layers == 0:
+        return []
+    onnx = importlib.import_module("onnx")
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    frontier = [o.name for o in graph.output]
+    kept: list[str] = []
+    seen: set[str] = set()
+    found = 0
+    while frontier and found < layers:
+        node = producer.get(frontier.pop(0))
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        kept.append(node.name)
+        found += node.op_type in WEIGHTED_OPS
+        frontier.extend(node.input)
+    if found < layers:
+        raise InvalidInput(
+            f"--fp32-tail {layers}: the model has only {found} weighted layers before its outputs"
+        )
+    return kept
+
+
+def _quantize_file(src: Path, dest: Path, calib: EvalSet, step: int, work: Path, fp32_tail: int = 0) -> None:
     quant, shape = _tools()
     pre = work / "pre.onnx"
     try:
@@ -106,6 +146,7 @@ def _quantize_file(src: Path, dest: Path, calib: EvalSet, step: int, work: Path)
         symbolic = False  # symbolic shape inference needs sympy; ONNX shape inference still runs
     try:
         shape.quant_pre_process(str(src), str(pre), skip_symbolic_shape=not symbolic)
+        exclude = float_tail(pre, fp32_tail)
         quant.quantize_static(
             str(pre),
             str(dest),
@@ -115,8 +156,11 @@ def _quantize_file(src: Path, dest: Path, calib: EvalSet, step: int, work: Path)
             activation_type=quant.QuantType.QInt8,
             weight_type=quant.QuantType.QInt8,
             calibrate_method=quant.CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+    except InvalidInput:
+        raise
     except Exception as exc:  # onnx / onnxruntime raise many kinds; translate once, here
         raise PackageError(f"onnxruntime could not quantize {src.name}: {exc}") from None
 
@@ -154,18 +198,19 @@ def _golden_tolerance(path: Path, outputs: dict[str, np.ndarray]) -> tuple[float
 
 
 def _build_package(
-    src_dir: Path, src: Manifest, version: str, work: Path, calib: EvalSet, step: int
+    src_dir: Path, src: Manifest, version: str, work: Path, calib: EvalSet, step: int, tail: int
 ) -> tuple[Path, Manifest]:
     """A complete, verified candidate package in ``work/pkg`` (nothing in the store yet)."""
     pkg = work / "pkg"
     pkg.mkdir()
     file_name = f"{Path(src.file).stem}_int8.onnx"
-    _quantize_file(src_dir / src.file, pkg / file_name, calib, step, work)
+    _quantize_file(src_dir / src.file, pkg / file_name, calib, step, work, tail)
     for extra in src_dir.iterdir():  # licence and notice files travel with the derived model
         if extra.is_file() and extra.name not in {src.file, src.golden.file, "manifest.json"}:
             shutil.copy2(extra, pkg / extra.name)
     golden_in, _ = load_golden(src_dir, src)
-    draft = _manifest(src, version, file_name, sha256_file(pkg / file_name), "0" * 64, 0.0, "draft", calib)
+    sha = sha256_file(pkg / file_name)
+    draft = _manifest(src, version, file_name, sha, "0" * 64, 0.0, "draft", calib, tail)
     model = get_backend("onnx").load(pkg / file_name, draft, BackendOptions())
     try:
         golden_out = model.infer(golden_in)
@@ -173,9 +218,7 @@ def _build_package(
         model.close()
     atol, reason = _golden_tolerance(pkg / file_name, golden_out)
     golden_sha = save_golden(pkg, golden_in, golden_out)
-    manifest = _manifest(
-        src, version, file_name, sha256_file(pkg / file_name), golden_sha, atol, reason, calib
-    )
+    manifest = _manifest(src, version, file_name, sha, golden_sha, atol, reason, calib, tail)
     write_manifest(pkg, manifest)
     return pkg, manifest
 
@@ -189,21 +232,31 @@ def _manifest(
     atol: float,
     reason: str,
     calib: EvalSet,
+    tail: int,
 ) -> Manifest:
     ort = importlib.import_module("onnxruntime")
+    kept = (
+        f"; the last {tail} weighted layers before the outputs, and all after them, kept in float"
+        if tail
+        else ""
+    )
     data = src.model_dump(mode="json")
     data.update(
         version=version,
         file=file_name,
         sha256=sha,
-        description=f"{src.description} int8 (static QDQ, per-channel), from version {src.version}.",
-        quantization={"scheme": "int8_static_qdq", "per_channel": True, "calibration": calib.description},
+        description=f"{src.description} int8 (static QDQ, per-channel{kept}), from version {src.version}.",
+        quantization={
+            "scheme": "int8_static_qdq",
+            "per_channel": True,
+            "calibration": calib.description + kept,
+        },
         metrics=None,
         golden={"sha256": golden_sha, "atol": atol, "rtol": 0.0, "tolerance_reason": reason},
         source=(
             f"{src.name}/{src.version} quantized by `edge-agent models quantize` with onnxruntime "
             f"{ort.__version__} quantize_static (QuantFormat.QDQ, per-channel int8 weights symmetric, "
-            "int8 activations asymmetric, MinMax calibration) after quant_pre_process. "
+            f"int8 activations asymmetric, MinMax calibration{kept}) after quant_pre_process. "
             f"Source: {src.source}"
         ),
     )
@@ -245,9 +298,10 @@ def quantize(
         calib.description,
         data.description + ("" if evaluation else " (the calibration set: no --eval given)"),
         threshold=options.threshold,
+        scheme=options.describe(),
     )
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
-        pkg, manifest = _build_package(src_dir, src, version, Path(tmp), calib, step)
+        pkg, manifest = _build_package(src_dir, src, version, Path(tmp), calib, step, options.fp32_tail)
         int8 = get_backend("onnx").load(pkg / manifest.file, manifest, BackendOptions())
         try:
             check = self_test(int8, pkg)

@@ -11,7 +11,7 @@ build() {  # family
     "$venv/bin/pip" install --quiet -r "models/scripts/requirements-$1.txt"
     PYTHONPATH=. "$venv/bin/python" "models/scripts/build_$1.py"
 }
-for family in iris digits face person; do
+for family in iris digits face person person_onnx; do
     echo "== building $family"
     build "$family"
 done

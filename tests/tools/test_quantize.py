@@ -252,3 +252,56 @@ def test_a_detector_is_quantized_and_judged_by_its_top_detection(tmp_path: Path)
     got = (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
     assert all(abs(g - w) <= BOX_TOL_PX for g, w in zip(got, REF_BOX, strict=True)), got
     assert iou(box, fp32["boxes"][0]) >= 0.5
+
+
+def test_fp32_tail_keeps_the_layers_nearest_the_outputs_in_float(
+    tmp_path: Path, store_dir: Path, sets: dict[str, Path]
+) -> None:
+    """digits is Conv, Conv, Gemm: with --fp32-tail 1 the Gemm (logits) stays float, the convs go int8."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = run(tmp_path, store_dir, "models", "quantize", "digits", "--calibration", str(sets["calib"]),
+              "--eval", str(sets["eval"]), "--fp32-tail", "1", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["scheme"] == "static QDQ, per-channel, last 1 weighted layers and after in float"
+    m = ModelStore(store_dir, tmp_path / "st" / "store-state.json").verify("digits", "2")
+    assert "last 1 weighted layers before the outputs, and all after them, kept in float" in (
+        m.quantization.calibration or ""
+    )
+    graph = onnx.load(str(store_dir / "digits" / "2" / m.file)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    floats = {i.name for i in graph.initializer if numpy_helper.to_array(i).dtype == np.float32}
+    (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
+    assert gemm.input[1] in floats, "the Gemm's weights are a float initializer, not dequantized int8"
+    assert producer[graph.output[0].name] is gemm
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and all(producer[c.input[1]].op_type == "DequantizeLinear" for c in convs)
+
+    before = tree_digest(store_dir)
+    bad = run(tmp_path, store_dir, "models", "quantize", "digits", "--calibration", str(sets["calib"]),
+              "--fp32-tail", "4")  # fmt: skip
+    assert bad.returncode == 5 and "has only 3 weighted layers" in bad.stderr, bad.stderr
+    assert tree_digest(store_dir) == before
+
+
+def test_the_person_detector_is_gated_on_its_evaluation_images(tmp_path: Path) -> None:
+    """person_onnx with the committed sets (tests/data/people, images from registry packages): the
+    report is complete and the gate holds whichever way the agreement falls (measured figures are
+    in bench/model_tools.py's table, not asserted here)."""
+    root = tmp_path / "models"
+    shutil.copytree(MODELS / "person_onnx", root / "person_onnx")
+    before = tree_digest(root)
+    out = run(tmp_path, root, "models", "quantize", "person_onnx", "--calibration",
+              str(DATA / "people" / "calibration"), "--eval", str(DATA / "people" / "evaluation"),
+              "--fp32-tail", "12", "--json")  # fmt: skip
+    report = json.loads(out.stdout)
+    assert report["calibration"] == "calibration: 56 rows" and report["evaluation"] == "evaluation: 42 rows"
+    assert report["size_bytes"]["int8"] < report["size_bytes"]["fp32"] / 3
+    assert set(report["latency_ms"]) == {"fp32", "int8"}
+    if report["agreement"] >= 0.99:
+        assert out.returncode == 0 and report["written"], out.stderr
+    else:
+        assert out.returncode == 7 and not report["written"] and "not written" in out.stderr
+        assert tree_digest(root) == before
