@@ -23,4 +23,4 @@ ref() {  # family source package...
 }
 ref iris iris iris iris_setosa iris_versicolor iris_virginica
 ref digits digits digits digits_int8 digits_tflite digits_tflite_int8
-ref face photos face face_onnx person
+ref face photos face face_onnx person person_onnx
