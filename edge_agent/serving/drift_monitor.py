@@ -6,6 +6,7 @@ in its package (``edge_agent.runtime.drift``) every ``EVERY_S`` on a daemon thre
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -76,11 +77,20 @@ class DriftMonitor:
         return self._refs[key]
 
     def _run(self) -> None:
+        full = False  # the last write found the disk full (said once per spell, not every turn)
         while not self._stop.wait(self.every_s):
             try:
                 self._write()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    logger.exception("drift figures not written")
+                elif not full:
+                    logger.warning("drift figures not written while the disk is full (%s)", exc.strerror)
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                continue
             except Exception:
                 logger.exception("drift figures not written")
+            full = False
 
     def _write(self) -> None:
         with self._lock:
