@@ -167,10 +167,10 @@ class SyncAgent:
                 time.sleep(ERROR_BACKOFF_S)
 
     def _send_due(self) -> None:
-        """Send what is due. Claiming rows is a write: with 0 bytes free SQLite cannot even append
-        to its WAL (SQLITE_FULL), so nothing is sent, but the loop goes on (acknowledgements,
-        status and telemetry with ``disk_free_bytes`` keep flowing) and sending resumes by itself
-        once space returns. Logged once per full spell, not every turn."""
+        """Send what is due. With 0 bytes free the outbox sends without its marks (outbox.py); a
+        write a send turn cannot do without (giving up an unsendable entry) fails with SQLITE_FULL,
+        and then the loop goes on anyway (acknowledgements, status and telemetry with
+        ``disk_free_bytes`` keep flowing) and retries next turn. Logged once per full spell."""
         try:
             self.outbox.send_due()
         except DiskFull as exc:
