@@ -49,7 +49,10 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _camera(data: Path) -> dict:  # type: ignore[type-arg]
-    return dict(json.loads((data / "camera-status.json").read_text()))
+    try:
+        return dict(json.loads((data / "camera-status.json").read_text()))
+    except FileNotFoundError:  # the camera role has not written its first status yet
+        return {}
 
 
 def _metric(url: str, name: str, **labels: str) -> float:
@@ -326,7 +329,9 @@ def test_zero_bytes_free_every_role_alive_then_everything_resumes(tmp_path: Path
                 ("camera", "running", 0),
                 ("sync", "running", 0),
             ], dev.roles()
-            assert dev.logs().count("outbox: the disk is full; results are still sent") == 1
+            # said once per spell; a write that fits in blocks the WAL already has can pass at 0 bytes
+            # and end a spell early, so "at least once" and not every turn
+            assert 1 <= dev.logs().count("outbox: the disk is full; results are still sent") <= 5
 
             ballast.unlink()  # space returns: the same processes carry on
             again = wait_for(
@@ -348,7 +353,7 @@ def test_zero_bytes_free_every_role_alive_then_everything_resumes(tmp_path: Path
             )
             assert sorted(_cloud_ids(fleet, device)) == sorted(device_ids)  # each once, none missing
             assert all(r["restarts"] == 0 for r in dev.roles()), dev.roles()
-            assert "outbox: disk space is back" in dev.logs()
+            assert "outbox: writes pass again" in dev.logs()
         print("at 0 bytes:", at_zero)
         assert _integrity(data) == "ok"
         assert "internal error" not in dev.logs() and "Traceback" not in dev.logs(), dev.logs()[-3000:]

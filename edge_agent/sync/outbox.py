@@ -184,8 +184,8 @@ class Outbox:
                 "outbox until space returns (%s)",
                 exc.message,
             )
-        elif exc is None and self._full:
-            logger.info("outbox: disk space is back")
+        elif exc is None and self._full:  # (at 0 bytes a write that fits in the WAL's blocks can pass)
+            logger.info("outbox: writes pass again")
         self._full = exc is not None
 
     def _encode(self, rows: list[_Row]) -> list[tuple[str, bytes, list[str]]]:
