@@ -12,11 +12,13 @@ Nothing refuses to run on an untrusted clock. Results recorded meanwhile are mar
 ``clock: "unsynced"`` with the boot-relative monotonic time, and their time is corrected once
 the clock is trusted (same boot) by ``correct_unsynced``; retention prunes nothing meanwhile.
 
-The rule for signed metadata with an expiry (model-update manifests), for the rollout code:
-**while the clock is untrusted, an expiry is not enforced, but a manifest never replaces one
-issued later than itself** (compare issue times, which needs no clock), and the check runs
-again once the clock is trusted. A device that booted in 1970 would otherwise take every
-expired manifest as valid, and a device that booted in 2038 would refuse every valid one.
+Signed metadata with an expiry (model updates) follows one rule, documented in
+docs/model-updates.md ("The clock") and kept in ``edge_agent/sync/trust.py``: expiry is never
+switched off; the device keeps a time floor (the agent's build time, raised to the issue time of
+every verified document), and a clock below it (less 5 minutes) skips the update
+(``clock_untrusted``) until the clock is set; the same desired state is retried when delivered
+again. An unsynced clock reading before ``BUILD_EPOCH`` is always below that floor. A device that
+booted in 1970 would otherwise take every expired document as valid.
 """
 
 from __future__ import annotations

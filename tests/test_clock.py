@@ -1,5 +1,6 @@
-"""No real-time clock: `edge-agent up` started under libfaketime with its clock set back to 2001
-(before the agent was built), then the clock jumps to the real time, as when NTP answers."""
+"""No real-time clock: `edge-agent up` started with its clock set back to 2001 (before the agent
+was built), then the clock jumps to the real time, as when NTP answers: across a restart, and while
+every role runs (with the sync role delivering to a real mosquitto and cloud ingest)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from demo.fleet import MOSQUITTO, Fleet
 from edge_agent.clock import BUILD_EPOCH, clock_trust
 from edge_agent.storage import DB_NAME, OUTBOX_ROWS, envelope
 from tests.conftest import copy_models
@@ -25,6 +27,28 @@ _offset = float(os.environ["TEST_CLOCK_OFFSET_S"])
 time.time = lambda: _real_time() + _offset
 time.time_ns = lambda: _real_ns() + int(_offset * 1e9)
 """
+
+# The same, with the offset read from a file on every call: the test moves the clock of the running
+# processes (an NTP step) by rewriting the file. (libfaketime's FAKETIME_TIMESTAMP_FILE would do it
+# too, but it hangs the gateway, above.)
+SITECUSTOMIZE_FILE = """
+import os, time
+_real_time, _real_ns, _path = time.time, time.time_ns, os.environ["TEST_CLOCK_OFFSET_FILE"]
+_last = [None, 0.0]
+def _offset():
+    try:
+        key = os.stat(_path).st_mtime_ns
+        if key != _last[0]:
+            with open(_path) as f:
+                _last[1] = float(f.read())
+            _last[0] = key
+    except (OSError, ValueError):
+        pass
+    return _last[1]
+time.time = lambda: _real_time() + _offset()
+time.time_ns = lambda: _real_ns() + int(_offset() * 1e9)
+"""
+YEAR_2001 = 978_307_200
 
 
 def test_the_real_clock_is_trusted_and_timesyncd_is_waited_for(tmp_path: Path) -> None:
@@ -83,3 +107,89 @@ def test_results_recorded_before_ntp_are_marked_ordered_and_corrected(tmp_path: 
 def _clocks(data: Path) -> set[str]:
     with sqlite3.connect(data / DB_NAME) as conn:
         return {r[0] for r in conn.execute("SELECT clock FROM results")}
+
+
+def _post_jobs(url: str, n: int) -> list[str]:
+    jobs = []
+    for i in range(n):
+        r = httpx.post(f"{url}/async/iris", json={"data": [[5.0 + i / 10, 3.4, 1.5, 0.2]]})
+        assert r.status_code == 202, r.text  # nothing refuses to run because of the clock
+        jobs.append(r.json()["job_id"])
+    wait_for(lambda: all(httpx.get(f"{url}/jobs/{j}").json()["status"] == "done" for j in jobs), 60, "jobs")
+    return jobs
+
+
+def _cloud_rows(db: Path, ids: list[str]) -> dict[str, tuple[float, float, str | None, float | None, int]]:
+    marks = ",".join("?" * len(ids))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            f"SELECT id, created, received, time_flag, device_created, seq FROM results WHERE id IN ({marks})",
+            ids,
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
+    """`edge-agent up` (gateway, worker, sync to a real mosquitto and cloud) runs in 2001; results
+    are marked unsynced and delivered (the cloud flags them and stores its receive time); then the
+    clock steps to the real time in the running processes: the gateway corrects the device's times
+    without a restart, later results are unmarked and ordered after them by their sequence."""
+    assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make setup mosquitto`"
+    inject = tmp_path / "clock"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE_FILE)
+    offset_file = tmp_path / "clock-offset"
+    offset_file.write_text(str(YEAR_2001 - time.time()))
+    work = tmp_path / "fleet"
+    (work / "logs").mkdir(parents=True)
+    fleet = Fleet(work, devices=())
+    try:
+        fleet.start_broker()
+        fleet.start_cloud()
+        env = {
+            "EDGE_DEVICE_ID": "clock-1",
+            "EDGE_UP__ROLES": json.dumps(["serve", "worker", "sync"]),
+            "EDGE_SYNC__BROKER_HOST": "127.0.0.1",
+            "EDGE_SYNC__BROKER_PORT": str(fleet.broker_port),
+            "EDGE_SYNC__TRUSTED_KEYS": str(work / "cloud" / "signing.pub.pem"),
+            "EDGE_SYNC__ARTIFACT_BASE_URL": fleet.api,
+            "PYTHONPATH": str(inject),
+            "TEST_CLOCK_OFFSET_FILE": str(offset_file),
+        }
+        cloud_db = Path(fleet.cloud_env["CLOUD_DB_PATH"])
+        data = tmp_path / "data"
+        dev = Device(copy_models(tmp_path / "models", ["iris"]), data, env, tmp_path / "up.log")
+        with running(dev):
+            status = httpx.get(f"{dev.url}/v2/health/ready")
+            assert status.status_code == 200  # serving in 2001
+            before = _post_jobs(dev.url, 4)
+            t0 = time.time()
+            wait_for(lambda: len(_cloud_rows(cloud_db, before)) == 4, 60, "the 2001 results in the cloud")
+            assert _clocks(data) == {"unsynced"}
+            with sqlite3.connect(data / DB_NAME) as conn:
+                assert all(c < 1_000_000_000 for (c,) in conn.execute("SELECT created FROM results"))
+            flagged = _cloud_rows(cloud_db, before)
+            for created, received, flag, device_created, _ in flagged.values():
+                assert flag == "unsynced" and created == received >= t0 - 60  # stored as received
+                assert device_created is not None and device_created < 1_000_000_000  # kept beside
+            assert [flagged[j][4] for j in before] == sorted(flagged[j][4] for j in before)
+
+            t_jump = time.time()
+            offset_file.write_text("0")  # NTP answers: the clock steps 25 years forward, no restart
+            wait_for(lambda: _clocks(data) == {"corrected"}, 30, "the times to be corrected")
+            after = _post_jobs(dev.url, 3)
+            wait_for(lambda: len(_cloud_rows(cloud_db, after)) == 3, 60, "the later results in the cloud")
+            assert dev.proc is not None and dev.proc.poll() is None
+            assert all(r["state"] == "running" for r in dev.roles()), dev.roles()
+        with sqlite3.connect(data / DB_NAME) as conn:
+            rows = conn.execute("SELECT id, created, clock, rowid FROM results ORDER BY rowid").fetchall()
+        assert [r[0] for r in rows] == before + after  # the sequence keeps their order
+        assert all(r[2] == "corrected" for r in rows[:4]) and all(r[2] is None for r in rows[4:]), rows
+        created = [r[1] for r in rows]
+        assert created == sorted(created)  # corrected times fall before the later ones
+        assert all(t0 - 120 <= c <= t_jump + 0.05 for c in created[:4]), (t0, created, t_jump)
+        later = _cloud_rows(cloud_db, after)
+        assert all(v[2] is None and v[3] is None for v in later.values()), later  # trusted: unflagged
+        assert min(v[4] for v in later.values()) > max(v[4] for v in flagged.values())  # seq
+    finally:
+        fleet.stop_all()

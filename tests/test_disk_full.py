@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from demo.fleet import BIN, MOSQUITTO, Fleet
 from edge_agent.storage import DB_NAME
 from tests.conftest import MODELS, copy_models
-from tests.device import Device, fill, running, small_filesystem, wait_for
+from tests.device import Device, fill, free_bytes, running, small_filesystem, wait_for
 from tests.patterns.videos import write_face_video
 
 MIB = 1024 * 1024
@@ -48,7 +49,10 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _camera(data: Path) -> dict:  # type: ignore[type-arg]
-    return dict(json.loads((data / "camera-status.json").read_text()))
+    try:
+        return dict(json.loads((data / "camera-status.json").read_text()))
+    except FileNotFoundError:  # the camera role has not written its first status yet
+        return {}
 
 
 def _metric(url: str, name: str, **labels: str) -> float:
@@ -215,3 +219,143 @@ def test_sqlite_full_is_507_never_500_and_work_resumes(tmp_path: Path, disk: Pat
         results = conn.execute("SELECT COUNT(*) FROM results WHERE source = 'batch'").fetchone()[0]
     assert done == len(accepted_items) == results
     assert "internal error" not in dev.logs(), dev.logs()[-3000:]
+
+
+def _outbox_depth(data: Path) -> int:
+    with sqlite3.connect(data / DB_NAME) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'result'").fetchone()[0])
+
+
+def _cloud_ids(fleet: Fleet, device: str) -> list[str]:
+    with sqlite3.connect(fleet.cloud_env["CLOUD_DB_PATH"]) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM results WHERE device = ?", (device,))]
+
+
+def _ingest(fleet: Fleet, run: bool) -> None:
+    """Stop (SIGTERM, the process this test started) or start the cloud's ingest role."""
+    if run:
+        fleet.spawn("cloud-ingest", [str(BIN / "cloud-sync"), "ingest"], fleet.cloud_env)
+        return
+    for name, proc in fleet.procs:
+        if name == "cloud-ingest" and proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+
+
+def _telemetry_at_zero(fleet: Fleet, device: str, since: float) -> bool:
+    r = fleet.cloud_http.get(f"{fleet.api}/telemetry", params={"device": device, "since": since})
+    snaps = r.json()["telemetry"] if r.status_code == 200 else []
+    return any(t["metrics"].get("disk_free_bytes") == 0 for t in snaps)
+
+
+def test_zero_bytes_free_every_role_alive_then_everything_resumes(tmp_path: Path, disk: Path) -> None:
+    """The data filesystem 100 % full (0 bytes free, not the reserve level), with results waiting
+    in the outbox (the cloud's ingest was down): HTTP writes answer 507 (never 500), reads answer,
+    every role stays alive without a restart, the sync role keeps its link and its telemetry
+    (disk_free_bytes 0) but cannot claim results to send (a write); once space returns the same
+    processes resume and every result reaches the cloud exactly once."""
+    assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make setup mosquitto`"
+    video = write_face_video(tmp_path / "face.avi").path
+    models = copy_models(tmp_path / "models", ["iris", "face", "digits", "digits_int8"])
+    data, ballast = disk / "data", disk / "ballast"
+    work = tmp_path / "fleet"
+    (work / "logs").mkdir(parents=True)
+    fleet = Fleet(work, devices=())
+    device = "zero-1"
+    env = _env(video, floor_mb=8, reserve_mb=4, roles=["serve", "worker", "batch", "camera", "sync"])
+    env |= {
+        "EDGE_DEVICE_ID": device,
+        "EDGE_SYNC__BROKER_HOST": "127.0.0.1",
+        "EDGE_SYNC__BROKER_PORT": str(fleet.broker_port),
+        "EDGE_SYNC__ACK_TIMEOUT_S": "3",
+        "EDGE_SYNC__POLL_INTERVAL_S": "0.2",
+        "EDGE_SYNC__TELEMETRY_INTERVAL_S": "1",
+    }
+    try:
+        fleet.start_broker()
+        fleet.start_cloud()
+        with running(Device(models, data, env, tmp_path / "up.log")) as dev:
+            url = dev.url
+            wait_for(lambda: _camera(data).get("frames_inferred", 0) > 0, 60, "the camera's first frame")
+            _ingest(fleet, run=False)  # results now wait in the outbox, unacknowledged
+            jobs = [
+                httpx.post(f"{url}/async/iris", json={"data": [[5.0 + i / 10, 3, 4, 1]]}) for i in range(10)
+            ]
+            assert all(j.status_code == 202 for j in jobs)
+            wait_for(lambda: httpx.get(f"{url}/jobs").json()["counts"]["done"] >= 10, 30, "the jobs")
+
+            fill(disk, ballast, 0)
+            assert free_bytes(disk) == 0
+            waiting = _outbox_depth(data)
+            assert waiting >= 10
+            before = len(_cloud_ids(fleet, device))
+            t_full = time.time()
+            for i in range(3):  # every HTTP write: 507 with the free space, never a 500
+                for name, r in _writes(url, 10 + i).items():
+                    assert r.status_code == 507, (name, r.status_code, r.text)
+                    assert r.json()["code"] == "disk_full" and "(0 KiB free" in r.json()["error"], r.text
+                act = httpx.post(f"{url}/v1/models/iris/versions/1/activate")
+                assert act.status_code in (200, 507), act.text
+                assert httpx.delete(f"{url}/cache/prediction").status_code in (200, 507)
+                r = httpx.post(f"{url}/predict", json={"data": [[6.0 + i, 3.0, 4.0, 1.0]]})
+                assert r.status_code == 200, r.text  # answers are computed; the cache fill is shed
+                assert httpx.get(f"{url}/jobs").status_code == 200
+                assert httpx.get(f"{url}/health/all").json()["disk"]["free_bytes"] == 0
+                time.sleep(1)
+            wait_for(
+                lambda: _camera(data)["updated"] > t_full + 2, 10, "the camera's fresh status at 0 bytes"
+            )
+
+            # the cloud's ingest comes back while the disk is full: what the sync role does at 0 bytes
+            _ingest(fleet, run=True)
+            wait_for(lambda: _telemetry_at_zero(fleet, device, t_full), 30, "telemetry saying 0 bytes free")
+            wait_for(lambda: len(_cloud_ids(fleet, device)) >= before + waiting, 30, "delivery at 0 bytes")
+            time.sleep(4)  # longer than the ack timeout: nothing is sent twice meanwhile
+            at_zero = {
+                "outbox before": waiting,
+                "outbox at 0 bytes": _outbox_depth(data),
+                "in cloud before": before,
+                "in cloud at 0 bytes": len(_cloud_ids(fleet, device)),
+                "free": free_bytes(disk),
+            }
+            assert at_zero["free"] == 0, at_zero
+            # delivered at 0 bytes (sent without the last_sent mark), each once; the acknowledged
+            # rows stay until their delete can be written
+            assert at_zero["in cloud at 0 bytes"] == before + waiting, at_zero
+            assert [(r["role"], r["state"], r["restarts"]) for r in dev.roles()] == [
+                ("serve", "running", 0),
+                ("worker", "running", 0),
+                ("batch", "running", 0),
+                ("camera", "running", 0),
+                ("sync", "running", 0),
+            ], dev.roles()
+            # said once per spell; a write that fits in blocks the WAL already has can pass at 0 bytes
+            # and end a spell early, so "at least once" and not every turn
+            assert 1 <= dev.logs().count("outbox: the disk is full; results are still sent") <= 5
+
+            ballast.unlink()  # space returns: the same processes carry on
+            again = wait_for(
+                lambda: (x := _writes(url, 20)) and all(r.status_code < 300 for r in x.values()) and x,
+                10,
+                "writes accepted after recovery",
+            )
+            jid = again["async"].json()["job_id"]
+            wait_for(lambda: httpx.get(f"{url}/jobs/{jid}").json()["status"] == "done", 30, "a job after")
+            n = _camera(data)["frames_inferred"]
+            wait_for(lambda: _camera(data)["frames_inferred"] > n, 20, "the camera recording again")
+            httpx.post(f"{url}/batch/run")
+            wait_for(lambda: httpx.get(f"{url}/batch").json()["counts"]["pending"] == 0, 30, "the items")
+            wait_for(lambda: _outbox_depth(data) == 0, 60, "the outbox to drain")
+            with sqlite3.connect(data / DB_NAME) as conn:
+                device_ids = [r[0] for r in conn.execute("SELECT id FROM results")]
+            wait_for(
+                lambda: len(_cloud_ids(fleet, device)) >= len(device_ids), 30, "every result in the cloud"
+            )
+            assert sorted(_cloud_ids(fleet, device)) == sorted(device_ids)  # each once, none missing
+            assert all(r["restarts"] == 0 for r in dev.roles()), dev.roles()
+            assert "outbox: writes pass again" in dev.logs()
+        print("at 0 bytes:", at_zero)
+        assert _integrity(data) == "ok"
+        assert "internal error" not in dev.logs() and "Traceback" not in dev.logs(), dev.logs()[-3000:]
+    finally:
+        fleet.stop_all()

@@ -215,22 +215,39 @@ class ModelStore:
             entry["active"] = target
 
     def install(self, src: Path) -> Manifest:
-        """Copy a package directory into the store beside existing versions (not activated)."""
+        """Copy a package directory into the store beside existing versions (not activated).
+
+        Power-cut safe: the files are written into a hidden temporary directory, fsynced (files and
+        directory), renamed into place and the model directory fsynced, so after a power cut a
+        version is either absent or whole (the pointer, fsynced later, can never name a version
+        whose files were still in the page cache). Installs of one model hold ``.install.lock``;
+        under it, a temporary directory left by a process killed mid-copy is stale and removed."""
         m = read_manifest(src)
         verify_files(src, m)
         dest = self.root / m.name / m.version
         if dest.exists():
             raise PackageError(f"{m.name}/{m.version} is already installed; versions are immutable")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{m.version}.", dir=dest.parent))
-        try:
-            for f in src.iterdir():
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with (dest.parent / ".install.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for stale in dest.parent.glob(".*.*"):
+                if stale.is_dir() and VERSION_RE.match(stale.name[1:].rsplit(".", 1)[0]):
+                    logger.info("removing %s, left by an install that did not finish", stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+            if dest.exists():
+                raise PackageError(f"{m.name}/{m.version} is already installed; versions are immutable")
+            tmp = Path(tempfile.mkdtemp(prefix=f".{m.version}.", dir=dest.parent))
+            try:
+                for f in src.iterdir():
+                    if f.is_file():
+                        shutil.copy2(f, tmp / f.name)
+                        _fsync_path(tmp / f.name, os.O_RDONLY)
+                _fsync_path(tmp, os.O_RDONLY | os.O_DIRECTORY)
+                os.replace(tmp, dest)
+                _fsync_path(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return m
 
     # -- state file ----------------------------------------------------------
@@ -261,6 +278,14 @@ class ModelStore:
                     f"cannot write {self.state_path}: the disk is full; nothing changed. "
                     "Free space on that filesystem, then retry"
                 ) from exc
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -15,6 +15,7 @@ the hand-off takes no lock."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -100,12 +101,20 @@ class DriftMonitor:
 
     def _run(self) -> None:
         last = time.monotonic()
+        full = False  # the last write found the disk full (said once per spell, not every turn)
         while not self._stop.wait(self.drain_s):
             try:
                 self._drain()
                 if time.monotonic() - last >= self.every_s:
                     last = time.monotonic()
                     self._write()
+                    full = False
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    logger.exception("drift figures not written")
+                elif not full:
+                    logger.warning("drift figures not written while the disk is full (%s)", exc.strerror)
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             except Exception:
                 logger.exception("drift figures not written")
 

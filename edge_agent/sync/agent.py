@@ -32,7 +32,7 @@ from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config, with_overrides
 from edge_agent.diskspace import LEVELS
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.storage import OutboxBound, Storage
+from edge_agent.storage import DiskFull, OutboxBound, Storage
 from edge_agent.sync.commands import CommandContext, Commands
 from edge_agent.sync.mqtt import Message, MqttError, MqttLink
 from edge_agent.sync.outbox import DROPPED, REJECTED, UNSENDABLE, Outbox
@@ -104,6 +104,7 @@ class SyncAgent:
         self._last_outcome: UpdateOutcome | None = None
         self._bench_seen: tuple[tuple[str, int], ...] | None = None  # saved figures last reported
         self._next_telemetry = time.monotonic() + settings.telemetry_interval_s
+        self._send_blocked = False  # the last send failed on a full disk (logged once)
         self._rate_mark = (time.monotonic(), self.outbox.recorded_total(), 0)
         self.link = MqttLink(
             settings,
@@ -151,7 +152,7 @@ class SyncAgent:
                     self._report_bench()
                     next_limit = now + LIMIT_CHECK_S
                 if self.link.connected:
-                    self.outbox.send_due()
+                    self._send_due()
                 if now >= self._next_telemetry:
                     self._next_telemetry = now + self.settings.telemetry_interval_s
                     self._telemetry()
@@ -164,6 +165,22 @@ class SyncAgent:
             except (EdgeAgentError, sqlite3.Error) as exc:
                 logger.error("sync loop: %s; retrying in %.0f s", exc, ERROR_BACKOFF_S)
                 time.sleep(ERROR_BACKOFF_S)
+
+    def _send_due(self) -> None:
+        """Send what is due. With 0 bytes free the outbox sends without its marks (outbox.py); a
+        write a send turn cannot do without (giving up an unsendable entry) fails with SQLITE_FULL,
+        and then the loop goes on anyway (acknowledgements, status and telemetry with
+        ``disk_free_bytes`` keep flowing) and retries next turn. Logged once per full spell."""
+        try:
+            self.outbox.send_due()
+        except DiskFull as exc:
+            if not self._send_blocked:
+                logger.warning("results not sent while the disk is full: %s", exc.message)
+            self._send_blocked = True
+            return
+        if self._send_blocked:
+            logger.info("disk space is back: sending results again")
+            self._send_blocked = False
 
     # -- events from the network thread ----------------------------------------------------
     def _handle_events(self, timeout_s: float) -> None:

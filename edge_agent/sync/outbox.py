@@ -14,6 +14,11 @@ in the result's own transaction, whichever role records it): over
 (``on_full``) and counted in the ``outbox_dropped`` counter. The results
 themselves stay in ``results``. ``enforce_limit`` applies a bound changed at
 run time.
+
+With the disk full (0 bytes free, SQLITE_FULL) neither the ``last_sent`` mark nor the delete of an
+acknowledged entry can be written. Entries are then sent without the mark (this process keeps
+what is in flight in memory; a restart only re-sends, which is harmless), and acknowledged ones are
+remembered (``_undeleted``, never sent again) and deleted once space returns.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from edge_agent.storage import OUTBOX_DROPPED, OUTBOX_ROWS, OutboxBound, Storage, envelope
+from edge_agent.storage import OUTBOX_DROPPED, OUTBOX_ROWS, DiskFull, OutboxBound, Storage, envelope
 from edge_agent.sync.protocol import ProtocolError, ResultRecord, Results, encode
 from edge_agent.sync.settings import SyncConfig
 
@@ -74,6 +79,8 @@ class Outbox:
         self._clock = clock
         self._inflight: dict[str, _Inflight] = {}
         self._batch_of: dict[str, str] = {}
+        self._undeleted: dict[str, bool] = {}  # acked (True) or refused (False), not deletable yet
+        self._full = False  # the last write found the disk full (logged once per spell)
         self.delivered = 0  # acknowledged by the cloud since this process started
         self.sent = 0  # results sent (re-sends included) since this process started
 
@@ -98,6 +105,11 @@ class Outbox:
     def send_due(self) -> int:
         """Send new and timed-out entries while the window has room; the number of results sent."""
         self._expire()
+        if self._undeleted:  # acknowledged while the disk was full: delete them now if it can
+            pending, self._undeleted = self._undeleted, {}
+            self.acknowledge(
+                [i for i, ok in pending.items() if ok], [i for i, ok in pending.items() if not ok]
+            )
         room = self.settings.max_inflight_messages - len(self._inflight)
         if room <= 0:
             return 0
@@ -125,13 +137,21 @@ class Outbox:
         found = self.storage.conn.execute(
             f"{OUTBOX_ROWS} WHERE o.kind = 'result' "
             "AND (o.last_sent IS NULL OR o.last_sent <= ? OR o.last_sent > ?) ORDER BY o.seq LIMIT ?",
-            (now - self.settings.ack_timeout_s, now + CLOCK_SKEW_S, limit),
+            # unmarked entries (disk full) in flight or delivered come back here: read past them
+            (
+                now - self.settings.ack_timeout_s,
+                now + CLOCK_SKEW_S,
+                limit + len(self._batch_of) + len(self._undeleted),
+            ),
         ).fetchall()
-        if not found:
-            return []
-        rows, bad = [], []
+        rows: list[_Row] = []
+        bad: list[tuple[int, str, str]] = []
         for row in found:
             seq, rid = row[0], row[1]
+            if rid in self._batch_of or rid in self._undeleted:  # in flight, or delivered already
+                continue
+            if len(rows) + len(bad) >= limit:
+                break
             try:
                 doc = envelope(row)
                 if doc is None:
@@ -142,13 +162,31 @@ class Outbox:
                 bad.append((seq, rid, f"corrupt envelope: {exc.errors()[0]['msg']}"))
             except ValueError as exc:  # not JSON
                 bad.append((seq, rid, f"corrupt envelope: {exc}"))
-        with self.storage.transaction() as conn:
-            conn.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE seq = ?",
-                [(now, r.seq) for r in rows],
-            )
-            self._give_up(conn, bad)
+        if not rows and not bad:
+            return []
+        try:
+            with self.storage.transaction() as conn:
+                conn.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1, last_sent = ? WHERE seq = ?",
+                    [(now, r.seq) for r in rows],
+                )
+                self._give_up(conn, bad)
+        except DiskFull as exc:  # sent unmarked (module docstring); the bad ones are given up later
+            self._note_full(exc)
+            return rows
+        self._note_full(None)
         return rows
+
+    def _note_full(self, exc: DiskFull | None) -> None:
+        if exc is not None and not self._full:
+            logger.warning(
+                "outbox: the disk is full; results are still sent, acknowledged ones stay in the "
+                "outbox until space returns (%s)",
+                exc.message,
+            )
+        elif exc is None and self._full:  # (at 0 bytes a write that fits in the WAL's blocks can pass)
+            logger.info("outbox: writes pass again")
+        self._full = exc is not None
 
     def _encode(self, rows: list[_Row]) -> list[tuple[str, bytes, list[str]]]:
         """One message, or halves of it while it is over the payload limit."""
@@ -192,17 +230,12 @@ class Outbox:
         """Remove entries the cloud stored (``ids``) or will never store (``rejected``, counted and
         logged); the number removed. Ids not in the outbox are ignored."""
         removed = refused = 0
-        with self.storage.transaction() as conn:
-            for chunk in _chunks(list(dict.fromkeys(ids))):
-                marks = ",".join("?" * len(chunk))
-                removed += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
-            for chunk in _chunks(list(dict.fromkeys(rejected))):
-                marks = ",".join("?" * len(chunk))
-                refused += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
-            if removed:
-                self.storage.bump(conn, DELIVERED, removed)
-            if refused:
-                self.storage.bump(conn, REJECTED, refused)
+        try:
+            removed, refused = self._delete(ids, rejected)
+        except DiskFull as exc:  # remembered, never sent again, deleted once space returns
+            self._note_full(exc)
+            self._undeleted.update(dict.fromkeys(ids, True))
+            self._undeleted.update(dict.fromkeys(rejected, False))
         if refused:
             logger.warning(
                 "the cloud refused %d results for good (e.g. %s); not sent again", refused, rejected[0]
@@ -216,6 +249,21 @@ class Outbox:
                     del self._inflight[batch_id]
         self.delivered += removed
         return removed
+
+    def _delete(self, ids: Sequence[str], rejected: Sequence[str]) -> tuple[int, int]:
+        removed = refused = 0
+        with self.storage.transaction() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                marks = ",".join("?" * len(chunk))
+                removed += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+            for chunk in _chunks(list(dict.fromkeys(rejected))):
+                marks = ",".join("?" * len(chunk))
+                refused += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+            if removed:
+                self.storage.bump(conn, DELIVERED, removed)
+            if refused:
+                self.storage.bump(conn, REJECTED, refused)
+        return removed, refused
 
     # -- bound -------------------------------------------------------------------------
     def enforce_limit(self) -> int:

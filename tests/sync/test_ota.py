@@ -492,6 +492,24 @@ def test_a_clock_earlier_than_the_last_trusted_time_skips_the_update(device: Dev
     assert device.apply(msg).state == "active"  # the same desired state, retried
 
 
+def test_an_unsynced_clock_before_the_build_skips_the_update_and_never_sees_it_unexpired(
+    device: Device, cloud: Cloud
+) -> None:
+    """The one rule for an unsynced clock (docs/model-updates.md, "The clock"; edge_agent/clock.py):
+    a Pi that booted in 2001 (clock_trust says unsynced) is below the time floor seeded from the
+    agent's build, so the update is skipped as clock_untrusted, whatever the expiry says; the same
+    document is accepted once the clock reads the real time."""
+    msg = cloud.desired(cloud.rows["2"], cloud.base)
+    assert msg.targets is not None
+    trust = device.updater.trust
+    root = trust.root()
+    expired_now = float(msg.targets.signed["expires"])  # in 2001 this looks years fresh
+    for before_ntp in (0.0, 978_307_200.0, expired_now - 10 * 365 * 86_400):
+        with pytest.raises(metadata.ClockUntrusted, match="earlier than the last trusted time"):
+            trust.check_targets(root, msg.targets, DEVICE, now=before_ntp)
+    assert trust.check_targets(root, msg.targets, DEVICE).targets.version >= 1  # NTP answered
+
+
 def test_metadata_issued_after_the_device_clock_proves_the_clock_behind(device: Device, cloud: Cloud) -> None:
     msg = cloud.desired(cloud.rows["2"], cloud.base)
     assert msg.targets is not None
