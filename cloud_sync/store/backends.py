@@ -10,7 +10,8 @@ runs it. The differences live here and in :data:`DIALECTS` (column types of the 
   off inside :meth:`Backend.begin`, a transaction per checkout); ``?`` becomes ``%s``.
 
 Nested transactions are savepoints on both. Database errors stay the driver's; the store
-translates them (``Backend.errors``) into ``StoreError``.
+translates them: the errors a value causes (``Backend.refused``: data and integrity errors) into
+``ValueRefused``, every other one (``Backend.errors``) into ``StoreError``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Backend(Protocol):
     dialect: str
     where: str  # for messages: the file, or the URL without its password
     errors: tuple[type[Exception], ...]
+    refused: tuple[type[Exception], ...]  # a subset of errors: the value's fault, not the database's
 
     def begin(self) -> contextlib.AbstractContextManager[Conn]: ...
 
@@ -122,6 +124,7 @@ class SqliteConn:
 class SqliteBackend:
     dialect = "sqlite"
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    refused: tuple[type[Exception], ...] = (sqlite3.DataError, sqlite3.IntegrityError)
 
     def __init__(self, path: Path, busy_timeout_s: float) -> None:
         self.path = path
@@ -233,6 +236,7 @@ class PostgresBackend:
 
         self.where = redact_url(url)
         self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        self.refused: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError)
         # one plain connection first: a wrong host, port, user or database fails now, with the
         # server's own words, instead of as a pool timeout
         psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_s))).close()

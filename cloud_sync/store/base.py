@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cloud_sync.errors import NotFound, SchemaTooNew, StoreError
+from cloud_sync.errors import NotFound, SchemaTooNew, StoreError, ValueRefused
 from cloud_sync.store.backends import Backend, Conn, PostgresBackend, SqliteBackend
 from cloud_sync.store.pages import decode_row
 from cloud_sync.store.schema import MIGRATIONS, PgVersion, SqliteVersion
@@ -69,6 +69,8 @@ class StoreBase:
     def _errors(self) -> Iterator[None]:
         try:
             yield
+        except self.backend.refused as exc:  # this value: retrying it cannot help
+            raise ValueRefused(f"the database refused a value: {str(exc).strip()}") from None
         except self.backend.errors as exc:
             raise StoreError(f"database error: {str(exc).strip()}") from None
 
