@@ -3,25 +3,33 @@
 Everything real and on this machine: mosquitto on a free loopback port, the cloud ingest and API
 roles as subprocesses, PostgreSQL from Debian's package (started in a temporary directory, fsync
 on), and bench/fleet_sim.py processes each running a slice of the fleet (one MQTT connection per
-device, the real protocol, an outbox waiting for acks). Each configuration runs once, side by
-side in one invocation, and prints one row of one table:
+device, the real protocol, an outbox waiting for acks). Each configuration runs once at each
+fleet size (``--devices 1000,10000``), one after the other in one invocation, and prints one row
+of one table:
 
-* devices connected; results produced/s and stored/s over the producing window;
+* devices connected; results produced/s and stored/s over the producing window (``--seconds``,
+  which starts once every connection is open);
 * created -> acknowledged p50/p99 (the ingest acknowledges after its commit, so this bounds
   created -> stored from above);
 * CPU of the ingest role(s) and of the API (utime+stime from /proc, % of one core);
-* API p99 of the fleet listing (``/devices?limit=100``), a device's results page and the fleet
-  summary, polled throughout;
-* lost and stored-twice results, counted by id against every id the simulators produced.
+* API p99, polled four times a second throughout: a page of the fleet listing
+  (``/devices?limit=100&cursor=``), a device's page (``/devices/{id}``), a results query
+  filtered by device and label, paged (its first page and the next by cursor), and the fleet
+  summary;
+* lost and stored-twice results, counted by id against every id the simulators produced;
+* the load average at the end of the window (the machine may be shared).
 
-``--faults`` adds a run on PostgreSQL with two ingest roles in which, at 25/50/75 % of the
-window, one ingest role is SIGKILLed, PostgreSQL is restarted, and mosquitto is restarted.
-``--preload N`` first inserts N results (directly, spread over the devices) so the API is
-measured against a large table.
+``--faults`` adds a run on PostgreSQL with two ingest roles at the largest size in which, at
+25/50/75 % of the window, one ingest role is SIGKILLed, PostgreSQL is restarted, and mosquitto
+is restarted. ``--preload N`` first inserts N results (directly, spread over the devices) into
+each run at the largest size, so the API is measured against a large table. ``--dashboard
+CONFIGS`` opens the fleet page in headless Chromium near the end of those runs (at the largest
+size): page load and live-update bytes/s (bench/fleet_dashboard.py).
 
     .venv/bin/python bench/fleet.py --devices 1000 --seconds 60            # sqlite-1, pg-1, pg-2
     .venv/bin/python bench/fleet.py --devices 1000 --seconds 60 --faults
-    .venv/bin/python bench/fleet.py --devices 10000 --seconds 300 --procs 4 --faults --preload 1000000
+    .venv/bin/python bench/fleet.py --devices 1000,10000 --rate 0.1,0.02 --seconds 300 --procs 4 \
+        --faults --preload 1000000 --dashboard sqlite-1,pg-1 --dashboard-s 60   # about 50 minutes
 """
 
 from __future__ import annotations
@@ -464,7 +472,7 @@ def main() -> int:
         print(table_row(r))
     for size in sorted({r.devices for r in rows}):
         base = next((r for r in rows if r.name == "sqlite-1" and r.devices == size), None)
-        if base and base.stored_s:
+        if base and base.stored_s and any(r.devices == size for r in rows if r is not base):
             others = [r for r in rows if r is not base and r.devices == size]
             ratios = ", ".join(f"{r.name} {r.stored_s / base.stored_s:.2f}x" for r in others)
             print(f"\n{size:,} devices, stored/s relative to sqlite-1: {ratios}")
