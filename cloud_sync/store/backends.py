@@ -66,7 +66,11 @@ class Conn(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
 
-    def savepoint(self) -> contextlib.AbstractContextManager[None]: ...
+    def savepoint(self, sync: bool = True) -> contextlib.AbstractContextManager[None]:
+        """A nested transaction that rolls back on its own. ``sync=False`` (PostgreSQL): its
+        SAVEPOINT/RELEASE go out in the pipeline without waiting for the server, so an error
+        the server finds in it is reported at the transaction's next read or commit, not here."""
+        ...
 
 
 class Backend(Protocol):
@@ -105,7 +109,7 @@ class SqliteConn:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
+    def savepoint(self, sync: bool = True) -> Iterator[None]:  # always in-process: nothing to wait for
         self._depth += 1
         name = f"sp{self._depth}"
         self.raw.execute(f"SAVEPOINT {name}")
@@ -195,6 +199,7 @@ class PgConn:
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+        self._depth = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         cur: Cursor = self.raw.execute(pg_sql(sql), tuple(params))
@@ -212,9 +217,28 @@ class PgConn:
             return [dict(zip(names, row, strict=True)) for row in rows]
 
     @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        with self.raw.transaction():
+    def savepoint(self, sync: bool = True) -> Iterator[None]:
+        if sync:  # psycopg's nested transaction: in pipeline mode it waits for the server at its exit
+            with self.raw.transaction():
+                yield
+            return
+        # pipelined: no round trip per savepoint (an ingest batch of 64 messages waited 128 times)
+        self._depth += 1
+        name = f"psp{self._depth}"
+        self.raw.execute(f"SAVEPOINT {name}")
+        try:
             yield
+        except BaseException:
+            # a Python-side refusal: undo this block's statements. After an error the server
+            # found, the transaction is failed anyway and its commit reports that error.
+            with contextlib.suppress(Exception):
+                self.raw.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.raw.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            self.raw.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._depth -= 1
 
 
 def redact_url(url: str) -> str:

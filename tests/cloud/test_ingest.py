@@ -293,3 +293,33 @@ def test_a_value_the_database_refuses_costs_its_result_or_message_only(
     assert count_results(db, dev) == 1
     assert query(db, "SELECT count(*) FROM status_history WHERE device = ?", dev)[0][0] == 0
     wait_for(lambda: "NUL character" in ingest.text(), timeout=5, what="the rejection logged")
+
+
+def test_a_reply_postgresql_cannot_store_is_rejected_alone_and_the_batch_stored(
+    ingest: Role, broker: Broker, db: CloudDb
+) -> None:
+    """The ingest sends a batch's savepoints without waiting for the server; a value the database
+    refuses (a NUL character in a command reply's error: PostgreSQL cannot store it, SQLite can)
+    makes it store that batch again one message at a time: the reply alone is rejected, the
+    results around it stored and acked."""
+    dev = device_id()
+    command = f"cmd-{dev}"
+    store = Store(db)
+    try:
+        store.touch_devices({dev: time.time()})
+        store.add_command(command, dev, "ping", {}, time.time())
+    finally:
+        store.close()
+    before, after = result_record(), result_record()
+    reply = protocol.CommandReply(device=dev, id=command, ok=False, error="no\x00pe", ts=time.time())
+    with sim_device(broker, dev) as device:
+        device.publish(results_msg(dev, [before]), "results")
+        device.publish(reply, "cmd_reply")
+        device.publish(results_msg(dev, [after]), "results")
+        wait_for(lambda: len(device.acks) == 2, timeout=15, what="both acks")
+        assert sorted(i for a in device.acks for i in a.ids) == sorted([before.id, after.id])
+    assert count_results(db, dev) == 2
+    replies = query(db, "SELECT count(*) FROM command_replies WHERE command_id = ?", command)[0][0]
+    assert replies == (1 if isinstance(db, Path) else 0)
+    if not isinstance(db, Path):
+        wait_for(lambda: "NUL" in ingest.text(), timeout=5, what="the rejection logged")

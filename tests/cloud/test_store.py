@@ -382,3 +382,24 @@ def test_results_and_status_holding_a_nul_character_are_refused_on_both_database
     assert (stored, refused) == ([good.id], [nul.id])
     with pytest.raises(Rejected, match="NUL"):
         store.record_status(status_msg("d1").model_copy(update={"agent_version": "1\x00"}), time.time())
+
+
+def test_a_pipelined_savepoint_rolls_back_alone_and_a_refused_value_fails_the_commit(store: Store) -> None:
+    """``transaction(sync=False)`` (the ingest's first try at a batch): a Python-side refusal rolls
+    back that savepoint only; an error the server finds surfaces by the commit at the latest, as
+    ``ValueRefused``, and nothing of the transaction is kept."""
+    row = ["r-1", "d1", "b", "cam", None, "iris", "1", "setosa", 1.0, 1.0, "i", "{}", None, None, 1]
+    with store.transaction():
+        store.touch_devices({"d1": 1.0})
+        with pytest.raises(Rejected), store.transaction(sync=False) as tx:
+            tx.execute(INSERT_RESULT, ["r-0", *row[1:]])
+            raise Rejected("refused after a write")
+        with store.transaction(sync=False) as tx:
+            tx.execute(INSERT_RESULT, row)
+    assert [r["id"] for r in store.results(ResultQuery()).items] == ["r-1"]
+    with pytest.raises(ValueRefused), store.transaction():  # source NOT NULL, found by the server
+        store.touch_devices({"d2": 2.0})
+        with store.transaction(sync=False) as tx:
+            tx.execute(INSERT_RESULT, ["r-2", "d2", "b", None, *row[4:]])
+        store.touch_devices({"d3": 3.0})
+    assert {d["id"] for d in store.devices()} == {"d1"}
