@@ -14,10 +14,11 @@ Run by bench/fleet.py as a subprocess (one or more, a slice of the fleet each):
 
     python bench/fleet_sim.py --port 1883 --devices 1000 --first 0 --seconds 60 --out stats.json
 
-It produces for ``--seconds``, then stops producing and drains its outboxes (up to
-``--drain-s``), then writes JSON: devices connected, results produced and acknowledged, the
-created -> acknowledged latencies (an ack is sent after the cloud's commit), re-sent batches,
-commands replied, and every result id produced (for counting lost and stored-twice by id).
+It produces for ``--seconds`` once every device is started (nothing during the ramp), then
+stops producing and drains its outboxes (up to ``--drain-s``), then writes JSON: devices
+connected, results produced and acknowledged, the created -> acknowledged latencies (an ack is
+sent after the cloud's commit), re-sent batches, commands replied, and every result id produced
+(for counting lost and stored-twice by id).
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ class Device:
         next_telemetry = time.monotonic() + random.uniform(0, self.args.telemetry_s)
         while not done.is_set():
             now = time.monotonic()
+            if not producing.is_set() and rate > 0:  # Poisson: memoryless, so restart the wait
+                next_result = now + random.expovariate(rate)
             while producing.is_set() and now >= next_result:
                 self.produce()
                 next_result += random.expovariate(rate)
@@ -213,15 +216,16 @@ async def main_async(args: argparse.Namespace) -> Stats:
         for i in range(args.first, args.first + args.devices)
     ]
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, producing.clear)  # stop producing early: drain, report
-    producing.set()
+    stop_early = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop_early.set)  # stop producing early: drain, report
     tasks = []
     for i, d in enumerate(devices):  # connect at --ramp per second, not all at once
         tasks.append(asyncio.create_task(d.run(producing, done)))
         if (i + 1) % max(1, int(args.ramp / 10)) == 0:
             await asyncio.sleep(0.1)
+    producing.set()  # every device started: the produce window opens (nothing during the ramp)
     end = time.monotonic() + args.seconds
-    while time.monotonic() < end and producing.is_set():
+    while time.monotonic() < end and not stop_early.is_set():
         await asyncio.sleep(0.2)
     producing.clear()
     drain_end = time.monotonic() + args.drain_s

@@ -51,6 +51,14 @@ class InvalidRequest(CloudSyncError):
     code = "invalid_request"
 
 
+class ValueRefused(InvalidRequest):
+    """The database refused a value of this one write or query (PostgreSQL: a NUL character in a
+    text field, a number out of range; a constraint): the caller's data, not the database being
+    unavailable, so retrying the same value cannot help."""
+
+    code = "value_refused"
+
+
 class Unauthorized(CloudSyncError):
     status = 401
     code = "unauthorized"

@@ -3,7 +3,10 @@
 paho's network thread only queues what arrives; one writer thread takes up to
 ``max_batch`` messages at a time, decodes each with ``protocol.decode`` and
 stores them all in ONE transaction, each message inside its own savepoint (a
-message that cannot be stored is rolled back alone and logged). Only after the
+message that cannot be stored is rolled back alone and logged). On PostgreSQL
+the savepoints go out pipelined, without waiting for the server (one round
+trip per batch); if the database refuses a value, the batch is stored again
+with each savepoint waited for, so only that message is rejected. Only after the
 COMMIT does it publish a ``ResultsAck`` for every results batch and send the
 broker its PUBACKs (manual ack): nothing is acknowledged that is not on disk.
 
@@ -35,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 from cloud_sync.config import CloudConfig
-from cloud_sync.errors import CloudSyncError, Rejected, StoreError
+from cloud_sync.errors import CloudSyncError, Rejected, StoreError, ValueRefused
 from cloud_sync.mqtt import Message, MqttLink, broker_options, shared
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
@@ -226,7 +229,13 @@ class Ingest:
         return m, results, bad
 
     def _store(self, decoded: list[Decoded]) -> list[ResultsAck]:
-        for attempt, delay in enumerate((*COMMIT_RETRIES, None), start=1):
+        # First the batch's savepoints go out pipelined (PostgreSQL: one round trip per batch, not
+        # two per message); if the database refuses a value, the batch again with each message's
+        # savepoint waited for, so that message alone is rejected.
+        isolate = False
+        delays = iter((*COMMIT_RETRIES, None))
+        attempt = 0
+        while True:
             acks: list[ResultsAck] = []
             pending: list[_Pending] = []
             refusals: list[tuple[Message, str]] = []
@@ -241,10 +250,14 @@ class Ingest:
                     for m, msg, bad in decoded:
                         try:
                             # a savepoint: a failure rolls back this message only
-                            with self.store.transaction():
+                            with self.store.transaction(sync=isolate):
                                 ack = self._store_one(m, msg, bad)
                         except StoreError:  # the database, not the message: retry the batch
                             raise
+                        except ValueRefused as exc:  # this message's value, or an earlier one's
+                            if not isolate:
+                                raise
+                            refusals.append((m, exc.message))
                         except CloudSyncError as exc:
                             refusals.append((m, exc.message))
                         except Exception as exc:  # a bug must cost one message, not the batch
@@ -256,7 +269,17 @@ class Ingest:
                     # whose ids are these: one read for the whole batch, inside its transaction
                     owners = self.store.result_owners([i for p in pending for i in p.ids])
                     acks = [self._ack(p, owners) for p in pending]
-            except StoreError as exc:
+            except (StoreError, ValueRefused) as exc:
+                if isinstance(exc, ValueRefused) and not isolate:
+                    logger.info(
+                        "a value in a batch of %d messages was refused (%.200s): storing them "
+                        "each in a savepoint waited for",
+                        len(decoded),
+                        exc.message,
+                    )
+                    isolate = True
+                    continue
+                attempt, delay = attempt + 1, next(delays)
                 if delay is None:
                     logger.error("giving up on %d messages (devices will re-send): %s", len(decoded), exc)
                     self.stats.dropped += len(decoded)
@@ -269,7 +292,6 @@ class Ingest:
             self.stats.batches += 1
             self.stats.results_acked += sum(len(a.ids) for a in acks)
             return acks
-        return []
 
     def _ack(self, p: _Pending, owners: dict[str, str]) -> ResultsAck:
         msg = p.msg
@@ -277,8 +299,8 @@ class Ingest:
         if refused:
             self.stats.results_refused += len(refused)
             logger.warning(
-                "%d results of batch %s from %s refused (id stored for another device, or a "
-                "non-finite number): %s",
+                "%d results of batch %s from %s refused (id stored for another device, a "
+                "non-finite number, a NUL character): %s",
                 len(refused),
                 msg.batch,
                 msg.device,

@@ -10,7 +10,8 @@ runs it. The differences live here and in :data:`DIALECTS` (column types of the 
   off inside :meth:`Backend.begin`, a transaction per checkout); ``?`` becomes ``%s``.
 
 Nested transactions are savepoints on both. Database errors stay the driver's; the store
-translates them (``Backend.errors``) into ``StoreError``.
+translates them: the errors a value causes (``Backend.refused``: data and integrity errors) into
+``ValueRefused``, every other one (``Backend.errors``) into ``StoreError``.
 """
 
 from __future__ import annotations
@@ -65,13 +66,18 @@ class Conn(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
 
-    def savepoint(self) -> contextlib.AbstractContextManager[None]: ...
+    def savepoint(self, sync: bool = True) -> contextlib.AbstractContextManager[None]:
+        """A nested transaction that rolls back on its own. ``sync=False`` (PostgreSQL): its
+        SAVEPOINT/RELEASE go out in the pipeline without waiting for the server, so an error
+        the server finds in it is reported at the transaction's next read or commit, not here."""
+        ...
 
 
 class Backend(Protocol):
     dialect: str
     where: str  # for messages: the file, or the URL without its password
     errors: tuple[type[Exception], ...]
+    refused: tuple[type[Exception], ...]  # a subset of errors: the value's fault, not the database's
 
     def begin(self) -> contextlib.AbstractContextManager[Conn]: ...
 
@@ -103,7 +109,7 @@ class SqliteConn:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
+    def savepoint(self, sync: bool = True) -> Iterator[None]:  # always in-process: nothing to wait for
         self._depth += 1
         name = f"sp{self._depth}"
         self.raw.execute(f"SAVEPOINT {name}")
@@ -122,6 +128,7 @@ class SqliteConn:
 class SqliteBackend:
     dialect = "sqlite"
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    refused: tuple[type[Exception], ...] = (sqlite3.DataError, sqlite3.IntegrityError)
 
     def __init__(self, path: Path, busy_timeout_s: float) -> None:
         self.path = path
@@ -192,6 +199,7 @@ class PgConn:
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+        self._depth = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         cur: Cursor = self.raw.execute(pg_sql(sql), tuple(params))
@@ -209,9 +217,28 @@ class PgConn:
             return [dict(zip(names, row, strict=True)) for row in rows]
 
     @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        with self.raw.transaction():
+    def savepoint(self, sync: bool = True) -> Iterator[None]:
+        if sync:  # psycopg's nested transaction: in pipeline mode it waits for the server at its exit
+            with self.raw.transaction():
+                yield
+            return
+        # pipelined: no round trip per savepoint (an ingest batch of 64 messages waited 128 times)
+        self._depth += 1
+        name = f"psp{self._depth}"
+        self.raw.execute(f"SAVEPOINT {name}")
+        try:
             yield
+        except BaseException:
+            # a Python-side refusal: undo this block's statements. After an error the server
+            # found, the transaction is failed anyway and its commit reports that error.
+            with contextlib.suppress(Exception):
+                self.raw.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.raw.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            self.raw.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._depth -= 1
 
 
 def redact_url(url: str) -> str:
@@ -233,6 +260,7 @@ class PostgresBackend:
 
         self.where = redact_url(url)
         self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        self.refused: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError)
         # one plain connection first: a wrong host, port, user or database fails now, with the
         # server's own words, instead of as a pool timeout
         psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_s))).close()

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cloud_sync.errors import NotFound, SchemaTooNew, StoreError
+from cloud_sync.errors import NotFound, SchemaTooNew, StoreError, ValueRefused
 from cloud_sync.store.backends import Backend, Conn, PostgresBackend, SqliteBackend
 from cloud_sync.store.pages import decode_row
 from cloud_sync.store.schema import MIGRATIONS, PgVersion, SqliteVersion
@@ -69,17 +69,27 @@ class StoreBase:
     def _errors(self) -> Iterator[None]:
         try:
             yield
+        except self.backend.refused as exc:  # this value: retrying it cannot help
+            raise ValueRefused(f"the database refused a value: {str(exc).strip()}") from None
         except self.backend.errors as exc:
             raise StoreError(f"database error: {str(exc).strip()}") from None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Conn]:
+    def transaction(self, sync: bool | None = None) -> Iterator[Conn]:
         """A write transaction; nested use becomes a savepoint that rolls back on its own.
-        Committed when the outermost block ends (acknowledge only after that)."""
+        Committed when the outermost block ends (acknowledge only after that). A nested one with
+        ``sync=False`` does not wait for the server (``Conn.savepoint``), nor do the ones nested in
+        it (``None``: as the enclosing one; waited for at the top)."""
         active: Conn | None = getattr(self._local, "tx", None)
         if active is not None:
-            with self._errors(), active.savepoint():
-                yield active
+            outer: bool = getattr(self._local, "sync", True)
+            mine = outer if sync is None else sync
+            self._local.sync = mine
+            try:
+                with self._errors(), active.savepoint(mine):
+                    yield active
+            finally:
+                self._local.sync = outer
             return
         with self._errors(), self.backend.begin() as conn:
             self._local.tx = conn

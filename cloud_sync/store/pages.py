@@ -92,6 +92,14 @@ def finite(value: float, what: str) -> float:
     return value
 
 
+def text(value: str | None, what: str) -> str | None:
+    """A text column's value; one holding a NUL character is refused on both databases (PostgreSQL
+    cannot store it), so a device gets the same answer whichever the cloud runs on."""
+    if value is not None and "\x00" in value:
+        raise Rejected(f"{what} holds a NUL character")
+    return value
+
+
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v for k, v in row.items()}
     if "online" in out and out["online"] is not None:

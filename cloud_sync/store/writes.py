@@ -13,7 +13,7 @@ from typing import Any
 from cloud_sync.errors import Rejected
 from cloud_sync.store.backends import Conn
 from cloud_sync.store.base import StoreBase
-from cloud_sync.store.pages import dumps, finite, result_label
+from cloud_sync.store.pages import dumps, finite, result_label, text
 from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
 
 RESULT_COLUMNS = (
@@ -71,6 +71,8 @@ class IngestWrites(StoreBase):
     def record_status(self, msg: Status, received: float) -> None:
         """History row (once per device, ts, state); device state in arrival order (LWT included)."""
         ts = finite(msg.ts, "status ts")
+        text(msg.agent_version, "status agent_version")
+        text(msg.group, "status group")
         with self.transaction() as db:
             self._touch(db, msg.device, received)
             models = dumps(msg.models, "status models")
@@ -123,17 +125,19 @@ class IngestWrites(StoreBase):
         refused now for a non-finite number). The ingest checks the owners of a whole transaction's
         results in one read (one round trip to PostgreSQL per batch, not per message)."""
         rows: list[tuple[Any, ...]] = []
-        refused: list[str] = []
+        refused: list[str] = []  # for a non-finite number or a NUL character
         for r in msg.results:
             try:
                 created, flag, device_created = result_time(
                     finite(r.created, f"result {r.id} created"), received, r.clock
                 )
                 body = dumps(r.body, f"result {r.id} body")
+                label = result_label(r.body)
+                for value in (r.id, msg.batch, r.source, r.ref, r.model, r.version, label):
+                    text(value, f"result {r.id!r}")
             except Rejected:
                 refused.append(r.id)
                 continue
-            label = result_label(r.body)
             row = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
             rows.append((*row, received, ingest, body, flag, device_created, r.seq))
         ids = list(dict.fromkeys(row[0] for row in rows))

@@ -271,3 +271,55 @@ def test_ingest_resubscribes_after_a_broker_restart(tmp_path: Path, cloud_db: Cl
 
             wait_for(resend_until_acked, 10, "the ack after the restart")
         assert role.alive
+
+
+def test_a_value_the_database_refuses_costs_its_result_or_message_only(
+    ingest: Role, broker: Broker, db: CloudDb
+) -> None:
+    """PostgreSQL cannot store a NUL character in text (SQLite can): a result holding one is named
+    in ``rejected`` and the rest of its message stored; a status holding one is rejected alone.
+    Before, on PostgreSQL, the database error failed the whole ingest batch, retried and dropped
+    every message in it, and the device re-sent the poisoned result forever."""
+    dev = device_id()
+    good, nul = result_record(), result_record()
+    nul = nul.model_copy(update={"source": "cam\x00era"})
+    status = status_msg(dev).model_copy(update={"agent_version": "1.0\x00"})
+    with sim_device(broker, dev) as device:
+        device.publish(status, "status")  # in the same ingest batch as the results, most likely
+        device.publish(results_msg(dev, [good, nul]), "results")
+        wait_for(lambda: device.acks, timeout=10, what="the ack")
+        assert device.acks[0].ids == [good.id]
+        assert device.acks[0].rejected == [nul.id]
+    assert count_results(db, dev) == 1
+    assert query(db, "SELECT count(*) FROM status_history WHERE device = ?", dev)[0][0] == 0
+    wait_for(lambda: "NUL character" in ingest.text(), timeout=5, what="the rejection logged")
+
+
+def test_a_reply_postgresql_cannot_store_is_rejected_alone_and_the_batch_stored(
+    ingest: Role, broker: Broker, db: CloudDb
+) -> None:
+    """The ingest sends a batch's savepoints without waiting for the server; a value the database
+    refuses (a NUL character in a command reply's error: PostgreSQL cannot store it, SQLite can)
+    makes it store that batch again one message at a time: the reply alone is rejected, the
+    results around it stored and acked."""
+    dev = device_id()
+    command = f"cmd-{dev}"
+    store = Store(db)
+    try:
+        store.touch_devices({dev: time.time()})
+        store.add_command(command, dev, "ping", {}, time.time())
+    finally:
+        store.close()
+    before, after = result_record(), result_record()
+    reply = protocol.CommandReply(device=dev, id=command, ok=False, error="no\x00pe", ts=time.time())
+    with sim_device(broker, dev) as device:
+        device.publish(results_msg(dev, [before]), "results")
+        device.publish(reply, "cmd_reply")
+        device.publish(results_msg(dev, [after]), "results")
+        wait_for(lambda: len(device.acks) == 2, timeout=15, what="both acks")
+        assert sorted(i for a in device.acks for i in a.ids) == sorted([before.id, after.id])
+    assert count_results(db, dev) == 2
+    replies = query(db, "SELECT count(*) FROM command_replies WHERE command_id = ?", command)[0][0]
+    assert replies == (1 if isinstance(db, Path) else 0)
+    if not isinstance(db, Path):
+        wait_for(lambda: "NUL" in ingest.text(), timeout=5, what="the rejection logged")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew, StoreError
+from cloud_sync.errors import InvalidRequest, NotFound, Rejected, SchemaTooNew, StoreError, ValueRefused
 from cloud_sync.store import ResultQuery, Store, result_label
 from cloud_sync.store.schema import MIGRATIONS
+from cloud_sync.store.writes import INSERT_RESULT
 from edge_agent.sync import protocol
 from tests.cloud import query, result_record, results_msg, status_msg
 from tests.conftest import CloudDb, PgUrl
@@ -357,3 +358,48 @@ def test_next_counter_is_atomic_across_threads(cloud_db: CloudDb) -> None:
     for s in stores:
         s.close()
     assert sorted(got) == list(range(1, 41))  # every value handed out once
+
+
+def test_a_value_the_database_refuses_is_refused_and_rolls_back_alone(store: Store) -> None:
+    """A data or integrity error is the value's fault (``ValueRefused``, a 4xx), not the database
+    being unavailable (``StoreError``, retried): the ingest rejects that one message. Inside a
+    transaction it rolls back its savepoint only, on PostgreSQL's pipeline mode too."""
+    row = ["r-1", "d1", "b", None, None, "iris", "1", "setosa", 1.0, 1.0, "i", "{}", None, None, 1]
+    with store.transaction():
+        store.touch_devices({"d1": 1.0})
+        with pytest.raises(ValueRefused), store.transaction() as tx:
+            tx.execute(INSERT_RESULT, row)  # source is NOT NULL
+        store.touch_devices({"d2": 2.0})
+    assert {d["id"] for d in store.devices()} == {"d1", "d2"}
+    if store.dialect == "postgresql":  # NUL in text: PostgreSQL refuses it, SQLite stores it
+        with pytest.raises(ValueRefused, match="NUL"), store.transaction() as tx:
+            tx.execute(INSERT_RESULT, [*row[:3], "cam\x00", *row[4:]])
+
+
+def test_results_and_status_holding_a_nul_character_are_refused_on_both_databases(store: Store) -> None:
+    good, nul = result_record(), result_record().model_copy(update={"source": "cam\x00era"})
+    stored, refused = store.record_results(results_msg("d1", [good, nul]), time.time(), "i")
+    assert (stored, refused) == ([good.id], [nul.id])
+    with pytest.raises(Rejected, match="NUL"):
+        store.record_status(status_msg("d1").model_copy(update={"agent_version": "1\x00"}), time.time())
+
+
+def test_a_pipelined_savepoint_rolls_back_alone_and_a_refused_value_fails_the_commit(store: Store) -> None:
+    """``transaction(sync=False)`` (the ingest's first try at a batch): a Python-side refusal rolls
+    back that savepoint only; an error the server finds surfaces by the commit at the latest, as
+    ``ValueRefused``, and nothing of the transaction is kept."""
+    row = ["r-1", "d1", "b", "cam", None, "iris", "1", "setosa", 1.0, 1.0, "i", "{}", None, None, 1]
+    with store.transaction():
+        store.touch_devices({"d1": 1.0})
+        with pytest.raises(Rejected), store.transaction(sync=False) as tx:
+            tx.execute(INSERT_RESULT, ["r-0", *row[1:]])
+            raise Rejected("refused after a write")
+        with store.transaction(sync=False) as tx:
+            tx.execute(INSERT_RESULT, row)
+    assert [r["id"] for r in store.results(ResultQuery()).items] == ["r-1"]
+    with pytest.raises(ValueRefused), store.transaction():  # source NOT NULL, found by the server
+        store.touch_devices({"d2": 2.0})
+        with store.transaction(sync=False) as tx:
+            tx.execute(INSERT_RESULT, ["r-2", "d2", "b", None, *row[4:]])
+        store.touch_devices({"d3": 3.0})
+    assert {d["id"] for d in store.devices()} == {"d1"}

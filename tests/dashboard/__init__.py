@@ -25,6 +25,7 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
+from tests.conftest import CloudDb
 from tests.sync.broker import Broker
 
 USER = "operator"
@@ -33,7 +34,7 @@ PASSWORD_HASH = hash_password(PASSWORD)
 
 
 @contextmanager
-def api_role(broker: Broker, db: Path, workdir: Path, **settings: str) -> Iterator[str]:
+def api_role(broker: Broker, db: CloudDb, workdir: Path, **settings: str) -> Iterator[str]:
     """``cloud-sync api`` with the dashboard login configured (``settings`` override); yields its base URL."""
     port = free_port()
     defaults = {

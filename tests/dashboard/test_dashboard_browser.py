@@ -1,5 +1,6 @@
 """The dashboard end to end in headless Chromium (Debian's, driven by Playwright) against a real
-stack: mosquitto, the ingest role, the API with the dashboard, two simulated devices."""
+stack: mosquitto, the ingest role, the API with the dashboard, two simulated devices; once on an
+SQLite file and once on a real PostgreSQL (tests/pgserver.py), like the cloud tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from edge_agent.sync import protocol
 from tests.cloud import start_ingest
+from tests.conftest import make_cloud_db
 from tests.dashboard import PASSWORD, USER, Device, api_role, devices
 from tests.sync.broker import Broker, run_broker
 
@@ -43,9 +45,11 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("dashboard-browser")
-    db = work / "cloud.sqlite3"
+def stack(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp(f"dashboard-browser-{db_backend}")
+    db = make_cloud_db(request, db_backend, work)
     shots = work / "screenshots"
     shots.mkdir()
     with run_broker(work / "broker") as broker:
