@@ -4,7 +4,8 @@
     python models/scripts/drift_reference.py iris models/iris_setosa/1     # labels: setosa / not setosa
     python models/scripts/drift_reference.py digits models/digits/1        # and digits_int8, digits_tflite,
                                                                            # digits_tflite_int8
-    python models/scripts/drift_reference.py photos models/face/1          # and face_onnx, person, person_onnx
+    python models/scripts/drift_reference.py photos models/face/1          # and face_onnx, person,
+                                                                           # person_onnx
 
 ``iris``: scikit-learn's bundled iris data (150 rows), the same data ``build_iris.py`` trains on; for
 the one-vs-rest packages the labels are the manifest's (``X`` / ``not X``). ``digits``: the training
