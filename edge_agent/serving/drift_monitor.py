@@ -6,7 +6,7 @@ Off the caller's path: ``observe`` (called on the gateway's event loop for every
 appends a reference to the batch to a bounded hand-off deque (``QUEUE_BOUND`` batches); the statistics
 (image brightness / contrast / size, per-column values, labels) are computed by the background thread,
 which drains the deque every ``DRAIN_S``. When the deque is full the batch is not observed and counted
-in ``dropped`` (written with the figures). Measured in-process (``tests/serving/drift_observe_bench.py``):
+in ``dropped`` (written with the figures). Measured in-process (``bench/drift_observe.py``):
 the statistics inline cost 12-41 us per request on the test machine, the hand-off 0.2-0.5 us above
 the measuring floor.
 
