@@ -226,12 +226,21 @@ def console(
     )
 
 
+# ``python -m cloud_sync.console.app`` with Ctrl-C working as on a terminal: a shell that runs the tests
+# in the background (``make test &``) starts them with SIGINT ignored, the console inherits that and
+# Python then installs no KeyboardInterrupt handler (the interrupt tests would hang).
+CONSOLE_WITH_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('cloud_sync.console.app', run_name='__main__', alter_sys=True)"
+)
+
+
 class Streaming:
     """A long-running console (--follow, --watch): its stdout lines collected by a thread."""
 
     def __init__(self, api: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_sync.console.app", *args],
+            [sys.executable, "-c", CONSOLE_WITH_CTRL_C, *args],
             cwd=ROOT,
             env=console_env(api),
             stdout=subprocess.PIPE,
