@@ -21,6 +21,7 @@ headless Chromium (Debian's, driven by Playwright), logged in. For ``--seconds``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -29,13 +30,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from edge_agent.sync import protocol  # noqa: E402
 from tests.cloud import SimDevice, start_ingest, status_msg  # noqa: E402
@@ -72,6 +74,29 @@ window.EventSource = class extends NativeEventSource {
   }
 };
 """
+
+
+@contextlib.contextmanager
+def dashboard_page(base: str, user: str, password: str, timeout_ms: int) -> Iterator[Page]:
+    """The dashboard in headless Chromium (Debian's, driven by Playwright), logged in, on the fleet
+    page, counting the live feed's events and bytes (``COUNT_EVENTS``); the browser closed after."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1366, "height": 768})
+            context.add_init_script(COUNT_EVENTS)
+            page = context.new_page()
+            page.set_default_timeout(timeout_ms)
+            page.goto(f"{base}/dashboard/login")
+            page.fill("input[name=user]", user)
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/dashboard/")
+            yield page
+        finally:
+            browser.close()
+
+
 # The newest last_seen the page holds (fleet.js keeps the last snapshot in a top-level `fleet`).
 NEWEST_SEEN = "() => Math.max(0, ...fleet.devices.map((d) => d.last_seen || 0))"
 
@@ -164,50 +189,37 @@ def _measure(
     args: argparse.Namespace, base: str, db: Path, ingest_pid: int, api_pid: int, sender: Telemetry
 ) -> None:
     device = "dev-000"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1366, "height": 768})
-            context.add_init_script(COUNT_EVENTS)
-            page = context.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(f"{base}/dashboard/login")
-            page.fill("input[name=user]", USER)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(f"{base}/dashboard/")
-            rows_shown = f"() => fleet.devices.length >= {args.devices}"  # the page draws 100 rows at a time
-            page.wait_for_function(rows_shown)
-            started = time.monotonic()  # a fresh load of the fleet page, logged in
-            page.goto(f"{base}/dashboard/")
-            page.wait_for_function(rows_shown)
-            page.wait_for_selector("#fleet tbody tr")
-            load_s = time.monotonic() - started
-            cell = page.locator(f'#fleet tr[data-device="{device}"] td:nth-child(3)')
-            time.sleep(2)  # let the load settle: every device online and sending
+    with dashboard_page(base, USER, PASSWORD, timeout_ms=15_000) as page:
+        rows_shown = f"() => fleet.devices.length >= {args.devices}"  # the page draws 100 rows at a time
+        page.wait_for_function(rows_shown)
+        started = time.monotonic()  # a fresh load of the fleet page, logged in
+        page.goto(f"{base}/dashboard/")
+        page.wait_for_function(rows_shown)
+        page.wait_for_selector("#fleet tbody tr")
+        load_s = time.monotonic() - started
+        cell = page.locator(f'#fleet tr[data-device="{device}"] td:nth-child(3)')
+        time.sleep(2)  # let the load settle: every device online and sending
 
-            rows0, sent0, events0 = telemetry_rows(db), sender.sent, page.evaluate("window.__fleetEvents")
-            bytes0 = page.evaluate("window.__fleetBytes")
-            api0, ingest0, t0 = cpu_seconds(api_pid), cpu_seconds(ingest_pid), time.monotonic()
-            last_title = cell.get_attribute("title")
-            reads = changes = 0
-            worst_stale = 0.0
-            while time.monotonic() - t0 < args.seconds:
-                time.sleep(args.sample)
-                title = cell.get_attribute("title")
-                reads += 1
-                changes += title != last_title
-                last_title = title
-                worst_stale = max(worst_stale, time.time() - page.evaluate(NEWEST_SEEN))
-            elapsed = time.monotonic() - t0
-            api1, ingest1 = cpu_seconds(api_pid), cpu_seconds(ingest_pid)
-            events = page.evaluate("window.__fleetEvents") - events0
-            sse_bytes = page.evaluate("window.__fleetBytes") - bytes0
-            full_bytes = page.evaluate("window.__fullBytes")
-            sent, rows = sender.sent - sent0, telemetry_rows(db) - rows0
-            online = page.locator("#count").inner_text()
-        finally:
-            browser.close()
+        rows0, sent0, events0 = telemetry_rows(db), sender.sent, page.evaluate("window.__fleetEvents")
+        bytes0 = page.evaluate("window.__fleetBytes")
+        api0, ingest0, t0 = cpu_seconds(api_pid), cpu_seconds(ingest_pid), time.monotonic()
+        last_title = cell.get_attribute("title")
+        reads = changes = 0
+        worst_stale = 0.0
+        while time.monotonic() - t0 < args.seconds:
+            time.sleep(args.sample)
+            title = cell.get_attribute("title")
+            reads += 1
+            changes += title != last_title
+            last_title = title
+            worst_stale = max(worst_stale, time.time() - page.evaluate(NEWEST_SEEN))
+        elapsed = time.monotonic() - t0
+        api1, ingest1 = cpu_seconds(api_pid), cpu_seconds(ingest_pid)
+        events = page.evaluate("window.__fleetEvents") - events0
+        sse_bytes = page.evaluate("window.__fleetBytes") - bytes0
+        full_bytes = page.evaluate("window.__fullBytes")
+        sent, rows = sender.sent - sent0, telemetry_rows(db) - rows0
+        online = page.locator("#count").inner_text()
 
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print()

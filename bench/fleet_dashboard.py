@@ -16,9 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from playwright.sync_api import sync_playwright
-
-from bench.dashboard import ARGS, CHROMIUM, COUNT_EVENTS
+from bench.dashboard import dashboard_page
 
 
 @dataclass(frozen=True)
@@ -40,35 +38,22 @@ def measure_page(
 ) -> PageFigures:
     """Log in, load the fleet page ``loads`` times, then count the live feed's bytes for ``seconds``."""
     rows_shown = f"() => fleet.devices.length >= {devices} && document.querySelector('#fleet tbody tr')"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1366, "height": 768})
-            context.add_init_script(COUNT_EVENTS)
-            page = context.new_page()
-            page.set_default_timeout(120_000)
-            page.goto(f"{base}/dashboard/login")
-            page.fill("input[name=user]", user)
-            page.fill("input[name=password]", password)
-            page.click("button[type=submit]")
-            page.wait_for_url(f"{base}/dashboard/")
+    with dashboard_page(base, user, password, timeout_ms=120_000) as page:
+        page.wait_for_function(rows_shown)
+        times = []
+        for _ in range(loads):
+            started = time.monotonic()
+            page.goto(f"{base}/dashboard/")
             page.wait_for_function(rows_shown)
-            times = []
-            for _ in range(loads):
-                started = time.monotonic()
-                page.goto(f"{base}/dashboard/")
-                page.wait_for_function(rows_shown)
-                times.append((time.monotonic() - started) * 1000)
-            time.sleep(1)
-            events0, bytes0 = page.evaluate("window.__fleetEvents"), page.evaluate("window.__fleetBytes")
-            t0 = time.monotonic()
-            time.sleep(seconds)
-            elapsed = time.monotonic() - t0
-            events = page.evaluate("window.__fleetEvents") - events0
-            data = page.evaluate("window.__fleetBytes") - bytes0
-            whole = int(page.evaluate("window.__fullBytes"))
-        finally:
-            browser.close()
+            times.append((time.monotonic() - started) * 1000)
+        time.sleep(1)
+        events0, bytes0 = page.evaluate("window.__fleetEvents"), page.evaluate("window.__fleetBytes")
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - t0
+        events = page.evaluate("window.__fleetEvents") - events0
+        data = page.evaluate("window.__fleetBytes") - bytes0
+        whole = int(page.evaluate("window.__fullBytes"))
     return PageFigures(
         load_ms=statistics.median(times),
         first_load_ms=times[0],
