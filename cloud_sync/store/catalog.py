@@ -33,16 +33,25 @@ class Catalog(StoreBase):
             )
 
     def command(self, command_id: str) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM commands WHERE id = ?", [command_id])
+        """A command and its reply, read in one statement: one snapshot, so a reply stored
+        between two reads can never show beside the state it replaced."""
+        rows = self._query(
+            "SELECT c.*, r.command_id AS reply_for, r.ok AS reply_ok, r.result AS reply_result, "
+            "r.error AS reply_error, r.ts AS reply_ts, r.received AS reply_received "
+            "FROM commands c LEFT JOIN command_replies r ON r.command_id = c.id WHERE c.id = ?",
+            [command_id],
+        )
         if not rows:
             raise NotFound(f"no command {command_id!r}")
-        replies = self._query(
-            "SELECT ok, result, error, ts, received FROM command_replies WHERE command_id = ?", [command_id]
-        )
-        reply = replies[0] if replies else None
-        if reply is not None:
-            reply["ok"] = bool(reply["ok"])
-        return rows[0] | {"reply": reply}
+        row = rows[0]
+        fields = ("ok", "result", "error", "ts", "received")
+        reply = {f: row.pop(f"reply_{f}") for f in fields}
+        if row.pop("reply_for") is None:
+            return row | {"reply": None}
+        reply["ok"] = bool(reply["ok"])
+        if isinstance(reply["result"], str):
+            reply["result"] = json.loads(reply["result"])
+        return row | {"reply": reply}
 
     def commands(self, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         if device is None:

@@ -174,6 +174,48 @@ def test_replies_are_stored_against_their_command(store: Store) -> None:
         store.add_command("c2", "ghost", "ping", {}, time.time())
 
 
+def test_a_command_is_read_with_its_reply_in_one_snapshot(cloud_db: CloudDb) -> None:
+    # A reply stored between two reads once showed beside the state it replaced ("sent" with a
+    # reply): the API's long-poll then answered early with the old state. Replies go in from
+    # one thread (the ingest's) while another reads (the API's) until each command has its reply.
+    writer, reader = Store(cloud_db), Store(cloud_db)
+    writer.record_status(status_msg("dev1"), time.time())
+    ids = [f"snap-{i}" for i in range(300)]
+    for cid in ids:
+        writer.add_command(cid, "dev1", "ping", {}, time.time())
+        writer.mark_command(cid, "sent")
+    done = threading.Event()
+
+    def reply_all() -> None:
+        try:
+            for cid in ids:
+                reply = protocol.CommandReply(device="dev1", id=cid, ok=True, result={"n": 1}, ts=time.time())
+                writer.record_reply(reply, time.time())
+        finally:
+            done.set()
+
+    torn: list[tuple[str, str]] = []
+    reads = 0
+    thread = threading.Thread(target=reply_all)
+    thread.start()
+    try:
+        while not done.is_set() or reads == 0:
+            for cid in ids:
+                cmd = reader.command(cid)
+                reads += 1
+                if (cmd["reply"] is not None) != (cmd["state"] == "replied"):
+                    torn.append((cid, cmd["state"]))
+                if done.is_set():
+                    break
+    finally:
+        thread.join()
+        writer.close()
+    final = [reader.command(cid) for cid in ids]
+    reader.close()
+    assert torn == [], f"{len(torn)} of {reads} reads showed a reply beside another state: {torn[:3]}"
+    assert all(c["state"] == "replied" and c["reply"]["result"] == {"n": 1} for c in final)
+
+
 def test_result_queries_filter_and_page(store: Store) -> None:
     t0 = 1_700_000_000.0
     for device in ("dev1", "dev2"):
