@@ -83,6 +83,8 @@ class Backend(Protocol):
 
     def reader(self) -> contextlib.AbstractContextManager[Conn]: ...
 
+    def snapshot(self) -> contextlib.AbstractContextManager[Conn]: ...
+
     def table_names(self, conn: Conn) -> set[str]: ...
 
     def close(self) -> None: ...
@@ -175,6 +177,17 @@ class SqliteBackend:
     @contextlib.contextmanager
     def reader(self) -> Iterator[Conn]:
         yield self.conn()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Conn]:
+        # WAL: a deferred transaction reads one snapshot from its first read to its end
+        conn = self.conn()
+        conn.raw.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.raw.in_transaction:
+                conn.raw.execute("COMMIT")
 
     def table_names(self, conn: Conn) -> set[str]:
         return {r["name"] for r in conn.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -290,6 +303,12 @@ class PostgresBackend:
     @contextlib.contextmanager
     def reader(self) -> Iterator[Conn]:
         with self._pool.connection() as raw:
+            yield PgConn(raw)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Conn]:
+        with self._pool.connection() as raw, raw.transaction():
+            raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield PgConn(raw)
 
     def table_names(self, conn: Conn) -> set[str]:

@@ -100,13 +100,29 @@ class StoreBase:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Conn]:
-        """A connection to read with (the current transaction's, if this thread is in one)."""
-        active: Conn | None = getattr(self._local, "tx", None)
+        """A connection to read with (the current transaction's or snapshot's, if this thread is in
+        one)."""
+        active: Conn | None = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
         if active is not None:
             yield active
             return
         with self._errors(), self.backend.reader() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Conn]:
+        """Reads that all see one state of the database (a read-only transaction), for a view built
+        from several queries: never half before and half after a writer's commit. No writes in it."""
+        active: Conn | None = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
+        if active is not None:
+            yield active
+            return
+        with self._errors(), self.backend.snapshot() as conn:
+            self._local.snap = conn
+            try:
+                yield conn
+            finally:
+                self._local.snap = None
 
     @property
     def db(self) -> Conn:

@@ -98,11 +98,14 @@ class Catalog(StoreBase):
         )
 
     def model(self, name: str) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM models WHERE name = ?", [name])
-        if not rows:
-            raise NotFound(f"no model {name!r}")
-        versions = self._query("SELECT * FROM model_versions WHERE model = ? ORDER BY created DESC", [name])
-        return rows[0] | {"versions": versions}
+        with self.snapshot():
+            rows = self._query("SELECT * FROM models WHERE name = ?", [name])
+            if not rows:
+                raise NotFound(f"no model {name!r}")
+            versions = self._query(
+                "SELECT * FROM model_versions WHERE model = ? ORDER BY created DESC", [name]
+            )
+            return rows[0] | {"versions": versions}
 
     def model_version(self, model: str, version: str) -> dict[str, Any]:
         rows = self._query("SELECT * FROM model_versions WHERE model = ? AND version = ?", [model, version])
@@ -113,21 +116,22 @@ class Catalog(StoreBase):
     def active_versions(self, device: str, model: str, limit: int = 1000) -> list[str]:
         """The versions of ``model`` that ``device`` ran, newest first: from its status messages (the
         models it announced) and the deployments it reported ``active`` or ``rolled_back``."""
-        seen: dict[str, float] = {}
-        for r in self._query(
-            "SELECT models, received FROM status_history WHERE device = ? ORDER BY received DESC LIMIT ?",
-            [device, limit],
-        ):
-            version = (r["models"] or {}).get(model) if isinstance(r["models"], dict) else None
-            if version is not None:
-                seen[str(version)] = max(seen.get(str(version), 0.0), float(r["received"]))
-        for r in self._query(
-            "SELECT version, MAX(received) AS last FROM deployment_devices WHERE device = ? AND model = ? "
-            "AND state IN ('active', 'rolled_back') GROUP BY version",
-            [device, model],
-        ):
-            seen[str(r["version"])] = max(seen.get(str(r["version"]), 0.0), float(r["last"]))
-        return sorted(seen, key=lambda v: seen[v], reverse=True)
+        with self.snapshot():
+            seen: dict[str, float] = {}
+            for r in self._query(
+                "SELECT models, received FROM status_history WHERE device = ? ORDER BY received DESC LIMIT ?",
+                [device, limit],
+            ):
+                version = (r["models"] or {}).get(model) if isinstance(r["models"], dict) else None
+                if version is not None:
+                    seen[str(version)] = max(seen.get(str(version), 0.0), float(r["received"]))
+            for r in self._query(
+                "SELECT version, MAX(received) AS last FROM deployment_devices "
+                "WHERE device = ? AND model = ? AND state IN ('active', 'rolled_back') GROUP BY version",
+                [device, model],
+            ):
+                seen[str(r["version"])] = max(seen.get(str(r["version"]), 0.0), float(r["last"]))
+            return sorted(seen, key=lambda v: seen[v], reverse=True)
 
     def create_deployment(
         self,
@@ -161,65 +165,67 @@ class Catalog(StoreBase):
         return self._query("SELECT * FROM deployments ORDER BY created DESC LIMIT ?", [limit])
 
     def deployment(self, deployment_id: str) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
-        devices = self._query(
-            "SELECT device, model, version, state, reason, progress, ts, received FROM deployment_devices "
-            "WHERE deployment = ? ORDER BY device",
-            [deployment_id],
-        )
-        if not rows and not devices:
-            raise NotFound(f"no deployment {deployment_id!r}")
-        base = rows[0] if rows else {"id": deployment_id, "state": "unknown"}
-        return base | {"device_states": devices}
+        with self.snapshot():
+            rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
+            devices = self._query(
+                "SELECT device, model, version, state, reason, progress, ts, received "
+                "FROM deployment_devices WHERE deployment = ? ORDER BY device",
+                [deployment_id],
+            )
+            if not rows and not devices:
+                raise NotFound(f"no deployment {deployment_id!r}")
+            base = rows[0] if rows else {"id": deployment_id, "state": "unknown"}
+            return base | {"device_states": devices}
 
     def deployment_status(self, deployment_id: str) -> dict[str, Any]:
         """A deployment with one entry per device: its last reported state, or ``pending`` (nothing
         reported yet) or ``superseded`` (unfinished here, and a newer deployment targets the device)."""
-        rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
-        if not rows:
-            raise NotFound(f"no deployment {deployment_id!r}")
-        dep = rows[0]
-        reported = {
-            r["device"]: r
-            for r in self._query(
-                "SELECT device, model, version, state, reason, progress, received FROM deployment_devices "
-                "WHERE deployment = ?",
-                [deployment_id],
-            )
-        }
-        newer: dict[str, str] = {}
-        later = "SELECT id, devices FROM deployments WHERE created > ? ORDER BY created"
-        with self.reading() as db:  # the raw JSON text: both backends parse it here alike
-            for later_id, later_devices in db.execute(later, [dep["created"]]).fetchall():
-                for device in json.loads(later_devices):
-                    newer[device] = later_id
-        first = dep["models"][0] if dep["models"] else {}
-        devices = []
-        for device in sorted(set(dep["devices"]) | set(reported)):
-            row = reported.get(device)
-            state, reason = (row["state"], row["reason"]) if row else ("pending", None)
-            if state in UNFINISHED_STATES and device in newer:
-                state, reason = "superseded", f"deployment {newer[device]} replaced this one"
-            devices.append(
-                {
-                    "device": device,
-                    "state": state,
-                    "version": row["version"] if row else first.get("version"),
-                    "progress": row["progress"] if row else None,
-                    "reason": reason,
-                    "updated": row["received"] if row else None,
-                }
-            )
-        summary: dict[str, int] = {}
-        for d in devices:
-            summary[d["state"]] = summary.get(d["state"], 0) + 1
-        return {
-            "id": dep["id"],
-            "model": first.get("model"),
-            "version": first.get("version"),
-            "models": dep["models"],
-            "created": dep["created"],
-            "note": dep["note"],
-            "devices": devices,
-            "summary": summary,
-        }
+        with self.snapshot():
+            rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
+            if not rows:
+                raise NotFound(f"no deployment {deployment_id!r}")
+            dep = rows[0]
+            reported = {
+                r["device"]: r
+                for r in self._query(
+                    "SELECT device, model, version, state, reason, progress, received "
+                    "FROM deployment_devices WHERE deployment = ?",
+                    [deployment_id],
+                )
+            }
+            newer: dict[str, str] = {}
+            later = "SELECT id, devices FROM deployments WHERE created > ? ORDER BY created"
+            with self.reading() as db:  # the raw JSON text: both backends parse it here alike
+                for later_id, later_devices in db.execute(later, [dep["created"]]).fetchall():
+                    for device in json.loads(later_devices):
+                        newer[device] = later_id
+            first = dep["models"][0] if dep["models"] else {}
+            devices = []
+            for device in sorted(set(dep["devices"]) | set(reported)):
+                row = reported.get(device)
+                state, reason = (row["state"], row["reason"]) if row else ("pending", None)
+                if state in UNFINISHED_STATES and device in newer:
+                    state, reason = "superseded", f"deployment {newer[device]} replaced this one"
+                devices.append(
+                    {
+                        "device": device,
+                        "state": state,
+                        "version": row["version"] if row else first.get("version"),
+                        "progress": row["progress"] if row else None,
+                        "reason": reason,
+                        "updated": row["received"] if row else None,
+                    }
+                )
+            summary: dict[str, int] = {}
+            for d in devices:
+                summary[d["state"]] = summary.get(d["state"], 0) + 1
+            return {
+                "id": dep["id"],
+                "model": first.get("model"),
+                "version": first.get("version"),
+                "models": dep["models"],
+                "created": dep["created"],
+                "note": dep["note"],
+                "devices": devices,
+                "summary": summary,
+            }

@@ -97,8 +97,9 @@ class FleetReads(StoreBase):
 
     def fleet_summary(self) -> dict[str, Any]:
         """Online/offline/unknown counts, outbox depth (sum, max, devices reporting), agent and
-        model versions with their device counts: each one aggregate query in the database."""
-        with self.reading() as db:
+        model versions with their device counts: each one aggregate query in the database, all in
+        one snapshot."""
+        with self.snapshot() as db:
             counts = db.execute(
                 "SELECT count(*), sum(CASE WHEN online = 1 THEN 1 ELSE 0 END), "
                 "sum(CASE WHEN online = 0 THEN 1 ELSE 0 END) FROM devices"

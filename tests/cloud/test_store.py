@@ -174,6 +174,22 @@ def test_replies_are_stored_against_their_command(store: Store) -> None:
         store.add_command("c2", "ghost", "ping", {}, time.time())
 
 
+def test_a_snapshot_reads_one_state_of_the_database(cloud_db: CloudDb) -> None:
+    reader, writer = Store(cloud_db), Store(cloud_db)  # two connections, as the API and the ingest
+    try:
+        writer.record_status(status_msg("dev1"), time.time())
+        with reader.snapshot():
+            before = [d["id"] for d in reader.devices()]
+            writer.record_status(status_msg("dev2"), time.time())  # committed meanwhile
+            during = [d["id"] for d in reader.devices()]
+        after = [d["id"] for d in reader.devices()]
+    finally:
+        reader.close()
+        writer.close()
+    assert before == during == ["dev1"]
+    assert after == ["dev1", "dev2"]
+
+
 def test_a_command_is_read_with_its_reply_in_one_snapshot(cloud_db: CloudDb) -> None:
     # A reply stored between two reads once showed beside the state it replaced ("sent" with a
     # reply): the API's long-poll then answered early with the old state. Replies go in from
