@@ -35,6 +35,7 @@ from starlette.responses import Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from cloud_sync import __version__, dashboard, deploy, rollout
+from cloud_sync.artifacts import artifact_dir, artifact_path
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import MqttLink, broker_options
@@ -143,7 +144,7 @@ class Cloud:
 
     def __init__(self, config: CloudConfig, store: Store, link: MqttLink) -> None:
         self.config, self.store, self.link = config, store, link
-        self.artifacts = deploy.artifact_dir(config)
+        self.artifacts = artifact_dir(config)
         self.rollouts = rollout.Rollouts(store, link, lambda: Signer.from_config(config))
 
 
@@ -456,7 +457,7 @@ def act_on_rollout(
     responses=ARTIFACT,
 )
 def get_artifact(cloud: CloudDep, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)]) -> Response:
-    path = deploy.artifact_path(cloud.artifacts, sha256)
+    path = artifact_path(cloud.artifacts, sha256)
     if not path.is_file():
         raise NotFound(f"no artifact {sha256}")
     return FileResponse(
