@@ -53,7 +53,7 @@ from edge_agent.sync import protocol, signing
 from edge_agent.sync.archive import pack
 
 if TYPE_CHECKING:
-    from edge_agent.runtime.importer import ImportOptions
+    from edge_agent.runtime.import_options import ImportOptions
 
 PUBLISH_WAIT_S = 5.0
 
