@@ -10,6 +10,10 @@ every endpoint but ``/health`` and ``/artifacts/`` needs ``Authorization: Bearer
 <token>``; the dashboard (:mod:`cloud_sync.dashboard`, under ``/dashboard/``) adds a session-cookie
 login that also opens the API (see docs/dashboard.md). Errors are JSON ``{"error", "code"}``, mapped from
 ``CloudSyncError.status`` in one handler.
+
+One module per resource holds its routes and request bodies (``devices``,
+``results``, ``commands``, ``models``, ``deployments``, ``rollouts``,
+``downloads``); ``app`` puts them together in the order of the OpenAPI document.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from cloud_sync.mqtt import MqttLink
 from cloud_sync.store import Store
 from cloud_sync.trust import Signer
 
-MAX_OFFSET = 1_000_000_000  # SQLite takes 64-bit integers; past this, page with the cursor
 Row = dict[str, Any]
 Filter = Annotated[str | None, Query(min_length=1, max_length=200)]
 

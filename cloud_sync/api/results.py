@@ -6,9 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from cloud_sync.api.deps import MAX_OFFSET, CloudDep, Filter, Row
+from cloud_sync.api.deps import CloudDep, Filter, Row
 from cloud_sync.store import ResultQuery
 from edge_agent.serving.openapi import errors
+
+MAX_OFFSET = 1_000_000_000  # SQLite takes 64-bit integers; past this, page with the cursor
 
 router = APIRouter()
 
