@@ -298,6 +298,17 @@ def rollback_device(
     return status | {"rollback": {"device": device, "model": model, "from": current, "to": version}}
 
 
+def signed_model(row: dict[str, Any], base_url: str) -> protocol.SignedModel:
+    """A published version's store row as the desired-state message carries it."""
+    return protocol.SignedModel(
+        manifest=row["manifest"],
+        signature=row["signature"],
+        key_id=row["key_id"],
+        artifact_url=urljoin(base_url, row["artifact_url"]),
+        artifact_sha256=row["sha256"],
+    )
+
+
 def model_entry(
     store: Store,
     signer: Signer,
@@ -315,13 +326,7 @@ def model_entry(
         raise InvalidRequest(
             f"the archive of {row['model']} {row['version']} is missing from {signer.artifacts}"
         ) from None
-    signed = protocol.SignedModel(
-        manifest=row["manifest"],
-        signature=row["signature"],
-        key_id=row["key_id"],
-        artifact_url=urljoin(base_url, row["artifact_url"]),
-        artifact_sha256=row["sha256"],
-    )
+    signed = signed_model(row, base_url)
     entry = {
         "name": row["model"],
         "version": row["version"],
