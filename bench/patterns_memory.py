@@ -43,7 +43,7 @@ from bench.patterns_support import (
     tree_memory,
     wait_for,
 )
-from edge_agent.supervisor import read_status
+from edge_agent.rolestatus import read_status
 from tests.conftest import ROOT
 
 

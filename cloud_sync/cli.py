@@ -129,7 +129,8 @@ def cmd_keys_generate(config: CloudConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_models_publish(config: CloudConfig, args: argparse.Namespace) -> int:
-    from cloud_sync.deploy import artifact_dir, publish
+    from cloud_sync.artifacts import artifact_dir
+    from cloud_sync.deploy import publish
     from cloud_sync.store import Store
 
     config = _with_db(config, args)

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-from cloud_sync.config import CloudConfig
+from cloud_sync.artifacts import ARTIFACT_SUFFIX, artifact_path
 from cloud_sync.errors import BrokerError, CloudSyncError, InvalidRequest, NotFound
 from cloud_sync.mqtt import MqttLink
 from cloud_sync.store import Store
-from cloud_sync.trust import Signer, sign_targets
+from cloud_sync.trust import Signer, SigningKeyError, sign_targets
 from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.package import read_manifest
 from edge_agent.runtime.store import version_key
@@ -53,14 +53,9 @@ from edge_agent.sync import protocol, signing
 from edge_agent.sync.archive import pack
 
 if TYPE_CHECKING:
-    from edge_agent.runtime.importer import ImportOptions
+    from edge_agent.runtime.import_options import ImportOptions
 
-ARTIFACT_SUFFIX = ".tar"
 PUBLISH_WAIT_S = 5.0
-
-
-class SigningKeyError(InvalidRequest):
-    code = "signing_key_invalid"
 
 
 class PackageRejected(InvalidRequest):
@@ -70,15 +65,6 @@ class PackageRejected(InvalidRequest):
 class VersionConflict(CloudSyncError):
     status = 409
     code = "version_conflict"
-
-
-def artifact_dir(config: CloudConfig) -> Path:
-    """Where archives live: ``artifacts/`` beside the database (one place for the CLI and the API)."""
-    return config.db_path.parent / "artifacts"
-
-
-def artifact_path(directory: Path, sha256: str) -> Path:
-    return directory / f"{sha256}{ARTIFACT_SUFFIX}"
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -312,6 +298,17 @@ def rollback_device(
     return status | {"rollback": {"device": device, "model": model, "from": current, "to": version}}
 
 
+def signed_model(row: dict[str, Any], base_url: str) -> protocol.SignedModel:
+    """A published version's store row as the desired-state message carries it."""
+    return protocol.SignedModel(
+        manifest=row["manifest"],
+        signature=row["signature"],
+        key_id=row["key_id"],
+        artifact_url=urljoin(base_url, row["artifact_url"]),
+        artifact_sha256=row["sha256"],
+    )
+
+
 def model_entry(
     store: Store,
     signer: Signer,
@@ -329,13 +326,7 @@ def model_entry(
         raise InvalidRequest(
             f"the archive of {row['model']} {row['version']} is missing from {signer.artifacts}"
         ) from None
-    signed = protocol.SignedModel(
-        manifest=row["manifest"],
-        signature=row["signature"],
-        key_id=row["key_id"],
-        artifact_url=urljoin(base_url, row["artifact_url"]),
-        artifact_sha256=row["sha256"],
-    )
+    signed = signed_model(row, base_url)
     entry = {
         "name": row["model"],
         "version": row["version"],

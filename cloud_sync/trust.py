@@ -24,6 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_sync.artifacts import artifact_dir
 from cloud_sync.config import CloudConfig
 from cloud_sync.errors import InvalidRequest
 from cloud_sync.store import Store
@@ -200,7 +201,5 @@ class Signer:
 
     @classmethod
     def from_config(cls, config: CloudConfig, key: Path | None = None) -> Signer:
-        from cloud_sync.deploy import artifact_dir
-
         keys = configured_keys(config, key)
         return cls(keys, trust_dir(config), artifact_dir(config), config.targets_expiry_s)

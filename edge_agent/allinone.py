@@ -21,8 +21,8 @@ from typing import Any
 import uvicorn
 
 from edge_agent.config import AgentConfig
+from edge_agent.roles import role_command
 from edge_agent.runtime.engine import Engine
-from edge_agent.supervisor import role_command
 
 logger = logging.getLogger(__name__)
 

@@ -90,7 +90,8 @@ class BatchConfig(_Section):
     @classmethod
     def _cron_parses(cls, value: str | None) -> str | None:
         if value:
-            from edge_agent.workers.schedule import CronSchedule, ScheduleError  # lazy: no import cycle
+            # lazy: the cron parser (cronsim) loads only where a cron is configured
+            from edge_agent.workers.schedule import CronSchedule, ScheduleError
 
             try:
                 CronSchedule.parse(value)
@@ -102,7 +103,7 @@ class BatchConfig(_Section):
     @classmethod
     def _zone_exists(cls, value: str | None) -> str | None:
         if value:
-            from edge_agent.workers.schedule import zone  # lazy: no import cycle
+            from edge_agent.workers.schedule import zone  # lazy, as above
 
             zone(value)  # ValueError with the reason
         return value

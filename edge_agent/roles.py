@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,16 @@ ROLES: dict[str, Role] = {
         ),
     )
 }
+
+
+def role_command(spec: str) -> list[str]:
+    """An ``up.roles`` entry -> its command: 'worker' -> ['worker'], 'model@iris' -> ['model', 'iris']."""
+    name, _, arg = spec.partition("@")
+    if name not in ROLES or name == "up":
+        raise ConfigError([f"up.roles: unknown role {spec!r}; known: {sorted(set(ROLES) - {'up'})}"])
+    if name == "model" and not arg:
+        raise ConfigError(["up.roles: the model role is written model@NAME"])
+    return [name, arg] if arg else [name]
 
 
 def add_role_commands(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:

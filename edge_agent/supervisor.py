@@ -10,7 +10,6 @@ written atomically to ``<data_dir>/roles-status.json`` for ``/health/all``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -18,31 +17,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentConfig, config_to_env
-from edge_agent.errors import ConfigError
-from edge_agent.roles import ROLES
-from edge_agent.runtime.store import atomic_write
+from edge_agent.roles import role_command
+from edge_agent.rolestatus import status_path, write_status
 
 logger = logging.getLogger(__name__)
 
-STATUS_FILE = "roles-status.json"
 STABLE_AFTER_S = 30.0
 MAX_BACKOFF_S = 30.0
 STOP_GRACE_S = 10.0
 TICK_S = 0.2
-
-
-def role_command(spec: str) -> list[str]:
-    """'worker' -> ['worker'], 'model@iris' -> ['model', 'iris']."""
-    name, _, arg = spec.partition("@")
-    if name not in ROLES or name == "up":
-        raise ConfigError([f"up.roles: unknown role {spec!r}; known: {sorted(set(ROLES) - {'up'})}"])
-    if name == "model" and not arg:
-        raise ConfigError(["up.roles: the model role is written model@NAME"])
-    return [name, arg] if arg else [name]
 
 
 @dataclass(slots=True)
@@ -76,7 +62,7 @@ class Supervisor:
             Child(spec, [sys.executable, "-m", "edge_agent.cli", *role_command(spec)])
             for spec in config.up.roles
         ]
-        self.status_path = Path(config.data_dir) / STATUS_FILE
+        self.status_path = status_path(config.data_dir)
         self._stopping = False
 
     def _start(self, child: Child) -> None:
@@ -95,7 +81,7 @@ class Supervisor:
             "roles": [c.status() for c in self.children],
         }
         try:
-            atomic_write(self.status_path, json.dumps(doc, indent=1).encode())
+            write_status(self.status_path, doc)
         except OSError as exc:  # a full disk must not stop the supervisor: the roles matter more
             logger.warning("cannot write %s: %s", self.status_path, exc)
 
@@ -151,15 +137,6 @@ class Supervisor:
         self._write_status()
         logger.info("all roles stopped")
         return 0
-
-
-def read_status(data_dir: Path) -> dict[str, Any] | None:
-    """The supervisor's last status document, or None when `up` is not running here."""
-    try:
-        doc = json.loads((Path(data_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def run(config: AgentConfig, args: argparse.Namespace) -> int:

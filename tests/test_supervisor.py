@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from edge_agent.errors import ConfigError
-from edge_agent.supervisor import read_status, role_command
+from edge_agent.roles import role_command
+from edge_agent.rolestatus import read_status
 from tests.conftest import ROOT, copy_models
 from tests.serving.gateway_proc import free_port
 

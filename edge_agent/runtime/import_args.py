@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_agent.errors import ImportRejected
-
-if TYPE_CHECKING:  # the importer pulls numpy in: only when an import actually runs
-    from edge_agent.runtime.importer import ImportOptions
+from edge_agent.runtime.import_options import DecoderOptions, ImageOptions, ImportOptions
 
 RANGES = {"0:1": (0.0, 1.0), "-1:1": (-1.0, 1.0), "0:255": (0.0, 255.0)}
 
@@ -106,8 +104,6 @@ def _roles(text: str | None) -> dict[str, str]:
 
 
 def options_from_args(args: Any) -> ImportOptions:
-    from edge_agent.runtime.importer import DecoderOptions, ImageOptions, ImportOptions
-
     image = None
     if args.input_range is not None:
         text = args.input_range

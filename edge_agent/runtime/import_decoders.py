@@ -24,7 +24,7 @@ from edge_agent.runtime.package import (
 from edge_agent.runtime.signature import Signature
 
 if TYPE_CHECKING:
-    from edge_agent.runtime.importer import ImportOptions
+    from edge_agent.runtime.import_options import ImportOptions
 
 
 def _labels_fit(opts: ImportOptions, classes: int | None, where: str) -> None:

@@ -24,7 +24,7 @@ from edge_agent.runtime.package import (
 from edge_agent.runtime.signature import Signature, TensorInfo
 
 if TYPE_CHECKING:
-    from edge_agent.runtime.importer import ImportOptions
+    from edge_agent.runtime.import_options import ImportOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 DETECTORS = ("yolo", "ssd", "blazeface")

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.errors import EdgeAgentError, ImportRejected
+from edge_agent.runtime import import_decoders as decoders
+from edge_agent.runtime import import_rules as rules
+from edge_agent.runtime.import_options import ImportOptions, Task
 from edge_agent.runtime.package import (
     NAME_RE,
     VERSION_RE,
@@ -45,54 +48,7 @@ from edge_agent.runtime.signature import Signature, TensorInfo, read_signature
 if TYPE_CHECKING:
     from edge_agent.runtime.store import ModelStore
 
-PostprocessKind = Literal["classification", "yolo", "ssd", "blazeface", "none"]
-Task = Literal["classification", "detection"]
 FP32_REL = 1e-4  # fp32 noise budget relative to the output's magnitude
-
-
-@dataclass(frozen=True, slots=True)
-class ImageOptions:
-    """How images become the input tensor; ``None`` = read it from the model's shape."""
-
-    input_range: tuple[float, float]
-    size: tuple[int, int] | None = None  # (width, height)
-    resize: Literal["stretch", "center_crop", "letterbox"] = "stretch"
-    color: Literal["rgb", "bgr", "gray"] | None = None
-    layout: Literal["NHWC", "NCHW"] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    invert: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DecoderOptions:
-    output: str | None = None  # classification / yolo output; None: the only candidate
-    yolo_layout: Literal["auto", "yolov8", "yolov5"] = "auto"
-    box_format: str | None = None
-    normalized_boxes: bool | None = None
-    min_score: float | None = None
-    iou_threshold: float | None = None
-    max_detections: int | None = None
-    anchors: str | None = None  # blazeface preset
-    softmax: bool | None = None  # classification: None = decide from the golden outputs
-    ssd_outputs: dict[str, str] = field(default_factory=dict)  # role (boxes/scores/classes/count) -> output
-
-
-@dataclass(frozen=True, slots=True)
-class ImportOptions:
-    name: str | None = None
-    version: str = "1"
-    task: Task | None = None
-    postprocess: PostprocessKind = "none"
-    labels: list[str] = field(default_factory=list)
-    image: ImageOptions | None = None
-    decoder: DecoderOptions = field(default_factory=DecoderOptions)
-    samples: list[Path] = field(default_factory=list)
-    seed: int = 0
-    description: str = ""
-    source: str = ""
-    license: str = ""
-    max_batch_size: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +171,6 @@ def _draft(
 
 def prepare(path: Path, opts: ImportOptions, existing: set[tuple[str, str]] | None = None) -> Prepared:
     """Check everything about importing ``path``; write nothing. Raises ImportRejected."""
-    from edge_agent.runtime import import_decoders as decoders
-    from edge_agent.runtime import import_rules as rules
-
     path = Path(path)
     if not path.is_file():
         raise ImportRejected(f"{path}: no such file", reason="unreadable")

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from edge_agent import __version__
 from edge_agent.errors import InvalidInput
+from edge_agent.rolestatus import read_status
 from edge_agent.runtime.package import Classification
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.services.client import (
@@ -38,7 +39,6 @@ from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import gateway
 from edge_agent.serving.openapi import errors
 from edge_agent.serving.prep_pred import services
-from edge_agent.supervisor import read_status
 
 router = APIRouter(tags=["horizontal microservice"])
 

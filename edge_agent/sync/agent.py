@@ -53,7 +53,7 @@ from edge_agent.sync.protocol import (
     topic,
 )
 from edge_agent.sync.protocol import Message as WireMessage
-from edge_agent.sync.settings import SyncConfig, sync_config, with_changes
+from edge_agent.sync.settings import SyncConfig, with_changes
 
 logger = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ class SyncAgent:
 # -- entry points -----------------------------------------------------------------------
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The role: ``edge-agent sync [--broker-host H] [--broker-port P] [--drain]``."""
-    settings = sync_config(config)
+    settings = config.sync
     overrides = {k: v for k in ("broker_host", "broker_port") if (v := getattr(args, k, None)) is not None}
     if overrides:
         settings = with_changes(settings, overrides)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from edge_agent.envconfig import describe
 from edge_agent.errors import ConfigError
-
-if TYPE_CHECKING:  # config.py will import SyncConfig from here for its `sync` section
-    from edge_agent.config import AgentConfig
 
 ENV_PREFIX = "EDGE_SYNC__"
 
@@ -82,11 +79,6 @@ class SyncConfig(BaseModel):
         if (self.cert_file or self.ca_file) and not self.tls:
             raise ValueError("ca_file / cert_file are set but tls is off")
         return self
-
-
-def sync_config(config: AgentConfig) -> SyncConfig:
-    """The sync role's settings: ``config.sync``."""
-    return config.sync
 
 
 def with_changes(config: SyncConfig, changes: Mapping[str, Any]) -> SyncConfig:

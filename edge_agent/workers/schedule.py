@@ -41,7 +41,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from edge_agent.config import BatchConfig
 from edge_agent.errors import ConfigError
 from edge_agent.workers.doorbell import Doorbell
 
@@ -58,6 +57,17 @@ class ScheduleError(ConfigError):
         super().__init__([f"batch.cron {expression!r}: {reason}"])
         self.expression = expression
         self.reason = reason
+
+
+class BatchTiming(Protocol):
+    """What a schedule is made from: the ``[batch]`` section (``edge_agent.config.BatchConfig``)."""
+
+    @property
+    def interval_s(self) -> float | None: ...
+    @property
+    def cron(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
 
 
 class Schedule(Protocol):
@@ -190,7 +200,7 @@ class CronSchedule:
         return f"cron {self.expression!r}"
 
 
-def schedule_from_config(batch: BatchConfig) -> IntervalSchedule | CronSchedule | OnDemand:
+def schedule_from_config(batch: BatchTiming) -> IntervalSchedule | CronSchedule | OnDemand:
     """``cron`` wins over ``interval_s``; neither means on demand (doorbell or ``--now``) only."""
     if batch.cron:
         return CronSchedule.parse(batch.cron, batch.timezone)

@@ -43,13 +43,8 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.runtime.importer import (  # noqa: E402
-    DecoderOptions,
-    ImageOptions,
-    ImportOptions,
-    prepare,
-    write_package,
-)
+from edge_agent.runtime.import_options import DecoderOptions, ImageOptions, ImportOptions  # noqa: E402
+from edge_agent.runtime.importer import prepare, write_package  # noqa: E402
 from edge_agent.runtime.package import sha256_file  # noqa: E402
 from models.scripts.build_face import (  # noqa: E402
     CANONICALIZE_ONNX,

@@ -30,36 +30,13 @@ from tests.cloud import (
     results_msg,
     running,
     sim_device,
-    start_ingest,
     status_msg,
     wait_for,
 )
-from tests.conftest import CloudDb, make_cloud_db
-from tests.sync.broker import Broker, run_broker
+from tests.conftest import CloudDb
+from tests.sync.broker import Broker
 
 TOKEN = "test-token-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
-    return tmp_path_factory.mktemp(f"api-{db_backend}")
-
-
-@pytest.fixture(scope="module")
-def broker(workdir: Path) -> Iterator[Broker]:
-    with run_broker(workdir / "broker") as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
-    return make_cloud_db(request, db_backend, workdir)
-
-
-@pytest.fixture(scope="module")
-def ingest(broker: Broker, db: CloudDb, workdir: Path) -> Iterator[Role]:
-    with running(start_ingest(broker, db, workdir, "ingest-api")) as role:
-        yield role
 
 
 @pytest.fixture(scope="module")

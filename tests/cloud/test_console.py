@@ -48,8 +48,8 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
-from tests.conftest import CloudDb, make_cloud_db
-from tests.sync.broker import Broker, run_broker
+from tests.conftest import CloudDb
+from tests.sync.broker import Broker
 
 TOKEN = "console-token-" + uuid.uuid4().hex
 FLEET = ("con-a", "con-b", "con-mute")  # con-mute never answers commands
@@ -122,22 +122,6 @@ class FleetDevice(SimDevice):
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
-    return tmp_path_factory.mktemp(f"console-{db_backend}")
-
-
-@pytest.fixture(scope="module")
-def broker(workdir: Path) -> Iterator[Broker]:
-    with run_broker(workdir / "broker") as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
-    return make_cloud_db(request, db_backend, workdir)
-
-
 def signing_key(workdir: Path) -> Path:
     """The key the API signs update metadata with (the devices here do not verify it)."""
     path = workdir / "keys" / "signing.pem"

@@ -29,8 +29,8 @@ from edge_agent.sync import protocol
 from edge_agent.sync.ota import OtaSettings, OtaUpdater
 from edge_agent.sync.ota_runner import OtaRunner, StoreActivator, reported
 from tests.cloud import ROOT, cloud_env, running, sim_device, start_ingest, state_dir, status_msg, wait_for
-from tests.conftest import MODELS, CloudDb, make_cloud_db
-from tests.sync.broker import Broker, run_broker
+from tests.conftest import MODELS, CloudDb
+from tests.sync.broker import Broker
 from tests.sync.ota_helpers import cloud_api, device_store, make_version
 
 TOKEN = "deploy-token-" + uuid.uuid4().hex
@@ -80,22 +80,6 @@ class OtaDevice:
         self.runner.stop()
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
-    return tmp_path_factory.mktemp(f"deploy-{db_backend}")
-
-
-@pytest.fixture(scope="module")
-def broker(workdir: Path) -> Iterator[Broker]:
-    with run_broker(workdir / "broker") as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
-    return make_cloud_db(request, db_backend, workdir)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-
-import pytest
 
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
@@ -24,30 +21,8 @@ from tests.cloud import (
     status_msg,
     wait_for,
 )
-from tests.conftest import CloudDb, make_cloud_db
+from tests.conftest import CloudDb
 from tests.sync.broker import Broker, run_broker
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Path:
-    return tmp_path_factory.mktemp(f"ingest-{db_backend}")
-
-
-@pytest.fixture(scope="module")
-def broker(workdir: Path) -> Iterator[Broker]:
-    with run_broker(workdir / "broker") as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def db(request: pytest.FixtureRequest, db_backend: str, workdir: Path) -> CloudDb:
-    return make_cloud_db(request, db_backend, workdir)
-
-
-@pytest.fixture(scope="module")
-def ingest(broker: Broker, db: CloudDb, workdir: Path) -> Iterator[Role]:
-    with running(start_ingest(broker, db, workdir, "ingest-main")) as role:
-        yield role
 
 
 def device_id() -> str:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import ImportRejected
-from edge_agent.runtime.importer import DecoderOptions, ImageOptions, ImportOptions, prepare, write_package
+from edge_agent.runtime.import_options import DecoderOptions, ImageOptions, ImportOptions
+from edge_agent.runtime.importer import prepare, write_package
 from edge_agent.runtime.package import read_manifest, verify_files
 from tests.conftest import DATA, MODELS
 

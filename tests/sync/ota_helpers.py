@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
 import numpy as np
 
+from cloud_sync import deploy
 from cloud_sync.deploy import desired_for, model_entry
 from cloud_sync.store import Store
 from cloud_sync.trust import Signer, load_keys
@@ -66,14 +66,7 @@ def flip_member_byte(archive: Path, member: str) -> None:
 
 
 def signed_model(row: dict[str, Any], base_url: str, **changes: Any) -> protocol.SignedModel:
-    signed = protocol.SignedModel(
-        manifest=row["manifest"],
-        signature=row["signature"],
-        key_id=row["key_id"],
-        artifact_url=urljoin(base_url, row["artifact_url"]),
-        artifact_sha256=row["sha256"],
-    )
-    return signed.model_copy(update=changes)
+    return deploy.signed_model(row, base_url).model_copy(update=changes)
 
 
 def desired(

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from cloud_sync.deploy import artifact_path, generate_keys, publish
+from cloud_sync.artifacts import artifact_path
+from cloud_sync.deploy import generate_keys, publish
 from cloud_sync.store import Store
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.package import MANIFEST_NAME
