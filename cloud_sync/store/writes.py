@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from cloud_sync.errors import Rejected
+from cloud_sync.store import clocks
 from cloud_sync.store.backends import Conn
 from cloud_sync.store.base import StoreBase
+from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S
 from cloud_sync.store.pages import dumps, finite, result_label, text
-from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
+from edge_agent.sync.protocol import ClockCorrection, CommandReply, ModelsReported, Results, Status, Telemetry
 
 RESULT_COLUMNS = (
     "id",
@@ -32,6 +34,9 @@ RESULT_COLUMNS = (
     "time_flag",
     "device_created",
     "seq",
+    "boot",
+    "boot_s",
+    "time_corrected",
 )
 # The hot path of the ingest role: one prepared statement through executemany.
 INSERT_RESULT = (
@@ -43,10 +48,9 @@ TOUCH = (
     "ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
     "THEN excluded.last_seen ELSE devices.last_seen END"
 )
-# A device time before this (2020-01-01) or more than a day after the result was received is
-# implausible: stored as received, flagged, the device's own time kept beside it.
-PLAUSIBLE_AFTER = 1_577_836_800.0
-PLAUSIBLE_AHEAD_S = 86_400.0
+# A device time before PLAUSIBLE_AFTER (2020-01-01) or more than PLAUSIBLE_AHEAD_S after the
+# result was received is implausible: stored as received, flagged, the device's own time kept
+# beside it (and corrected later if the device sends a ClockCorrection: clocks.py).
 
 
 def result_time(created: float, received: float, clock: str | None) -> tuple[float, str | None, float | None]:
@@ -139,13 +143,25 @@ class IngestWrites(StoreBase):
                 refused.append(r.id)
                 continue
             row = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
-            rows.append((*row, received, ingest, body, flag, device_created, r.seq))
+            placed = flag == "unsynced" and r.boot is not None and r.boot_s is not None
+            clock = (r.boot, r.boot_s, None) if placed else (None, None, None)  # boot, boot_s, time_corrected
+            rows.append((*row, received, ingest, body, flag, device_created, r.seq, *clock))
         ids = list(dict.fromkeys(row[0] for row in rows))
         with self.transaction() as db:
             self._touch(db, msg.device, received)
             if rows:
+                if any(row[-3] is not None for row in rows):  # placeable: its correction may be here first
+                    rows = clocks.correct_rows(db, msg.device, rows, RESULT_COLUMNS)
                 db.executemany(INSERT_RESULT, rows)
         return ids, refused
+
+    def record_clock_correction(self, msg: ClockCorrection, received: float) -> int:
+        """Keep a device's clock correction and correct the results it covers (``clocks.py``);
+        how many were corrected now. ``Rejected`` (nothing changed) if its times are implausible."""
+        clocks.check(msg, received)
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            return clocks.apply(db, msg, received)
 
     def result_owners(self, ids: list[str]) -> dict[str, str]:
         """The device each of these result ids is stored for (ids not stored are left out)."""
