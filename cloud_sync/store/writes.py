@@ -34,14 +34,17 @@ RESULT_COLUMNS = (
     "time_flag",
     "device_created",
     "seq",
-    "boot",
-    "boot_s",
-    "time_corrected",
 )
 # The hot path of the ingest role: one prepared statement through executemany.
 INSERT_RESULT = (
     f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+# Results recorded before the device's clock was set, with where (``clocks.py``): rare.
+PLACED_COLUMNS = (*RESULT_COLUMNS, "boot", "boot_s", "time_corrected")
+INSERT_PLACED = (
+    f"INSERT INTO results ({', '.join(PLACED_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(PLACED_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
 )
 TOUCH = (
     "INSERT INTO devices (id, first_seen, last_seen) VALUES (?, ?, ?) "
@@ -129,6 +132,8 @@ class IngestWrites(StoreBase):
         refused now for a non-finite number). The ingest checks the owners of a whole transaction's
         results in one read (one round trip to PostgreSQL per batch, not per message)."""
         rows: list[tuple[Any, ...]] = []
+        placed: list[tuple[Any, ...]] = []  # unsynced, with their boot: a correction can place them
+        accepted: list[str] = []
         refused: list[str] = []  # for a non-finite number or a NUL character
         for r in msg.results:
             try:
@@ -142,17 +147,20 @@ class IngestWrites(StoreBase):
             except Rejected:
                 refused.append(r.id)
                 continue
-            row = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
-            placed = flag == "unsynced" and r.boot is not None and r.boot_s is not None
-            clock = (r.boot, r.boot_s, None) if placed else (None, None, None)  # boot, boot_s, time_corrected
-            rows.append((*row, received, ingest, body, flag, device_created, r.seq, *clock))
-        ids = list(dict.fromkeys(row[0] for row in rows))
+            head = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
+            row = (*head, received, ingest, body, flag, device_created, r.seq)
+            accepted.append(r.id)
+            if flag == "unsynced" and r.boot is not None and r.boot_s is not None:
+                placed.append((*row, r.boot, r.boot_s, None))
+            else:
+                rows.append(row)
+        ids = list(dict.fromkeys(accepted))
         with self.transaction() as db:
             self._touch(db, msg.device, received)
             if rows:
-                if any(row[-3] is not None for row in rows):  # placeable: its correction may be here first
-                    rows = clocks.correct_rows(db, msg.device, rows, RESULT_COLUMNS)
                 db.executemany(INSERT_RESULT, rows)
+            if placed:  # their correction may have arrived first
+                db.executemany(INSERT_PLACED, clocks.correct_rows(db, msg.device, placed, PLACED_COLUMNS))
         return ids, refused
 
     def record_clock_correction(self, msg: ClockCorrection, received: float) -> int:
