@@ -9,6 +9,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_agent.clock import ClockTrust, boot_id
 from edge_agent.retention import CLOCK_KIND, correct_unsynced
 from edge_agent.storage import Storage
@@ -100,3 +102,23 @@ def test_a_corrupt_correction_entry_is_logged_and_never_sent(tmp_path: Path) -> 
         st.bump(conn, "clock_corrections")
     sent: list[bytes] = []
     assert Corrections(st, DEV, sent.append, lambda: 0.3).send_due() == 0 and sent == []
+
+
+def test_the_sync_role_corrects_and_queues_without_a_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device may run no gateway role (whose keeper also corrects): the sync role does it too."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.sync.agent import SyncAgent
+    from tests.sync.broker import free_port
+
+    config = AgentConfig(device_id=DEV, data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    agent = SyncAgent(config, SyncConfig(broker_port=free_port()))
+    mine = _record(agent.storage, 2, boot_id(), 3.0)
+    trusted = ClockTrust(True, "synchronised", time.time(), 50.0)  # whatever this machine's timesyncd says
+    monkeypatch.setattr("edge_agent.sync.agent.clock_trust", lambda: trusted)
+    agent._correct_times()  # what its loop runs every CLOCK_CHECK_S
+    clocks = {r[0] for r in agent.storage.conn.execute("SELECT clock FROM results")}
+    assert clocks == {"corrected"} and len(mine) == 2
+    assert agent.storage.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'clock'").fetchone()[0] == 1
+    agent.storage.close()
