@@ -17,7 +17,9 @@ stops the role. Results the cloud refuses for good are named in the ack's
 already stored for another device, a non-finite number, and a result that does
 not decode inside a results message whose envelope still names its device and
 ids (its valid results are stored). If the database keeps failing, nothing is
-acknowledged: the devices keep their copies and re-send.
+acknowledged: the devices keep their copies and re-send. A ``ClockCorrection``
+(``store/clocks.py``) is acknowledged the same way, its id in a ``ResultsAck``
+(``batch`` = ``ids`` = its id), or in ``rejected`` when its times are not plausible.
 
 Several ingest roles split the results, telemetry and replies through an MQTT 5
 shared subscription (``$share/<group>/edge/+/results``); retained topics
