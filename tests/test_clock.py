@@ -224,6 +224,9 @@ def test_the_clock_jumps_while_every_role_runs(
             assert cloud_time == device_time  # the same sum on both ends, to the bit
             assert (time_flag, device_created, seq) == ("corrected", flag[3], flag[4])  # kept visible
             assert corrected is not None and corrected >= t_jump - 1 and received == flag[1]
+        shown = fleet.cloud_http.get(f"{fleet.api}/results/{before[0]}").json()  # what an operator reads
+        assert (shown["time_flag"], shown["device_created"]) == ("corrected", flagged[before[0]][3])
+        assert shown["created"] == rows[0][1] and shown["time_corrected"] == fixed[before[0]][5]
         later = _cloud_rows(cloud_db, after)
         assert all(v[2] is None and v[3] is None for v in later.values()), later  # trusted: unflagged
         assert min(v[4] for v in later.values()) > max(v[4] for v in flagged.values())  # seq
