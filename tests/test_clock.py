@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from demo.fleet import MOSQUITTO, Fleet
+from demo.fleet import BIN, MOSQUITTO, Fleet
 from edge_agent.clock import BUILD_EPOCH, boot_seconds, clock_trust
 from edge_agent.storage import DB_NAME, OUTBOX_ROWS, envelope
 from tests.cloud import query
@@ -145,15 +148,23 @@ def _cloud_rows(db: CloudDb, ids: list[str]) -> dict[str, tuple[Any, ...]]:
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-def test_the_clock_jumps_while_every_role_runs(
-    tmp_path: Path, request: pytest.FixtureRequest, db_backend: str
-) -> None:
-    """`edge-agent up` (gateway, worker, sync to a real mosquitto and cloud) runs in 2001; results
-    are marked unsynced and delivered (the cloud flags them and stores its receive time); then the
-    clock steps to the real time in the running processes: the device corrects its times without a
-    restart and sends the correction, the cloud gives the delivered results the same times (device
-    time and flag kept visible); later results are unmarked and ordered after them by their
-    sequence. The cloud on SQLite and on PostgreSQL."""
+@dataclass
+class ClockFleet:
+    """mosquitto + the cloud (ingest, API) + one `edge-agent up` (serve, worker, sync) whose clock
+    is read from ``offset_file`` (an offset from the real time, in seconds)."""
+
+    fleet: Fleet
+    cloud_db: CloudDb
+    dev: Device
+    offset_file: Path
+
+    @property
+    def data(self) -> Path:
+        return self.dev.data
+
+
+@contextmanager
+def clock_fleet(tmp_path: Path, request: pytest.FixtureRequest, db_backend: str) -> Iterator[ClockFleet]:
     assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make setup mosquitto`"
     inject = tmp_path / "clock"
     inject.mkdir()
@@ -181,6 +192,22 @@ def test_the_clock_jumps_while_every_role_runs(
         }
         data = tmp_path / "data"
         dev = Device(copy_models(tmp_path / "models", ["iris"]), data, env, tmp_path / "up.log")
+        yield ClockFleet(fleet, cloud_db, dev, offset_file)
+    finally:
+        fleet.stop_all()
+
+
+def test_the_clock_jumps_while_every_role_runs(
+    tmp_path: Path, request: pytest.FixtureRequest, db_backend: str
+) -> None:
+    """`edge-agent up` (gateway, worker, sync to a real mosquitto and cloud) runs in 2001; results
+    are marked unsynced and delivered (the cloud flags them and stores its receive time); then the
+    clock steps to the real time in the running processes: the device corrects its times without a
+    restart and sends the correction, the cloud gives the delivered results the same times (device
+    time and flag kept visible); later results are unmarked and ordered after them by their
+    sequence. The cloud on SQLite and on PostgreSQL."""
+    with clock_fleet(tmp_path, request, db_backend) as cf:
+        fleet, cloud_db, dev, offset_file, data = cf.fleet, cf.cloud_db, cf.dev, cf.offset_file, cf.data
         with running(dev):
             status = httpx.get(f"{dev.url}/v2/health/ready")
             assert status.status_code == 200  # serving in 2001
@@ -230,5 +257,34 @@ def test_the_clock_jumps_while_every_role_runs(
         later = _cloud_rows(cloud_db, after)
         assert all(v[2] is None and v[3] is None for v in later.values()), later  # trusted: unflagged
         assert min(v[4] for v in later.values()) > max(v[4] for v in flagged.values())  # seq
-    finally:
-        fleet.stop_all()
+
+
+def test_a_correction_the_cloud_has_not_acknowledged_survives_a_power_cut(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Results delivered in 2001; the cloud ingest is down when the clock steps; the device corrects
+    its times and queues the correction, then the whole `edge-agent up` is SIGKILLed before anything
+    acknowledged it. After the restart (the ingest back) the cloud corrects the delivered results."""
+    with clock_fleet(tmp_path, request, "sqlite") as cf:
+        with running(cf.dev):
+            before = _post_jobs(cf.dev.url, 3)
+            wait_for(lambda: len(_cloud_rows(cf.cloud_db, before)) == 3, 60, "the 2001 results in the cloud")
+            (ingest,) = [proc for name, proc in cf.fleet.procs if name == "cloud-ingest"]
+            ingest.terminate()
+            assert ingest.wait(15) == 0
+            cf.offset_file.write_text("0")  # NTP answers while the cloud cannot acknowledge anything
+            wait_for(lambda: _outbox_kinds(cf.data) == {"clock"}, 30, "the correction queued")
+            cf.dev.kill()  # a power cut: supervisor and every role at once
+        assert _clocks(cf.data) == {"corrected"}
+        assert {v[2] for v in _cloud_rows(cf.cloud_db, before).values()} == {"unsynced"}
+        cf.fleet.spawn("cloud-ingest", [str(BIN / "cloud-sync"), "ingest"], cf.fleet.cloud_env)
+        with running(cf.dev):
+            wait_for(
+                lambda: {v[2] for v in _cloud_rows(cf.cloud_db, before).values()} == {"corrected"},
+                60,
+                "the cloud to correct the delivered results after the restart",
+            )
+            wait_for(lambda: _outbox_kinds(cf.data) == set(), 30, "the correction to be acknowledged")
+        with sqlite3.connect(cf.data / DB_NAME) as conn:
+            device = dict(conn.execute("SELECT id, created FROM results").fetchall())
+        assert {rid: v[0] for rid, v in _cloud_rows(cf.cloud_db, before).items()} == device
