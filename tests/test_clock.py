@@ -158,10 +158,6 @@ class ClockFleet:
     dev: Device
     offset_file: Path
 
-    @property
-    def data(self) -> Path:
-        return self.dev.data
-
 
 @contextmanager
 def clock_fleet(tmp_path: Path, request: pytest.FixtureRequest, db_backend: str) -> Iterator[ClockFleet]:
@@ -207,7 +203,7 @@ def test_the_clock_jumps_while_every_role_runs(
     time and flag kept visible); later results are unmarked and ordered after them by their
     sequence. The cloud on SQLite and on PostgreSQL."""
     with clock_fleet(tmp_path, request, db_backend) as cf:
-        fleet, cloud_db, dev, offset_file, data = cf.fleet, cf.cloud_db, cf.dev, cf.offset_file, cf.data
+        fleet, cloud_db, dev, offset_file, data = cf.fleet, cf.cloud_db, cf.dev, cf.offset_file, cf.dev.data
         with running(dev):
             status = httpx.get(f"{dev.url}/v2/health/ready")
             assert status.status_code == 200  # serving in 2001
@@ -273,9 +269,9 @@ def test_a_correction_the_cloud_has_not_acknowledged_survives_a_power_cut(
             ingest.terminate()
             assert ingest.wait(15) == 0
             cf.offset_file.write_text("0")  # NTP answers while the cloud cannot acknowledge anything
-            wait_for(lambda: _outbox_kinds(cf.data) == {"clock"}, 30, "the correction queued")
+            wait_for(lambda: _outbox_kinds(cf.dev.data) == {"clock"}, 30, "the correction queued")
             cf.dev.kill()  # a power cut: supervisor and every role at once
-        assert _clocks(cf.data) == {"corrected"}
+        assert _clocks(cf.dev.data) == {"corrected"}
         assert {v[2] for v in _cloud_rows(cf.cloud_db, before).values()} == {"unsynced"}
         cf.fleet.spawn("cloud-ingest", [str(BIN / "cloud-sync"), "ingest"], cf.fleet.cloud_env)
         with running(cf.dev):
@@ -284,7 +280,7 @@ def test_a_correction_the_cloud_has_not_acknowledged_survives_a_power_cut(
                 60,
                 "the cloud to correct the delivered results after the restart",
             )
-            wait_for(lambda: _outbox_kinds(cf.data) == set(), 30, "the correction to be acknowledged")
-        with sqlite3.connect(cf.data / DB_NAME) as conn:
+            wait_for(lambda: _outbox_kinds(cf.dev.data) == set(), 30, "the correction to be acknowledged")
+        with sqlite3.connect(cf.dev.data / DB_NAME) as conn:
             device = dict(conn.execute("SELECT id, created FROM results").fetchall())
         assert {rid: v[0] for rid, v in _cloud_rows(cf.cloud_db, before).items()} == device
