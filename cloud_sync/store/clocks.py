@@ -66,6 +66,16 @@ class Correction:
         return when if when <= received + PLAUSIBLE_AHEAD_S else None
 
 
+def report_time(ts: float, received: float) -> float:
+    """The time a device's report (models/reported, its update outcome, benchmark figures) is
+    ordered by: the device's ``ts``, or when the cloud received it if that ``ts`` is not
+    plausible. Reports are kept newest ``ts`` first, so a Pi back in 1970 after a reboot would
+    otherwise have them ignored until NTP answers (and one in 2040 would hide every later one)."""
+    if received >= PLAUSIBLE_AFTER and not PLAUSIBLE_AFTER <= ts <= received + PLAUSIBLE_AHEAD_S:
+        return received
+    return ts
+
+
 def check(msg: ClockCorrection, received: float) -> None:
     """Refuse (``Rejected``, with the reason) a correction that cannot be right."""
     ts, boot_time = finite(msg.ts, "clock correction ts"), finite(msg.boot_time, "clock correction boot_time")

@@ -14,7 +14,7 @@ from cloud_sync.errors import Rejected
 from cloud_sync.store import clocks
 from cloud_sync.store.backends import Conn
 from cloud_sync.store.base import StoreBase
-from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S
+from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S, report_time
 from cloud_sync.store.pages import dumps, finite, result_label, text
 from edge_agent.sync.protocol import ClockCorrection, CommandReply, ModelsReported, Results, Status, Telemetry
 
@@ -203,7 +203,7 @@ class IngestWrites(StoreBase):
             db.execute("UPDATE commands SET state = 'replied' WHERE id = ?", [msg.id])
 
     def record_reported(self, msg: ModelsReported, received: float) -> None:
-        ts = finite(msg.ts, "reported ts")
+        ts = report_time(finite(msg.ts, "reported ts"), received)
         update = msg.last_update
         models = dumps(msg.models, "reported models")
         last = None if update is None else dumps(update.model_dump(), "last_update")
@@ -212,7 +212,7 @@ class IngestWrites(StoreBase):
             (
                 model,
                 fig.version,
-                finite(fig.ts, "bench ts"),
+                report_time(finite(fig.ts, "bench ts"), received),
                 dumps(fig.model_dump(mode="json"), "bench figures"),
             )
             for model, fig in (msg.bench or {}).items()
@@ -248,7 +248,7 @@ class IngestWrites(StoreBase):
                         update.state,
                         update.reason,
                         update.progress,
-                        finite(update.ts, "last_update ts"),
+                        report_time(finite(update.ts, "last_update ts"), received),
                         received,
                     ],
                 )
