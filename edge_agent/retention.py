@@ -95,9 +95,11 @@ def correct_unsynced(storage: Storage, trust: ClockTrust) -> int:
     was delivered before, and a power cut cannot separate the local correction from the message."""
     if not trust.trusted:
         return 0
-    if storage.conn.execute("SELECT 1 FROM results WHERE clock = 'unsynced' LIMIT 1").fetchone() is None:
-        return 0
     boot, boot_time = boot_id(), trust.wall - trust.boot_s
+    # of this boot: results left unsynced by an earlier boot take no write lock every 5 s
+    find = "SELECT 1 FROM results WHERE clock = 'unsynced' AND boot = ? LIMIT 1"
+    if storage.conn.execute(find, (boot,)).fetchone() is None:
+        return 0
     with storage.transaction(what="correcting result times") as conn:
         first, last = conn.execute(
             "SELECT MIN(rowid), MAX(rowid) FROM results WHERE clock = 'unsynced' AND boot = ?", (boot,)
