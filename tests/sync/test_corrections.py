@@ -121,4 +121,6 @@ def test_the_sync_role_corrects_and_queues_without_a_gateway(
     clocks = {r[0] for r in agent.storage.conn.execute("SELECT clock FROM results")}
     assert clocks == {"corrected"} and len(mine) == 2
     assert agent.storage.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'clock'").fetchone()[0] == 1
+    metrics = agent.metrics()  # telemetry: the clock's state and what waits for the cloud
+    assert metrics["clock_synced"] in (0.0, 1.0) and metrics["clock_corrections_waiting"] == 0.0  # none sent
     agent.storage.close()
