@@ -17,7 +17,9 @@ stops the role. Results the cloud refuses for good are named in the ack's
 already stored for another device, a non-finite number, and a result that does
 not decode inside a results message whose envelope still names its device and
 ids (its valid results are stored). If the database keeps failing, nothing is
-acknowledged: the devices keep their copies and re-send.
+acknowledged: the devices keep their copies and re-send. A ``ClockCorrection``
+(``store/clocks.py``) is acknowledged the same way, its id in a ``ResultsAck``
+(``batch`` = ``ids`` = its id), or in ``rejected`` when its times are not plausible.
 
 Several ingest roles split the results, telemetry and replies through an MQTT 5
 shared subscription (``$share/<group>/edge/+/results``); retained topics
@@ -43,6 +45,7 @@ from cloud_sync.mqtt import Message, MqttLink, broker_options, shared
 from cloud_sync.store import Store
 from edge_agent.sync import protocol
 from edge_agent.sync.protocol import (
+    ClockCorrection,
     CommandReply,
     ModelsReported,
     ResultRecord,
@@ -67,6 +70,14 @@ class _Pending:
     ids: list[str]
     refused: list[str]
     undecodable: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    """A clock correction applied (or refused for good, with the reason): its ack is ready."""
+
+    ack: ResultsAck
+    refused: str | None = None
 
 
 @dataclass
@@ -238,6 +249,7 @@ class Ingest:
         while True:
             acks: list[ResultsAck] = []
             pending: list[_Pending] = []
+            answered: list[tuple[Message, _Answered]] = []
             refusals: list[tuple[Message, str]] = []
             try:
                 with self.store.transaction():
@@ -264,11 +276,13 @@ class Ingest:
                             logger.exception("storing a message on %s failed", m.topic)
                             refusals.append((m, f"internal error ({type(exc).__name__})"))
                         else:
-                            if ack is not None:
+                            if isinstance(ack, _Answered):
+                                answered.append((m, ack))
+                            elif ack is not None:
                                 pending.append(ack)
                     # whose ids are these: one read for the whole batch, inside its transaction
                     owners = self.store.result_owners([i for p in pending for i in p.ids])
-                    acks = [self._ack(p, owners) for p in pending]
+                    acks = [self._ack(p, owners) for p in pending] + [a.ack for _, a in answered]
             except (StoreError, ValueRefused) as exc:
                 if isinstance(exc, ValueRefused) and not isolate:
                     logger.info(
@@ -287,6 +301,7 @@ class Ingest:
                 logger.warning("storing %d messages failed (attempt %d): %s", len(decoded), attempt, exc)
                 time.sleep(delay)
                 continue
+            refusals += [(m, a.refused) for m, a in answered if a.refused is not None]
             for m, reason in refusals:
                 self._reject(m, reason)
             self.stats.batches += 1
@@ -311,10 +326,12 @@ class Ingest:
         ids = [i for i in p.ids if owners.get(i) == msg.device]
         return ResultsAck(device=msg.device, batch=msg.batch, ids=ids, rejected=rejected)
 
-    def _store_one(self, m: Message, msg: WireMessage, undecodable: list[str]) -> _Pending | None:
+    def _store_one(self, m: Message, msg: WireMessage, undecodable: list[str]) -> _Pending | _Answered | None:
         if isinstance(msg, Results):
             ids, refused = self.store.insert_results(msg, m.received, self.name)
             return _Pending(msg, ids, refused, undecodable)
+        if isinstance(msg, ClockCorrection):
+            return self._clock_correction(m, msg)
         if isinstance(msg, Status):
             self.store.record_status(msg, m.received)
         elif isinstance(msg, Telemetry):
@@ -337,6 +354,25 @@ class Ingest:
         else:
             raise Rejected(f"no handler for {type(msg).__name__}")
         return None
+
+    def _clock_correction(self, m: Message, msg: ClockCorrection) -> _Answered:
+        """Apply it and acknowledge its id; one refused for good (implausible times: nothing
+        changed) is named in the ack's ``rejected``, so the device stops sending it."""
+        try:
+            n = self.store.record_clock_correction(msg, m.received)
+        except Rejected as exc:
+            refused = ResultsAck(device=msg.device, batch=msg.id, ids=[], rejected=[msg.id])
+            return _Answered(refused, exc.message)
+        logger.info(
+            "clock correction %s from %s: boot %s, seq %d..%d, %d stored results corrected now",
+            msg.id,
+            msg.device,
+            msg.boot,
+            msg.first_seq,
+            msg.last_seq,
+            n,
+        )
+        return _Answered(ResultsAck(device=msg.device, batch=msg.id, ids=[msg.id]))
 
     def _reject(self, m: Message, reason: str) -> None:
         self.stats.rejected += 1

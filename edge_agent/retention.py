@@ -18,6 +18,7 @@ clock that may be years off mean nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -35,6 +36,8 @@ DAY_S = 86_400.0
 MAX_INTERVAL_S = 3600.0
 CLOCK_CHECK_S = 5.0  # how soon after the clock is trusted result times are corrected
 FIRST_PRUNE_S = 60.0  # the first pruning after a start: soon, but not in the start-up rush
+CLOCK_KIND = "clock"  # outbox entries that are clock corrections (edge_agent.sync.corrections)
+CLOCK_CORRECTIONS = "clock_corrections"  # counter: corrections queued (the sync role reads it)
 
 _STEPS: tuple[tuple[str, str], ...] = (
     (
@@ -85,19 +88,37 @@ def prune(storage: Storage, max_age_s: float, now: float | None = None, chunk: i
 def correct_unsynced(storage: Storage, trust: ClockTrust) -> int:
     """Once the clock is trusted, give results recorded before (in this boot) their real time:
     the wall time of the moment they were recorded, from seconds-since-boot. Results of an
-    earlier boot cannot be placed and stay marked ``unsynced``. The number corrected."""
+    earlier boot cannot be placed and stay marked ``unsynced``. The number corrected.
+
+    In the same transaction the correction goes into the outbox (kind ``clock``, one entry per
+    boot and seq range, the sync role sends it as a ``ClockCorrection``): the cloud corrects what
+    was delivered before, and a power cut cannot separate the local correction from the message."""
     if not trust.trusted:
         return 0
-    if storage.conn.execute("SELECT 1 FROM results WHERE clock = 'unsynced' LIMIT 1").fetchone() is None:
+    boot, boot_time = boot_id(), trust.wall - trust.boot_s
+    # of this boot: results left unsynced by an earlier boot take no write lock every 5 s
+    find = "SELECT 1 FROM results WHERE clock = 'unsynced' AND boot = ? LIMIT 1"
+    if storage.conn.execute(find, (boot,)).fetchone() is None:
         return 0
     with storage.transaction(what="correcting result times") as conn:
+        first, last = conn.execute(
+            "SELECT MIN(rowid), MAX(rowid) FROM results WHERE clock = 'unsynced' AND boot = ?", (boot,)
+        ).fetchone()
         n = conn.execute(
             "UPDATE results SET created = boot_s + ?, clock = 'corrected' "
             "WHERE clock = 'unsynced' AND boot = ?",
-            (trust.wall - trust.boot_s, boot_id()),
+            (boot_time, boot),
         ).rowcount
+        if n and boot != "unknown":  # without a boot id results of several boots cannot be told apart
+            body = {"boot": boot, "first_seq": first, "last_seq": last, "count": n}
+            body |= {"boot_time": boot_time, "ts": trust.wall}
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox (id, kind, body, created) VALUES (?, ?, ?, ?)",
+                (f"clock:{first}:{boot}"[:64], CLOCK_KIND, json.dumps(body), trust.wall),
+            )
+            storage.bump(conn, CLOCK_CORRECTIONS)
     if n:
-        logger.info("clock synchronised: corrected the time of %d results recorded before", n)
+        logger.info("clock synchronised: corrected the time of %d results (seq %s..%s)", n, first, last)
     return int(n)
 
 

@@ -224,13 +224,13 @@ def now() -> float:
 # written before results were stored once (non-empty), else empty and the result's columns hold it.
 OUTBOX_ROWS = (
     "SELECT o.seq, o.id, o.body, r.source, r.ref, r.model, r.version, r.created, r.body AS result, "
-    "r.rowid AS result_seq, r.clock FROM outbox o LEFT JOIN results r ON r.id = o.id"
+    "r.rowid AS result_seq, r.clock, r.boot, r.boot_s FROM outbox o LEFT JOIN results r ON r.id = o.id"
 )
 
 
 def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
     """The result envelope an ``OUTBOX_ROWS`` row stands for; None if its result is gone."""
-    _, rid, body, source, ref, model, version, created, result, seq, clock = tuple(row)
+    _, rid, body, source, ref, model, version, created, result, seq, clock, boot, boot_s = tuple(row)
     if body:
         return dict(json.loads(body))
     if source is None:
@@ -247,6 +247,8 @@ def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
     }
     if clock is not None:
         doc["clock"] = clock
+    if clock == "unsynced" and boot is not None and boot_s is not None:  # for a later correction
+        doc["boot"], doc["boot_s"] = boot, boot_s
     return doc
 
 

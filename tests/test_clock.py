@@ -7,14 +7,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
-from demo.fleet import MOSQUITTO, Fleet
-from edge_agent.clock import BUILD_EPOCH, clock_trust
+from demo.fleet import BIN, MOSQUITTO, Fleet
+from edge_agent.clock import BUILD_EPOCH, boot_seconds, clock_trust
 from edge_agent.storage import DB_NAME, OUTBOX_ROWS, envelope
-from tests.conftest import copy_models
+from tests.cloud import query
+from tests.conftest import CloudDb, PgUrl, copy_models, make_cloud_db
 from tests.device import Device, running, wait_for
 
 # The clock is injected into the real role processes by a sitecustomize module that shifts
@@ -92,7 +98,13 @@ def test_results_recorded_before_ntp_are_marked_ordered_and_corrected(tmp_path: 
         wait_for(lambda: _clocks(data) == {"corrected"}, 30, "the times to be corrected")
     with sqlite3.connect(data / DB_NAME) as conn:
         conn.row_factory = sqlite3.Row
-        fixed = conn.execute(f"{OUTBOX_ROWS} ORDER BY r.rowid").fetchall()
+        fixed = conn.execute(f"{OUTBOX_ROWS} WHERE o.kind = 'result' ORDER BY r.rowid").fetchall()
+        waiting = conn.execute("SELECT body FROM outbox WHERE kind = 'clock'").fetchall()
+    # the correction for the cloud waits in the outbox beside them, in the same transaction
+    (queued,) = [json.loads(b) for (b,) in waiting]
+    assert (queued["count"], queued["last_seq"] - queued["first_seq"]) == (6, 5)
+    assert queued["boot"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert abs(queued["boot_time"] - (time.time() - boot_seconds())) < 1.0 and t1 <= queued["ts"]
     docs = [envelope(row) for row in fixed]
     assert [d["id"] for d in docs] == jobs  # type: ignore[index]
     seqs = [d["seq"] for d in docs]  # type: ignore[index]
@@ -102,6 +114,11 @@ def test_results_recorded_before_ntp_are_marked_ordered_and_corrected(tmp_path: 
     assert all(t0 - 0.05 <= c <= t1 + 0.05 for c in created), (t0, created, t1)
     assert created == sorted(created)
     assert all(d["clock"] == "corrected" for d in docs)  # type: ignore[index]
+
+
+def _outbox_kinds(data: Path) -> set[str]:
+    with sqlite3.connect(data / DB_NAME) as conn:
+        return {r[0] for r in conn.execute("SELECT kind FROM outbox")}
 
 
 def _clocks(data: Path) -> set[str]:
@@ -119,21 +136,31 @@ def _post_jobs(url: str, n: int) -> list[str]:
     return jobs
 
 
-def _cloud_rows(db: Path, ids: list[str]) -> dict[str, tuple[float, float, str | None, float | None, int]]:
+def _cloud_rows(db: CloudDb, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """id -> (created, received, time_flag, device_created, seq, time_corrected)."""
     marks = ",".join("?" * len(ids))
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            f"SELECT id, created, received, time_flag, device_created, seq FROM results WHERE id IN ({marks})",
-            ids,
-        ).fetchall()
+    rows = query(
+        db,
+        "SELECT id, created, received, time_flag, device_created, seq, time_corrected FROM results "
+        f"WHERE id IN ({marks})",
+        *ids,
+    )
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
-    """`edge-agent up` (gateway, worker, sync to a real mosquitto and cloud) runs in 2001; results
-    are marked unsynced and delivered (the cloud flags them and stores its receive time); then the
-    clock steps to the real time in the running processes: the gateway corrects the device's times
-    without a restart, later results are unmarked and ordered after them by their sequence."""
+@dataclass
+class ClockFleet:
+    """mosquitto + the cloud (ingest, API) + one `edge-agent up` (serve, worker, sync) whose clock
+    is read from ``offset_file`` (an offset from the real time, in seconds)."""
+
+    fleet: Fleet
+    cloud_db: CloudDb
+    dev: Device
+    offset_file: Path
+
+
+@contextmanager
+def clock_fleet(tmp_path: Path, request: pytest.FixtureRequest, db_backend: str) -> Iterator[ClockFleet]:
     assert Path(MOSQUITTO).exists(), "mosquitto is missing: run `make setup mosquitto`"
     inject = tmp_path / "clock"
     inject.mkdir()
@@ -143,6 +170,9 @@ def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
     work = tmp_path / "fleet"
     (work / "logs").mkdir(parents=True)
     fleet = Fleet(work, devices=())
+    cloud_db = make_cloud_db(request, db_backend, work / "cloud")
+    if isinstance(cloud_db, PgUrl):
+        fleet.cloud_env["CLOUD_DB_URL"] = str(cloud_db)
     try:
         fleet.start_broker()
         fleet.start_cloud()
@@ -156,9 +186,24 @@ def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
             "PYTHONPATH": str(inject),
             "TEST_CLOCK_OFFSET_FILE": str(offset_file),
         }
-        cloud_db = Path(fleet.cloud_env["CLOUD_DB_PATH"])
         data = tmp_path / "data"
         dev = Device(copy_models(tmp_path / "models", ["iris"]), data, env, tmp_path / "up.log")
+        yield ClockFleet(fleet, cloud_db, dev, offset_file)
+    finally:
+        fleet.stop_all()
+
+
+def test_the_clock_jumps_while_every_role_runs(
+    tmp_path: Path, request: pytest.FixtureRequest, db_backend: str
+) -> None:
+    """`edge-agent up` (gateway, worker, sync to a real mosquitto and cloud) runs in 2001; results
+    are marked unsynced and delivered (the cloud flags them and stores its receive time); then the
+    clock steps to the real time in the running processes: the device corrects its times without a
+    restart and sends the correction, the cloud gives the delivered results the same times (device
+    time and flag kept visible); later results are unmarked and ordered after them by their
+    sequence. The cloud on SQLite and on PostgreSQL."""
+    with clock_fleet(tmp_path, request, db_backend) as cf:
+        fleet, cloud_db, dev, offset_file, data = cf.fleet, cf.cloud_db, cf.dev, cf.offset_file, cf.dev.data
         with running(dev):
             status = httpx.get(f"{dev.url}/v2/health/ready")
             assert status.status_code == 200  # serving in 2001
@@ -169,7 +214,7 @@ def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
             with sqlite3.connect(data / DB_NAME) as conn:
                 assert all(c < 1_000_000_000 for (c,) in conn.execute("SELECT created FROM results"))
             flagged = _cloud_rows(cloud_db, before)
-            for created, received, flag, device_created, _ in flagged.values():
+            for created, received, flag, device_created, _, _ in flagged.values():
                 assert flag == "unsynced" and created == received >= t0 - 60  # stored as received
                 assert device_created is not None and device_created < 1_000_000_000  # kept beside
             assert [flagged[j][4] for j in before] == sorted(flagged[j][4] for j in before)
@@ -177,6 +222,14 @@ def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
             t_jump = time.time()
             offset_file.write_text("0")  # NTP answers: the clock steps 25 years forward, no restart
             wait_for(lambda: _clocks(data) == {"corrected"}, 30, "the times to be corrected")
+            # ... and the cloud corrects what it stored before (the correction, acknowledged, leaves
+            # the device's outbox)
+            wait_for(
+                lambda: {v[2] for v in _cloud_rows(cloud_db, before).values()} == {"corrected"},
+                60,
+                "the cloud to correct the delivered results",
+            )
+            wait_for(lambda: _outbox_kinds(data) == set(), 30, "the correction to be acknowledged")
             after = _post_jobs(dev.url, 3)
             wait_for(lambda: len(_cloud_rows(cloud_db, after)) == 3, 60, "the later results in the cloud")
             assert dev.proc is not None and dev.proc.poll() is None
@@ -188,8 +241,46 @@ def test_the_clock_jumps_while_every_role_runs(tmp_path: Path) -> None:
         created = [r[1] for r in rows]
         assert created == sorted(created)  # corrected times fall before the later ones
         assert all(t0 - 120 <= c <= t_jump + 0.05 for c in created[:4]), (t0, created, t_jump)
+        fixed = _cloud_rows(cloud_db, before)
+        for (rid, device_time, _, _), flag in zip(rows[:4], flagged.values(), strict=True):
+            cloud_time, received, time_flag, device_created, seq, corrected = fixed[rid]
+            assert cloud_time == device_time  # the same sum on both ends, to the bit
+            assert (time_flag, device_created, seq) == ("corrected", flag[3], flag[4])  # kept visible
+            assert corrected is not None and corrected >= t_jump - 1 and received == flag[1]
+        shown = fleet.cloud_http.get(f"{fleet.api}/results/{before[0]}").json()  # what an operator reads
+        assert (shown["time_flag"], shown["device_created"]) == ("corrected", flagged[before[0]][3])
+        assert shown["created"] == rows[0][1] and shown["time_corrected"] == fixed[before[0]][5]
         later = _cloud_rows(cloud_db, after)
         assert all(v[2] is None and v[3] is None for v in later.values()), later  # trusted: unflagged
         assert min(v[4] for v in later.values()) > max(v[4] for v in flagged.values())  # seq
-    finally:
-        fleet.stop_all()
+
+
+def test_a_correction_the_cloud_has_not_acknowledged_survives_a_power_cut(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Results delivered in 2001; the cloud ingest is down when the clock steps; the device corrects
+    its times and queues the correction, then the whole `edge-agent up` is SIGKILLed before anything
+    acknowledged it. After the restart (the ingest back) the cloud corrects the delivered results."""
+    with clock_fleet(tmp_path, request, "sqlite") as cf:
+        with running(cf.dev):
+            before = _post_jobs(cf.dev.url, 3)
+            wait_for(lambda: len(_cloud_rows(cf.cloud_db, before)) == 3, 60, "the 2001 results in the cloud")
+            (ingest,) = [proc for name, proc in cf.fleet.procs if name == "cloud-ingest"]
+            ingest.terminate()
+            assert ingest.wait(15) == 0
+            cf.offset_file.write_text("0")  # NTP answers while the cloud cannot acknowledge anything
+            wait_for(lambda: _outbox_kinds(cf.dev.data) == {"clock"}, 30, "the correction queued")
+            cf.dev.kill()  # a power cut: supervisor and every role at once
+        assert _clocks(cf.dev.data) == {"corrected"}
+        assert {v[2] for v in _cloud_rows(cf.cloud_db, before).values()} == {"unsynced"}
+        cf.fleet.spawn("cloud-ingest", [str(BIN / "cloud-sync"), "ingest"], cf.fleet.cloud_env)
+        with running(cf.dev):
+            wait_for(
+                lambda: {v[2] for v in _cloud_rows(cf.cloud_db, before).values()} == {"corrected"},
+                60,
+                "the cloud to correct the delivered results after the restart",
+            )
+            wait_for(lambda: _outbox_kinds(cf.dev.data) == set(), 30, "the correction to be acknowledged")
+        with sqlite3.connect(cf.dev.data / DB_NAME) as conn:
+            device = dict(conn.execute("SELECT id, created FROM results").fetchall())
+        assert {rid: v[0] for rid, v in _cloud_rows(cf.cloud_db, before).items()} == device

@@ -146,6 +146,15 @@ class Result(_Model):
     created: float
     received: float | None = None
     body: dict[str, Any] = {}
+    time_flag: str | None = None  # unsynced / implausible / corrected: see device_created
+    device_created: float | None = None
+
+    @property
+    def clock_note(self) -> str:
+        """'' for a trusted device time; else the flag, and by how much a corrected time moved."""
+        if self.time_flag == "corrected" and self.device_created is not None:
+            return f"corrected by {self.created - self.device_created:+.0f} s"
+        return self.time_flag or ""
 
     @property
     def score(self) -> float | None:

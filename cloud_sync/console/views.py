@@ -165,7 +165,7 @@ def _result_line(r: Result) -> str:
     score = "-" if r.score is None else f"{r.score:.3f}"
     return (
         f"{when(r.created):<19}  {r.device:<20} {r.model + '@' + r.version:<20} "
-        f"{r.label or '-':<16} {score:>6}  {r.id}"
+        f"{r.label or '-':<16} {score:>6}  {r.id}" + (f"  ({r.clock_note})" if r.clock_note else "")
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cloud_sync.store.base import BUSY_TIMEOUT_S, is_postgres_url
 from cloud_sync.store.catalog import UNFINISHED_STATES, Catalog
+from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S
 from cloud_sync.store.control import ControlPlane
 from cloud_sync.store.fleet import FleetReads
 from cloud_sync.store.pages import (
@@ -29,7 +30,7 @@ from cloud_sync.store.pages import (
     result_label,
 )
 from cloud_sync.store.schema import MIGRATIONS
-from cloud_sync.store.writes import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S, IngestWrites, result_time
+from cloud_sync.store.writes import IngestWrites, result_time
 
 __all__ = [
     "BUSY_TIMEOUT_S",

@@ -50,6 +50,9 @@ DIALECTS: dict[str, dict[str, str]] = {
 
 
 class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...

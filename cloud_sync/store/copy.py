@@ -31,6 +31,7 @@ TABLES = (
     ("revoked_sessions", "nonce"),
     ("counters", "name"),
     ("rollouts", "id"),
+    ("clock_corrections", "device, id"),
 )
 
 

@@ -202,7 +202,33 @@ CREATE TABLE rollouts (
 )
 """
 
-MIGRATIONS: tuple[Callable[[Conn], None], ...] = tuple(sql_step(v) for v in (V1, V2, V3, V4, V5, V6))
+# Version 7 (issue 14): clock corrections. A result recorded before the device's clock was
+# synchronised carries its boot and seconds since that boot (``boot``, ``boot_s``); the device's
+# ``ClockCorrection`` (kept in ``clock_corrections``, once per device and id) gives the boot's
+# start time, and each unsynced result of that boot and seq range gets ``created = boot_time +
+# boot_s``, ``time_flag = 'corrected'`` and ``time_corrected`` (when the cloud corrected it),
+# ``device_created`` kept. The partial index holds the unsynced results only (few).
+V7 = """
+ALTER TABLE results ADD COLUMN boot {text};
+ALTER TABLE results ADD COLUMN boot_s {real};
+ALTER TABLE results ADD COLUMN time_corrected {real};
+CREATE INDEX idx_results_unsynced ON results (device, boot, seq) WHERE time_flag = 'unsynced';
+CREATE TABLE clock_corrections (
+    device {text} NOT NULL REFERENCES devices(id),
+    id {text} NOT NULL,
+    boot {text} NOT NULL,
+    first_seq {int} NOT NULL,
+    last_seq {int} NOT NULL,
+    count {int} NOT NULL,
+    boot_time {real} NOT NULL,
+    ts {real} NOT NULL,
+    received {real} NOT NULL,
+    PRIMARY KEY (device, id)
+);
+CREATE INDEX idx_clock_corrections_boot ON clock_corrections (device, boot)
+"""
+
+MIGRATIONS: tuple[Callable[[Conn], None], ...] = tuple(sql_step(v) for v in (V1, V2, V3, V4, V5, V6, V7))
 
 
 class PgVersion:

@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from cloud_sync.errors import Rejected
+from cloud_sync.store import clocks
 from cloud_sync.store.backends import Conn
 from cloud_sync.store.base import StoreBase
+from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S, report_time
 from cloud_sync.store.pages import dumps, finite, result_label, text
-from edge_agent.sync.protocol import CommandReply, ModelsReported, Results, Status, Telemetry
+from edge_agent.sync.protocol import ClockCorrection, CommandReply, ModelsReported, Results, Status, Telemetry
 
 RESULT_COLUMNS = (
     "id",
@@ -38,15 +40,20 @@ INSERT_RESULT = (
     f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
 )
+# Results recorded before the device's clock was set, with where (``clocks.py``): rare.
+PLACED_COLUMNS = (*RESULT_COLUMNS, "boot", "boot_s", "time_corrected")
+INSERT_PLACED = (
+    f"INSERT INTO results ({', '.join(PLACED_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(PLACED_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
 TOUCH = (
     "INSERT INTO devices (id, first_seen, last_seen) VALUES (?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
     "THEN excluded.last_seen ELSE devices.last_seen END"
 )
-# A device time before this (2020-01-01) or more than a day after the result was received is
-# implausible: stored as received, flagged, the device's own time kept beside it.
-PLAUSIBLE_AFTER = 1_577_836_800.0
-PLAUSIBLE_AHEAD_S = 86_400.0
+# A device time before PLAUSIBLE_AFTER (2020-01-01) or more than PLAUSIBLE_AHEAD_S after the
+# result was received is implausible: stored as received, flagged, the device's own time kept
+# beside it (and corrected later if the device sends a ClockCorrection: clocks.py).
 
 
 def result_time(created: float, received: float, clock: str | None) -> tuple[float, str | None, float | None]:
@@ -125,6 +132,8 @@ class IngestWrites(StoreBase):
         refused now for a non-finite number). The ingest checks the owners of a whole transaction's
         results in one read (one round trip to PostgreSQL per batch, not per message)."""
         rows: list[tuple[Any, ...]] = []
+        placed: list[tuple[Any, ...]] = []  # unsynced, with their boot: a correction can place them
+        accepted: list[str] = []
         refused: list[str] = []  # for a non-finite number or a NUL character
         for r in msg.results:
             try:
@@ -138,14 +147,29 @@ class IngestWrites(StoreBase):
             except Rejected:
                 refused.append(r.id)
                 continue
-            row = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
-            rows.append((*row, received, ingest, body, flag, device_created, r.seq))
-        ids = list(dict.fromkeys(row[0] for row in rows))
+            head = (r.id, msg.device, msg.batch, r.source, r.ref, r.model, r.version, label, created)
+            row = (*head, received, ingest, body, flag, device_created, r.seq)
+            accepted.append(r.id)
+            if flag == "unsynced" and r.boot is not None and r.boot_s is not None:
+                placed.append((*row, r.boot, r.boot_s, None))
+            else:
+                rows.append(row)
+        ids = list(dict.fromkeys(accepted))
         with self.transaction() as db:
             self._touch(db, msg.device, received)
             if rows:
                 db.executemany(INSERT_RESULT, rows)
+            if placed:  # their correction may have arrived first
+                db.executemany(INSERT_PLACED, clocks.correct_rows(db, msg.device, placed, PLACED_COLUMNS))
         return ids, refused
+
+    def record_clock_correction(self, msg: ClockCorrection, received: float) -> int:
+        """Keep a device's clock correction and correct the results it covers (``clocks.py``);
+        how many were corrected now. ``Rejected`` (nothing changed) if its times are implausible."""
+        clocks.check(msg, received)
+        with self.transaction() as db:
+            self._touch(db, msg.device, received)
+            return clocks.apply(db, msg, received)
 
     def result_owners(self, ids: list[str]) -> dict[str, str]:
         """The device each of these result ids is stored for (ids not stored are left out)."""
@@ -179,7 +203,7 @@ class IngestWrites(StoreBase):
             db.execute("UPDATE commands SET state = 'replied' WHERE id = ?", [msg.id])
 
     def record_reported(self, msg: ModelsReported, received: float) -> None:
-        ts = finite(msg.ts, "reported ts")
+        ts = report_time(finite(msg.ts, "reported ts"), received)
         update = msg.last_update
         models = dumps(msg.models, "reported models")
         last = None if update is None else dumps(update.model_dump(), "last_update")
@@ -188,7 +212,7 @@ class IngestWrites(StoreBase):
             (
                 model,
                 fig.version,
-                finite(fig.ts, "bench ts"),
+                report_time(finite(fig.ts, "bench ts"), received),
                 dumps(fig.model_dump(mode="json"), "bench figures"),
             )
             for model, fig in (msg.bench or {}).items()
@@ -224,7 +248,7 @@ class IngestWrites(StoreBase):
                         update.state,
                         update.reason,
                         update.progress,
-                        finite(update.ts, "last_update ts"),
+                        report_time(finite(update.ts, "last_update ts"), received),
                         received,
                     ],
                 )

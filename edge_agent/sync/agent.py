@@ -29,11 +29,14 @@ from types import FrameType
 from typing import Any
 
 from edge_agent import __version__
+from edge_agent.clock import clock_trust, clock_trust_cached
 from edge_agent.config import AgentConfig, load_config, with_overrides
 from edge_agent.diskspace import LEVELS
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.retention import CLOCK_CHECK_S, correct_unsynced
 from edge_agent.storage import DiskFull, OutboxBound, Storage
 from edge_agent.sync.commands import CommandContext, Commands
+from edge_agent.sync.corrections import Corrections
 from edge_agent.sync.mqtt import Message, MqttError, MqttLink
 from edge_agent.sync.outbox import DROPPED, REJECTED, UNSENDABLE, Outbox
 from edge_agent.sync.protocol import (
@@ -85,6 +88,9 @@ class SyncAgent:
             outbox=OutboxBound(settings.outbox_max_rows, settings.on_full),
         )
         self.outbox = Outbox(self.storage, self.device, self._send_results, settings)
+        self.corrections = Corrections(
+            self.storage, self.device, self._send_correction, lambda: self.settings.ack_timeout_s
+        )
         self.on_models_desired: Callable[[ModelsDesired], None] | None = None
         self._shadow_sent: dict[str, Any] = {}
         self.ota, self.ota_runner = self._build_ota()
@@ -142,7 +148,7 @@ class SyncAgent:
         self._stop_requested = True
 
     def _loop(self) -> None:
-        next_limit = next_prune = 0.0
+        next_limit = next_prune = next_clock = 0.0
         while not self._stop_requested:
             try:
                 self._handle_events(min(self.settings.poll_interval_s, MAX_WAIT_S))
@@ -151,6 +157,9 @@ class SyncAgent:
                     self.outbox.enforce_limit()
                     self._report_bench()
                     next_limit = now + LIMIT_CHECK_S
+                if now >= next_clock:  # also here: a device may run no gateway role
+                    next_clock = now + CLOCK_CHECK_S
+                    self._correct_times()
                 if self.link.connected:
                     self._send_due()
                 if now >= self._next_telemetry:
@@ -172,6 +181,7 @@ class SyncAgent:
         and then the loop goes on anyway (acknowledgements, status and telemetry with
         ``disk_free_bytes`` keep flowing) and retries next turn. Logged once per full spell."""
         try:
+            self.corrections.send_due()
             self.outbox.send_due()
         except DiskFull as exc:
             if not self._send_blocked:
@@ -202,6 +212,7 @@ class SyncAgent:
                 logger.exception("handling a %s event failed; the next one is handled", kind)
         if acked or refused:
             self.outbox.acknowledge(acked, refused)
+            self.corrections.acknowledged([*acked, *refused])
 
     def _handle_event(self, kind: str, value: Any, acked: list[str], refused: list[str]) -> None:
         if kind == "ack":
@@ -279,6 +290,17 @@ class SyncAgent:
     def _send_results(self, payload: bytes) -> None:
         self.link.publish(topic(self.device, "results"), payload, qos=1)
 
+    def _send_correction(self, payload: bytes) -> None:
+        self.link.publish(topic(self.device, "clock_correction"), payload, qos=1)
+
+    def _correct_times(self) -> None:
+        """Correct the times of results recorded before the clock was trusted (this boot) and
+        queue the correction for the cloud (``retention.correct_unsynced``)."""
+        try:
+            correct_unsynced(self.storage, clock_trust())
+        except DiskFull:  # tried again in CLOCK_CHECK_S; the gateway's keeper may do it meanwhile
+            return
+
     def _status_message(self, state: str) -> Message:
         msg = Status(
             device=self.device,
@@ -327,6 +349,8 @@ class SyncAgent:
             "outbox_dropped": float(self.storage.counter(DROPPED)),
             "outbox_unsendable": float(self.storage.counter(UNSENDABLE)),
             "outbox_rejected": float(self.storage.counter(REJECTED)),
+            "clock_synced": 1.0 if clock_trust_cached().trusted else 0.0,
+            "clock_corrections_waiting": float(self.corrections.waiting),
             "results_recorded_per_s": (recorded - recorded0) / dt,
             "results_delivered_per_s": (delivered - delivered0) / dt,
             "messages_rejected": float(self.rejected + self.commands.rejected),

@@ -19,6 +19,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 
 from edge_agent.errors import EdgeAgentError
@@ -39,9 +40,15 @@ TOPICS: dict[str, str] = {
     "cmd_reply": "cmd/reply",
     "models_desired": "models/desired",
     "models_reported": "models/reported",
+    "clock_correction": "clock",
 }
+# Message kinds added after schema version 1 was frozen: device -> cloud only (a device that
+# predates one never receives it), each shown in a sample marked ``kind_added_after_freeze``.
+KINDS_ADDED_AFTER_FREEZE = frozenset({"clock_correction"})
 RETAINED = frozenset({"status", "models_desired", "models_reported"})
-DEVICE_TO_CLOUD = frozenset({"status", "telemetry", "results", "cmd_reply", "models_reported"})
+DEVICE_TO_CLOUD = frozenset(
+    {"status", "telemetry", "results", "cmd_reply", "models_reported", "clock_correction"}
+)
 CLOUD_TO_DEVICE = frozenset({"results_ack", "cmd", "models_desired"})
 _SUFFIX_TO_KIND = {v: k for k, v in TOPICS.items()}
 
@@ -109,11 +116,15 @@ class Telemetry(_Msg):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
-_OPTIONAL_RESULT_FIELDS = ("seq", "clock")
+_OPTIONAL_RESULT_FIELDS = ("seq", "clock", "boot", "boot_s")
+BOOT_RE = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class ResultRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # optional, added after the freeze (sample results_unsynced.json: "results[].<name>")
+    added_after_freeze: ClassVar[frozenset[str]] = frozenset({"boot", "boot_s"})
 
     id: str = Field(min_length=1, max_length=64)
     source: str
@@ -131,10 +142,18 @@ class ResultRecord(BaseModel):
         description="Absent: created is from a trusted clock. unsynced: recorded before the clock was "
         "synchronised (created may be far off). corrected: recorded then, time corrected since.",
     )
+    # sent with clock "unsynced" only: what a later ClockCorrection needs to give the result its
+    # real time (boot_time + boot_s)
+    boot: str | None = Field(
+        default=None, pattern=BOOT_RE, description="The device's boot (kernel boot id) it was recorded in."
+    )
+    boot_s: float | None = Field(
+        default=None, ge=0, description="Seconds since that boot when it was recorded (no NTP step moves it)."
+    )
 
     @model_serializer(mode="wrap")
     def _omit_absent_optionals(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """seq and clock are left out when absent: the message is what an older device sends."""
+        """The optional fields are left out when absent: the message is what an older device sends."""
         out: dict[str, Any] = handler(self)
         for key in _OPTIONAL_RESULT_FIELDS:
             if out.get(key) is None:
@@ -312,6 +331,30 @@ class ModelsReported(_Msg):
     )
 
 
+class ClockCorrection(_Msg):
+    """Sent once the clock is trusted again (added after the freeze: a message of its own, sample
+    clock_correction.json): the real time of the results this device recorded with an unsynced
+    clock in one boot, the ``seq`` range ``first_seq``..``last_seq``: ``boot_time + boot_s`` of each.
+    Durable in the device's outbox until a ``ResultsAck`` names ``id`` (in ``ids``, or in
+    ``rejected`` when the cloud refuses it for good); applying it twice changes nothing."""
+
+    id: str = Field(min_length=1, max_length=64, description="Outbox entry id; the ack names it.")
+    boot: str = Field(pattern=BOOT_RE, description="Kernel boot id of the boot the results were recorded in.")
+    first_seq: int = Field(ge=0, description="Lowest seq (result sequence) corrected.")
+    last_seq: int = Field(ge=0, description="Highest seq corrected.")
+    count: int = Field(ge=1, description="Results of that boot and range the device corrected.")
+    boot_time: float = Field(description="Wall-clock time of that boot's start, from the trusted clock.")
+    ts: float = Field(description="When the device found its clock trusted (trusted clock).")
+
+    @model_validator(mode="after")
+    def _range(self) -> ClockCorrection:
+        if self.last_seq < self.first_seq:
+            raise ValueError(f"last_seq {self.last_seq} is below first_seq {self.first_seq}")
+        if self.last_seq - self.first_seq + 1 < self.count:
+            raise ValueError(f"{self.count} results cannot fit in seq {self.first_seq}..{self.last_seq}")
+        return self
+
+
 PAYLOADS: dict[str, type[_Msg]] = {
     "status": Status,
     "telemetry": Telemetry,
@@ -321,6 +364,7 @@ PAYLOADS: dict[str, type[_Msg]] = {
     "cmd_reply": CommandReply,
     "models_desired": ModelsDesired,
     "models_reported": ModelsReported,
+    "clock_correction": ClockCorrection,
 }
 
 

@@ -664,3 +664,16 @@ def test_every_command_option_and_exit_code_is_documented() -> None:
         ]
     missing += [f"exit {code}" for _, code in console_app.EXIT_CODES if f"\n| {code} |" not in doc]
     assert not missing, f"docs/console.md lacks {missing}"
+
+
+def test_a_result_line_says_when_its_time_is_not_the_devices_own() -> None:
+    from cloud_sync.console.app import _result_line
+    from cloud_sync.console.client import Result
+
+    r = Result(
+        id="r1", device="d", model="iris", version="1", created=1_764_350_000.0,
+        time_flag="corrected", device_created=978_307_260.0,
+    )  # fmt: skip
+    assert _result_line(r).endswith("r1  (corrected by +786042740 s)")
+    assert _result_line(r.model_copy(update={"time_flag": "unsynced"})).endswith("r1  (unsynced)")
+    assert _result_line(r.model_copy(update={"time_flag": None})).endswith("r1")

@@ -45,6 +45,18 @@ def fill(store: Store) -> None:
     store.revoke_session("nonce-1", time.time() + 3600)
     store.next_counter("targets:dev-0")
     store.save_rollout("r1", "running", {"id": "r1", "wave": 0}, t0 + 4)
+    # a device's clock correction (no stored result of its boot: the results' counts stay)
+    correction = protocol.ClockCorrection(
+        device="dev-2",
+        id="clock:3:b-1",
+        boot="b-1",
+        first_seq=3,
+        last_seq=3,
+        count=1,
+        boot_time=t0,
+        ts=t0 + 5,
+    )
+    assert store.record_clock_correction(correction, t0 + 6) == 0
 
 
 def rows(db: Path | str, table: str, key: str) -> list[tuple[object, ...]]:

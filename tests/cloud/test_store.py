@@ -280,12 +280,13 @@ def test_models_deployments_and_reported_state(store: Store) -> None:
     with pytest.raises(NotFound):
         store.create_deployment("d1", [{"model": "iris", "version": "9"}], ["dev1"], 2.0)
     store.create_deployment("d1", [{"model": "iris", "version": "2"}], ["dev1"], 2.0)
-    outcome = protocol.UpdateOutcome(deployment="d1", model="iris", version="2", state="active", ts=3.0)
-    reported = protocol.ModelsReported(device="dev1", models={"iris": "2"}, last_update=outcome, ts=3.0)
-    store.record_reported(reported, time.time())
+    now = time.time()
+    outcome = protocol.UpdateOutcome(deployment="d1", model="iris", version="2", state="active", ts=now - 3)
+    reported = protocol.ModelsReported(device="dev1", models={"iris": "2"}, last_update=outcome, ts=now - 3)
+    store.record_reported(reported, now)
     store.record_reported(
-        reported.model_copy(update={"ts": 1.0, "models": {"iris": "1"}}), time.time()
-    )  # older
+        reported.model_copy(update={"ts": now - 9, "models": {"iris": "1"}}), now + 1
+    )  # older (arrived late)
     assert store.device("dev1")["reported_models"] == {"iris": "2"}
     deployment = store.deployment("d1")
     assert deployment["models"] == [{"model": "iris", "version": "2"}]
@@ -461,3 +462,37 @@ def test_a_pipelined_savepoint_rolls_back_alone_and_a_refused_value_fails_the_co
             tx.execute(INSERT_RESULT, ["r-2", "d2", "b", None, *row[4:]])
         store.touch_devices({"d3": 3.0})
     assert {d["id"] for d in store.devices()} == {"d1"}
+
+
+def test_a_report_from_a_device_back_in_1970_is_ordered_by_arrival(store: Store) -> None:
+    """A Pi rebooted without its clock reports with a 1970 ts: ordered by when it arrived, it is not
+    ignored as older than what the device reported before the reboot (nor hides later ones)."""
+    now = time.time()
+    store.add_model_version("iris", "2", {"name": "iris", "version": "2"}, sha256="ab" * 32, created=1.0)
+    store.create_deployment("d1", [{"model": "iris", "version": "2"}], ["dev1"], 2.0)
+    before = protocol.UpdateOutcome(
+        deployment="d1", model="iris", version="2", state="downloading", ts=now - 60
+    )
+    store.record_reported(
+        protocol.ModelsReported(device="dev1", models={"iris": "1"}, last_update=before, ts=now - 60),
+        now - 60,
+    )
+    after = before.model_copy(update={"state": "failed", "reason": "clock_untrusted", "ts": 86_400.0})
+    store.record_reported(
+        protocol.ModelsReported(device="dev1", models={"iris": "1"}, last_update=after, ts=86_400.0), now
+    )
+    assert store.device("dev1")["last_update"]["reason"] == "clock_untrusted"
+    assert [(d["state"], d["reason"]) for d in store.deployment("d1")["device_states"]] == [
+        ("failed", "clock_untrusted")
+    ]
+    ahead = before.model_copy(update={"state": "active", "ts": now + 20 * 86_400})  # a clock in the future
+    store.record_reported(
+        protocol.ModelsReported(device="dev1", models={"iris": "2"}, last_update=ahead, ts=now + 20 * 86_400),
+        now + 1,
+    )
+    later = before.model_copy(update={"state": "rolled_back", "ts": now + 5})  # the clock set right
+    store.record_reported(
+        protocol.ModelsReported(device="dev1", models={"iris": "1"}, last_update=later, ts=now + 5), now + 5
+    )
+    assert store.device("dev1")["reported_models"] == {"iris": "1"}
+    assert [d["state"] for d in store.deployment("d1")["device_states"]] == ["rolled_back"]

@@ -49,6 +49,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         },
         "ts": 1.0,
     },
+    "clock_correction": {
+        "id": "clock:3:b1",
+        "boot": "b1",
+        "first_seq": 3,
+        "last_seq": 9,
+        "count": 7,
+        "boot_time": 1764349000.0,
+        "ts": 1764350000.0,
+    },
 }
 
 
@@ -175,3 +184,36 @@ def test_an_outbox_envelope_is_a_result_record(tmp_path: Any) -> None:
     row = st.conn.execute(f"{OUTBOX_ROWS} WHERE o.id = ?", (rid,)).fetchone()
     record = p.ResultRecord.model_validate(envelope(row))
     assert (record.id, record.source, record.ref, record.body) == (rid, "camera", "frame-7", {"n": 2})
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"last_seq": 2}, "last_seq 2 is below first_seq 3"),
+        ({"count": 8}, "8 results cannot fit in seq 3..9"),
+        ({"count": 0}, "count"),
+        ({"first_seq": -1}, "first_seq"),
+        ({"boot": "a/b"}, "boot"),
+        ({"boot": ""}, "boot"),
+        ({"boot_time": "soon"}, "boot_time"),
+        ({"id": ""}, "id"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_a_malformed_clock_correction_is_refused_with_the_reason(
+    changes: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(p.ProtocolError, match=reason):
+        p.decode(p.topic(DEV, "clock_correction"), payload("clock_correction", **changes))
+
+
+def test_an_unsynced_envelope_carries_its_boot_and_a_synced_one_does_not(tmp_path: Any) -> None:
+    st = Storage.in_dir(tmp_path)
+    with st.transaction() as conn:
+        rid = st.record_result(conn, source="worker", model="iris", version="1", body={})
+        conn.execute("UPDATE results SET clock = 'unsynced', boot = 'b1', boot_s = 12.5 WHERE id = ?", (rid,))
+    record = p.ResultRecord.model_validate(envelope(st.conn.execute(OUTBOX_ROWS).fetchone()))
+    assert (record.clock, record.boot, record.boot_s) == ("unsynced", "b1", 12.5)
+    st.conn.execute("UPDATE results SET clock = 'corrected'")
+    record = p.ResultRecord.model_validate(envelope(st.conn.execute(OUTBOX_ROWS).fetchone()))
+    assert (record.clock, record.boot, record.boot_s) == ("corrected", None, None)

@@ -39,6 +39,15 @@ def test_there_is_a_frozen_sample_of_every_message_kind() -> None:
     assert kinds == set(p.TOPICS)
 
 
+def test_a_message_kind_added_after_the_freeze_goes_to_the_cloud_and_is_shown() -> None:
+    """A device in the field never receives a kind it does not know; a cloud that predates one
+    never subscribes to its topic (the device's outbox keeps the message until a cloud that knows
+    it acknowledges it)."""
+    added = {p.parse_topic(load(s)["topic"])[1] for s in SAMPLES if load(s).get("kind_added_after_freeze")}
+    assert added == set(p.KINDS_ADDED_AFTER_FREEZE)
+    assert p.KINDS_ADDED_AFTER_FREEZE <= p.DEVICE_TO_CLOUD - p.RETAINED
+
+
 def test_the_samples_are_schema_version_1_and_this_end_still_speaks_it() -> None:
     assert p.SCHEMA_VERSION == 1
     assert {load(path)["payload"]["v"] for path in SAMPLES} == {1}
@@ -64,8 +73,21 @@ def test_the_samples_leave_nothing_out_but_the_declared_defaults(path: Path) -> 
     sample = load(path)
     kind = p.parse_topic(sample["topic"])[1]
     fields = set(p.PAYLOADS[kind].model_fields) - ADDED_AFTER_FREEZE.get(kind, set())
-    fields |= set(sample.get("added_after_freeze", []))
+    fields |= {f for f in sample.get("added_after_freeze", []) if "[]." not in f}
     assert set(sample["payload"]) | set(sample.get("defaults", {})) == fields
+
+
+@pytest.mark.parametrize("field", sorted(p.ResultRecord.added_after_freeze))
+def test_a_result_field_added_after_the_freeze_is_optional_absent_from_the_wire_and_shown(field: str) -> None:
+    assert not p.ResultRecord.model_fields[field].is_required()
+    shown = [s for s in SAMPLES if f"results[].{field}" in load(s).get("added_after_freeze", [])]
+    assert shown and any(field in r for s in shown for r in load(s)["payload"]["results"])
+    for path in SAMPLES:  # a result without it still encodes without it
+        sample = load(path)
+        if p.parse_topic(sample["topic"])[1] == "results":
+            _, msg = p.decode(sample["topic"], json.dumps(sample["payload"]).encode())
+            sent = json.loads(p.encode(msg))["results"]
+            assert [field in r for r in sent] == [field in r for r in sample["payload"]["results"]]
 
 
 @pytest.mark.parametrize(

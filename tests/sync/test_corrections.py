@@ -1,0 +1,126 @@
+"""The device end of clock corrections on a real SQLite file: ``retention.correct_unsynced`` corrects
+the results and queues the correction in the same transaction; ``sync.corrections`` sends it until
+the cloud's ack removes it; the results' own sender reads past it. (Over a real broker and cloud:
+tests/test_clock.py.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.clock import ClockTrust, boot_id
+from edge_agent.retention import CLOCK_KIND, correct_unsynced
+from edge_agent.storage import Storage
+from edge_agent.sync import protocol
+from edge_agent.sync.corrections import Corrections
+from edge_agent.sync.outbox import UNSENDABLE, Outbox
+from edge_agent.sync.settings import SyncConfig
+
+DEV = "dev-1"
+
+
+def _record(st: Storage, n: int, boot: str, boot_s0: float) -> list[str]:
+    ids = []
+    with st.transaction() as conn:
+        for i in range(n):
+            rid = st.record_result(conn, source="worker", model="iris", version="1", body={"i": i})
+            conn.execute(
+                "UPDATE results SET clock = 'unsynced', boot = ?, boot_s = ?, created = ? WHERE id = ?",
+                (boot, boot_s0 + i, 86_400.0 + boot_s0 + i, rid),
+            )
+            ids.append(rid)
+    return ids
+
+
+def test_the_correction_is_queued_with_the_results_once_sent_until_acknowledged(tmp_path: Path) -> None:
+    st = Storage.in_dir(tmp_path)
+    old = _record(st, 2, "an-earlier-boot", 1.0)  # before a reboot: cannot be placed
+    mine = _record(st, 3, boot_id(), 10.0)
+    untrusted = ClockTrust(False, "1970", 86_500.0, 100.0)
+    assert correct_unsynced(st, untrusted) == 0
+    wall = time.time()
+    trusted = ClockTrust(True, "synchronised", wall, 100.0)
+    assert correct_unsynced(st, trusted) == 3
+    assert correct_unsynced(st, trusted) == 0  # nothing left to correct: nothing queued again
+    rows = {r[0]: r[1:] for r in st.conn.execute("SELECT id, clock, created, rowid FROM results")}
+    assert all(rows[r][0] == "unsynced" for r in old)
+    assert [rows[r][1] for r in mine] == [wall - 100.0 + 10.0 + i for i in range(3)]
+    (queued,) = st.conn.execute("SELECT id, body FROM outbox WHERE kind = ?", (CLOCK_KIND,)).fetchall()
+    body = json.loads(queued[1])
+    assert body == {
+        "boot": boot_id(),
+        "first_seq": rows[mine[0]][2],
+        "last_seq": rows[mine[-1]][2],
+        "count": 3,
+        "boot_time": wall - 100.0,
+        "ts": wall,
+    }
+
+    sent: list[bytes] = []
+    corrections = Corrections(st, DEV, sent.append, lambda: 0.3)
+    assert corrections.send_due() == 1 and corrections.send_due() == 0  # in flight
+    kind, msg = protocol.decode(protocol.topic(DEV, "clock_correction"), sent[0])
+    assert kind == "clock_correction" and isinstance(msg, protocol.ClockCorrection)
+    assert (msg.id, msg.boot, msg.first_seq, msg.last_seq, msg.boot_time) == (
+        queued[0],
+        boot_id(),
+        body["first_seq"],
+        body["last_seq"],
+        wall - 100.0,
+    )
+    time.sleep(0.35)
+    assert corrections.send_due() == 1 and corrections.waiting == 1  # no ack in time: again
+    assert Corrections(st, DEV, sent.append, lambda: 0.3).send_due() == 1  # a restart sends it again
+
+    # the results' sender reads past it (never "unsendable"); one ack removes both kinds of entry
+    results: list[bytes] = []
+    outbox = Outbox(st, DEV, results.append, SyncConfig())
+    assert outbox.send_due() == 5
+    _, batch = protocol.decode(protocol.topic(DEV, "results"), results[0])
+    assert isinstance(batch, protocol.Results)
+    assert {r.id: r.boot for r in batch.results} == {
+        **dict.fromkeys(old, "an-earlier-boot"),
+        **dict.fromkeys(mine),
+    }
+    assert st.counter(UNSENDABLE) == 0
+    outbox.acknowledge([msg.id, *old, *mine])
+    corrections.acknowledged([msg.id])
+    assert st.outbox_depth() == 0 and corrections.waiting == 0
+    time.sleep(0.35)
+    assert corrections.send_due() == 0
+
+
+def test_a_corrupt_correction_entry_is_logged_and_never_sent(tmp_path: Path) -> None:
+    st = Storage.in_dir(tmp_path)
+    with st.transaction() as conn:
+        conn.execute(
+            "INSERT INTO outbox (id, kind, body, created) VALUES ('clock:1:x', 'clock', '{\"boot\": 1}', 0)"
+        )
+        st.bump(conn, "clock_corrections")
+    sent: list[bytes] = []
+    assert Corrections(st, DEV, sent.append, lambda: 0.3).send_due() == 0 and sent == []
+
+
+def test_the_sync_role_corrects_and_queues_without_a_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device may run no gateway role (whose keeper also corrects): the sync role does it too."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.sync.agent import SyncAgent
+    from tests.sync.broker import free_port
+
+    config = AgentConfig(device_id=DEV, data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    agent = SyncAgent(config, SyncConfig(broker_port=free_port()))
+    mine = _record(agent.storage, 2, boot_id(), 3.0)
+    trusted = ClockTrust(True, "synchronised", time.time(), 50.0)  # whatever this machine's timesyncd says
+    monkeypatch.setattr("edge_agent.sync.agent.clock_trust", lambda: trusted)
+    agent._correct_times()  # what its loop runs every CLOCK_CHECK_S
+    clocks = {r[0] for r in agent.storage.conn.execute("SELECT clock FROM results")}
+    assert clocks == {"corrected"} and len(mine) == 2
+    assert agent.storage.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'clock'").fetchone()[0] == 1
+    metrics = agent.metrics()  # telemetry: the clock's state and what waits for the cloud
+    assert metrics["clock_synced"] in (0.0, 1.0) and metrics["clock_corrections_waiting"] == 0.0  # none sent
+    agent.storage.close()
