@@ -40,7 +40,7 @@ _STEPS: tuple[tuple[str, str], ...] = (
     (
         "results",
         "DELETE FROM results WHERE rowid IN (SELECT r.rowid FROM results r WHERE r.created < ? "
-        "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = r.id) LIMIT ?)",
+        "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = r.rowid) LIMIT ?)",
     ),
     (
         "jobs",

@@ -175,6 +175,31 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX jobs_by_status;
     CREATE INDEX jobs_by_status ON jobs (status, created) WHERE lease_owner IS NOT NULL;
     """,
+    # 6: SD-card wear: an outbox row's seq is its result's rowid, so the outbox needs no index
+    # on id (acknowledgements and retention reach it through the results' id index) and no
+    # AUTOINCREMENT (no sqlite_sequence page in every commit that records results). Rows whose
+    # result is gone (envelopes written by agents before results were stored once) keep their
+    # order below zero.
+    """
+    CREATE TABLE outbox_v6 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_sent REAL
+    );
+    INSERT INTO outbox_v6 (seq, id, kind, body, created, attempts, last_sent)
+        SELECT COALESCE(
+                   (SELECT r.rowid FROM results r WHERE r.id = o.id),
+                   o.seq - (SELECT MAX(seq) FROM outbox) - 1
+               ),
+               o.id, o.kind, o.body, o.created, o.attempts, o.last_sent
+        FROM outbox o ORDER BY o.seq;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v6 RENAME TO outbox;
+    """,
 )
 
 
@@ -460,7 +485,8 @@ class Storage:
         # the outbox row names the result; its envelope is built from ``results`` when sent
         # (``OUTBOX_ROWS``), so the body is written once, not twice
         conn.execute(
-            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', '', ?)",
+            "INSERT INTO outbox (seq, id, kind, body, created) "
+            "VALUES (last_insert_rowid(), ?, 'result', '', ?)",
             (rid, created),
         )
         self.bound_outbox(conn)
