@@ -200,6 +200,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE outbox;
     ALTER TABLE outbox_v6 RENAME TO outbox;
     """,
+    # 7: SD-card wear: results are listed newest first and pruned oldest first in rowid order
+    # (the order they were recorded in, whatever the clock said), so no index on created
+    """
+    DROP INDEX results_by_created;
+    """,
 )
 
 
@@ -541,7 +546,7 @@ class Storage:
         if ref is not None:
             sql += " AND ref = ?"
             args.append(ref)
-        sql += " ORDER BY created DESC LIMIT ?"
+        sql += " ORDER BY rowid DESC LIMIT ?"  # the order recorded (no index on created: wear)
         args.append(limit)
         return [
             Result(

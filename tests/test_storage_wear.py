@@ -1,4 +1,4 @@
-"""Schemas 5 and 6 (SD-card wear): a device database made by the schema before them is upgraded
+"""Schemas 5 to 7 (SD-card wear): a device database made by the schema before them is upgraded
 in one transaction, whatever moment the upgrade is killed at, and nothing is lost on the way:
 every queued job is claimed once, every outbox entry is sent in order and deleted by its ack."""
 
@@ -84,6 +84,9 @@ def test_a_database_of_the_previous_schema_is_upgraded_and_keeps_every_job_and_e
     assert st.conn.execute("SELECT id FROM outbox ORDER BY seq DESC LIMIT 1").fetchone()[0] == new
     assert isinstance(st.conn.execute("SELECT body FROM results WHERE id = ?", (new,)).fetchone()[0], bytes)
     assert st.result(new).body == {"new": True} and st.result("r00005").body == {"i": 5}
+    # results: no index on created; listed newest first in the order recorded
+    assert st.conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'results_by_created'").fetchone() is None
+    assert [r.id for r in st.results(limit=3)] == [new, "r00019", "r00018"]
     # jobs: the never-claimed ones (found by rowid) and the retries (indexed) are all claimed once
     q = JobQueue(st, lease_s=60)
     claimed = [j.id for j in q.claim_many("w", 7)] + [j.id for j in q.claim_many("w", 100)]
