@@ -234,6 +234,7 @@ def measure(side: Side, work: Path, name: str, args: argparse.Namespace, video: 
         "EDGE_CAMERA__LOOP": "true",
         "EDGE_CAMERA__FPS": str(args.camera_fps),
     }
+    extra.update(kv.split("=", 1) for kv in args.env)
     data = work / f"{side.name}-{name.replace(' ', '-')}"
     a = Agent(side, data, work / "models", roles, extra)
     a.start()
@@ -290,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-s", type=float, default=600.0, help="idle measurement window (default 600 s)")
     p.add_argument("--baseline", default=BASELINE, help=f"git revision of the old path (default {BASELINE})")
     p.add_argument("--patterns", default=",".join(PATTERNS), help="comma-separated subset")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="EDGE_X=V",
+        help="a setting for both sides' agents, e.g. EDGE_WORKER__GROUP_WINDOW_S=0.15 (repeatable)",
+    )
     args = p.parse_args(argv)
     names = [s.strip() for s in args.patterns.split(",") if s.strip()]
     var = ROOT / "var"
