@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_agent.sqlitefile import UserVersion, connect, migrate, sql_script
 from edge_agent.storage import MIGRATIONS, OUTBOX_ROWS, Storage, envelope, pack_body, unpack_body
 from edge_agent.sync.outbox import _delete_ids
@@ -124,6 +126,20 @@ def test_jobs_never_claimed_touch_no_status_index_page_and_are_found_by_every_wo
         )
     )
     assert "jobs_by_status" in plan
+
+
+def test_a_claim_that_rolls_back_leaves_its_jobs_to_be_found(tmp_path: Path) -> None:
+    st = Storage.in_dir(tmp_path)
+    q = JobQueue(st)
+    ids = [q.enqueue(model="iris", version=None, kind="tensors", payload=b"x") for _ in range(3)]
+    st.conn.execute(  # the claim's UPDATE fails, its transaction is rolled back
+        "CREATE TEMP TRIGGER no_claim BEFORE UPDATE OF status ON jobs WHEN NEW.status = 'running' "
+        "BEGIN SELECT RAISE(ABORT, 'injected'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        q.claim_many("w", 10)
+    st.conn.execute("DROP TRIGGER no_claim")
+    assert [j.id for j in q.claim_many("w", 10)] == ids
 
 
 def test_bodies_are_compressed_and_json_text_still_reads() -> None:

@@ -234,23 +234,26 @@ class JobQueue:
                 return recorded, []
             t = now()
             self._expire(conn, t)
-            ids = self._claimable(conn, t, limit)
+            ids, cursor = self._claimable(conn, t, limit)
             conn.executemany(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
                 "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
                 [(owner, t + self.lease_s, t, jid) for jid in ids],
             )
             select = "SELECT * FROM jobs WHERE id = ?"
-            return recorded, [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
+            claimed = [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
+        self._cursor = cursor  # only once committed: a claim rolled back leaves its jobs to find
+        return recorded, claimed
 
-    def _claimable(self, conn: sqlite3.Connection, t: float, limit: int) -> list[str]:
-        """The ids of up to ``limit`` of the oldest claimable jobs (inside the claim's transaction).
+    def _claimable(self, conn: sqlite3.Connection, t: float, limit: int) -> tuple[list[str], int]:
+        """The ids of up to ``limit`` of the oldest claimable jobs (inside the claim's transaction),
+        and the cursor to keep once they are claimed.
 
         Jobs claimed before (retries, expired leases) are in ``jobs_by_status``. Jobs never
         claimed are not indexed (SD-card wear: queueing writes no index page for them); they are
-        found by rowid from ``self._cursor``: every unclaimed job below it had been claimed when
-        it was set, and a job queued later gets a higher rowid (under the write lock, and
-        retention never deletes the newest row, so rowids only grow)."""
+        found by rowid from ``self._cursor``: when it was set, every job below it had been
+        claimed, and a job queued later gets a higher rowid (rows are inserted under the write
+        lock and retention never deletes the newest row, so rowids only grow)."""
         fresh = conn.execute(
             "SELECT rowid, id, created FROM jobs WHERE rowid >= ? AND lease_owner IS NULL "
             "AND status = 'queued' ORDER BY rowid LIMIT ?",
@@ -265,13 +268,13 @@ class JobQueue:
         took = {r[1] for r in taken}
         left = [r[0] for r in fresh if r[1] not in took]
         if left:
-            self._cursor = min(left)
+            cursor = min(left)
         elif len(fresh) == limit:  # more may follow the last one read
-            self._cursor = fresh[-1][0] + 1
+            cursor = fresh[-1][0] + 1
         else:
             top = conn.execute("SELECT MAX(rowid) FROM jobs").fetchone()[0]
-            self._cursor = (top or 0) + 1
-        return [r[1] for r in taken]
+            cursor = (top or 0) + 1
+        return [r[1] for r in taken], cursor
 
     def _expire(self, conn: sqlite3.Connection, t: float) -> None:
         """Leases that passed: back to the queue, or failed when out of attempts."""
