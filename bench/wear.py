@@ -20,7 +20,8 @@ venv and models: no legacy switch has to stay in the product to be measured. Pat
 * async job: ``POST /async/iris`` (one row of four floats), ``--concurrency`` clients;
 * batch item: ``POST /batch/items`` (10 rows per request), then one batch run;
 * camera frame: the camera role on a looping video file, face model, recorded results;
-* sync-async: ``POST /sync-async`` with an 8x8 digit PNG (fast answer + accurate job);
+* sync-async: ``POST /sync-async`` with an 8x8 digit PNG (fast answer + accurate job: two
+  results per request, the figure is per result);
 * prediction-cache fill: ``POST /predict`` with a distinct row each time (every one a miss
   whose answer is cached).
 """
@@ -205,7 +206,7 @@ def p_sync_async(a: Agent, n: int, conc: int) -> int:
     headers = {"content-type": "image/png"}
     parallel(n, conc, lambda c, i: _ok(c.post(f"{a.url}/sync-async", content=DIGIT_PNG, headers=headers)))
     wait_for(lambda: _jobs_done(a.url, n), 300, "the accurate jobs")
-    return n
+    return 2 * n  # two results per request: the fast answer and the accurate job's
 
 
 def p_cache(a: Agent, n: int, conc: int) -> int:
@@ -233,6 +234,7 @@ def measure(side: Side, work: Path, name: str, args: argparse.Namespace, video: 
         "EDGE_CAMERA__LOOP": "true",
         "EDGE_CAMERA__FPS": str(args.camera_fps),
     }
+    extra.update(kv.split("=", 1) for kv in args.env)
     data = work / f"{side.name}-{name.replace(' ', '-')}"
     a = Agent(side, data, work / "models", roles, extra)
     a.start()
@@ -289,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-s", type=float, default=600.0, help="idle measurement window (default 600 s)")
     p.add_argument("--baseline", default=BASELINE, help=f"git revision of the old path (default {BASELINE})")
     p.add_argument("--patterns", default=",".join(PATTERNS), help="comma-separated subset")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="EDGE_X=V",
+        help="a setting for both sides' agents, e.g. EDGE_WORKER__GROUP_WINDOW_S=0.15 (repeatable)",
+    )
     args = p.parse_args(argv)
     names = [s.strip() for s in args.patterns.split(",") if s.strip()]
     var = ROOT / "var"

@@ -16,6 +16,7 @@ every caller of the group, none of whose rows were committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -23,12 +24,25 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from edge_agent.storage import Storage
+from edge_agent.errors import EdgeAgentError
 
 logger = logging.getLogger(__name__)
+
+
+class Database(Protocol):
+    """What group commit needs of the database (``storage.Storage`` is one; this module does
+    not import it, so the two modules import in one direction only)."""
+
+    def transaction(
+        self, immediate: bool = True, *, what: str = "write"
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    def translate(self, exc: BaseException, what: str, context: str = "storage error") -> Exception: ...
+
+    def close_connection(self) -> None: ...
+
 
 T = TypeVar("T")
 DEFAULT_WINDOW_S = 0.005
@@ -39,7 +53,7 @@ _Item = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]", str]
 
 class GroupCommit:
     def __init__(
-        self, storage: Storage, window_s: float = DEFAULT_WINDOW_S, max_group: int = DEFAULT_MAX_GROUP
+        self, storage: Database, window_s: float = DEFAULT_WINDOW_S, max_group: int = DEFAULT_MAX_GROUP
     ) -> None:
         self.storage = storage
         self.window_s = window_s
@@ -103,8 +117,6 @@ class GroupCommit:
         return False
 
     def _commit(self, group: list[_Item]) -> None:
-        from edge_agent.errors import EdgeAgentError
-
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         what = group[0][2] if len(group) == 1 else f"{group[0][2]} (and {len(group) - 1} more writes)"
         try:

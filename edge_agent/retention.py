@@ -43,12 +43,15 @@ _STEPS: tuple[tuple[str, str], ...] = (
     (
         "results",
         "DELETE FROM results WHERE rowid IN (SELECT r.rowid FROM results r WHERE r.created < ? "
-        "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = r.id) LIMIT ?)",
+        "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = r.rowid) LIMIT ?)",
     ),
     (
         "jobs",
+        # finished jobs were all claimed (indexed: lease_owner set); the newest row is kept so
+        # rowids only grow: workers find jobs never claimed by rowid from a cursor (jobs.py)
         "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE status IN ('done', 'failed') "
-        "AND created < ?1 AND COALESCE(finished, created) < ?1 LIMIT ?2)",
+        "AND lease_owner IS NOT NULL AND created < ?1 AND COALESCE(finished, created) < ?1 "
+        "AND rowid < (SELECT MAX(rowid) FROM jobs) LIMIT ?2)",
     ),
     (
         "batch_items",

@@ -20,6 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -167,6 +168,43 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX results_by_ref;
     CREATE INDEX results_by_ref ON results (ref) WHERE ref IS NOT NULL;
     """,
+    # 5: SD-card wear: a job never claimed (no lease_owner yet) is found by its rowid, from each
+    # worker's cursor (jobs.py); the status index holds only jobs claimed at least once, so
+    # queueing a job writes one table leaf and its id's index leaf, not a third page
+    """
+    DROP INDEX jobs_by_status;
+    CREATE INDEX jobs_by_status ON jobs (status, created) WHERE lease_owner IS NOT NULL;
+    """,
+    # 6: SD-card wear: an outbox row's seq is its result's rowid, so the outbox needs no index
+    # on id (acknowledgements and retention reach it through the results' id index) and no
+    # AUTOINCREMENT (no sqlite_sequence page in every commit that records results). Rows whose
+    # result is gone (envelopes written by agents before results were stored once) keep their
+    # order below zero.
+    """
+    CREATE TABLE outbox_v6 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_sent REAL
+    );
+    INSERT INTO outbox_v6 (seq, id, kind, body, created, attempts, last_sent)
+        SELECT COALESCE(
+                   (SELECT r.rowid FROM results r WHERE r.id = o.id),
+                   o.seq - (SELECT MAX(seq) FROM outbox) - 1
+               ),
+               o.id, o.kind, o.body, o.created, o.attempts, o.last_sent
+        FROM outbox o ORDER BY o.seq;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v6 RENAME TO outbox;
+    """,
+    # 7: SD-card wear: results are listed newest first and pruned oldest first in rowid order
+    # (the order they were recorded in, whatever the clock said), so no index on created
+    """
+    DROP INDEX results_by_created;
+    """,
 )
 
 
@@ -220,6 +258,21 @@ def now() -> float:
     return time.time()
 
 
+def pack_body(body: dict[str, Any]) -> bytes:
+    """A result's body as stored: its compact JSON, zlib-compressed (a BLOB). SD-card wear: a
+    classification body is ~460 bytes of JSON, so with 1 KiB pages each result row filled a page
+    of its own; compressed (~230 bytes) three or four share one, and every commit and checkpoint
+    writes that many fewer pages. Rows written before hold the JSON as TEXT; ``unpack_body``
+    reads both."""
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def unpack_body(value: str | bytes) -> dict[str, Any]:
+    """The body ``pack_body`` stored (BLOB) or an older row's JSON (TEXT)."""
+    text = zlib.decompress(value) if isinstance(value, bytes) else value
+    return dict(json.loads(text))
+
+
 # Outbox rows with what their envelope is made of: ``body`` is the envelope itself for rows
 # written before results were stored once (non-empty), else empty and the result's columns hold it.
 OUTBOX_ROWS = (
@@ -242,7 +295,7 @@ def envelope(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any] | None:
         "model": model,
         "version": version,
         "created": created,
-        "body": json.loads(result),
+        "body": unpack_body(result),
         "seq": seq,
     }
     if clock is not None:
@@ -423,7 +476,7 @@ class Storage:
         rid = result_id or new_id()
         trust = clock_trust_cached()
         created = now()
-        text = json.dumps(body, separators=(",", ":"))
+        text = pack_body(body)
         if trust.trusted:
             conn.execute(
                 "INSERT INTO results (id, source, ref, model, version, created, body) "
@@ -439,7 +492,8 @@ class Storage:
         # the outbox row names the result; its envelope is built from ``results`` when sent
         # (``OUTBOX_ROWS``), so the body is written once, not twice
         conn.execute(
-            "INSERT INTO outbox (id, kind, body, created) VALUES (?, 'result', '', ?)",
+            "INSERT INTO outbox (seq, id, kind, body, created) "
+            "VALUES (last_insert_rowid(), ?, 'result', '', ?)",
             (rid, created),
         )
         self.bound_outbox(conn)
@@ -482,7 +536,7 @@ class Storage:
             row["model"],
             row["version"],
             row["created"],
-            json.loads(row["body"]),
+            unpack_body(row["body"]),
         )
 
     def results(self, *, source: str | None = None, ref: str | None = None, limit: int = 100) -> list[Result]:
@@ -494,11 +548,11 @@ class Storage:
         if ref is not None:
             sql += " AND ref = ?"
             args.append(ref)
-        sql += " ORDER BY created DESC LIMIT ?"
+        sql += " ORDER BY rowid DESC LIMIT ?"  # the order recorded (no index on created: wear)
         args.append(limit)
         return [
             Result(
-                r["id"], r["source"], r["ref"], r["model"], r["version"], r["created"], json.loads(r["body"])
+                r["id"], r["source"], r["ref"], r["model"], r["version"], r["created"], unpack_body(r["body"])
             )
             for r in self.conn.execute(sql, args)
         ]

@@ -106,6 +106,7 @@ def _check(dev: Device, data: Path, jobs: list[str], items: list[str], synced: b
     wait_for(lambda: httpx.get(f"{url}/batch").json()["counts"]["pending"] == 0, 120, "the pending items")
     wait_for(lambda: httpx.get(f"{url}/batch").json()["counts"]["running"] == 0, 120, "the running items")
     with sqlite3.connect(data / DB_NAME) as conn:
+        conn.execute("BEGIN")  # one snapshot: the camera keeps recording while these are read
         status = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
         status.update(conn.execute("SELECT id, status FROM batch_items").fetchall())
         results = [r[0] for r in conn.execute("SELECT id FROM results WHERE source IN ('async', 'batch')")]

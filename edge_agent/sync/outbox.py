@@ -63,6 +63,18 @@ def _chunks(items: Sequence[str], n: int = _SQL_VARS) -> Iterable[Sequence[str]]
     return (items[i : i + n] for i in range(0, len(items), n))
 
 
+def _delete_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> int:
+    """Delete the entries of these result ids: found through the results' id index (an entry's
+    seq is its result's rowid; the outbox has no index on id), and among the entries of older
+    agents whose result is gone (seq below zero)."""
+    marks = ",".join("?" * len(ids))
+    n = conn.execute(
+        f"DELETE FROM outbox WHERE seq IN (SELECT rowid FROM results WHERE id IN ({marks}))", ids
+    )
+    old = conn.execute(f"DELETE FROM outbox WHERE seq < 0 AND id IN ({marks})", ids)
+    return int(n.rowcount) + int(old.rowcount)
+
+
 class Outbox:
     def __init__(
         self,
@@ -93,9 +105,9 @@ class Outbox:
         return max(0.0, self._clock() - float(row[0])) if row else 0.0
 
     def recorded_total(self) -> int:
-        """Entries ever added to the outbox (SQLite's AUTOINCREMENT high-water mark)."""
-        row = self.storage.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return int(row[0]) if row else 0
+        """Results ever recorded (their highest rowid; an entry's seq is its result's rowid)."""
+        row = self.storage.conn.execute("SELECT MAX(rowid) FROM results").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     @property
     def inflight_messages(self) -> int:
@@ -254,11 +266,9 @@ class Outbox:
         removed = refused = 0
         with self.storage.transaction() as conn:
             for chunk in _chunks(list(dict.fromkeys(ids))):
-                marks = ",".join("?" * len(chunk))
-                removed += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+                removed += _delete_ids(conn, chunk)
             for chunk in _chunks(list(dict.fromkeys(rejected))):
-                marks = ",".join("?" * len(chunk))
-                refused += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+                refused += _delete_ids(conn, chunk)
             if removed:
                 self.storage.bump(conn, DELIVERED, removed)
             if refused:

@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from edge_agent.errors import EdgeAgentError, InvalidInput
-from edge_agent.storage import NotFound, Storage, StorageError, new_id, now
+from edge_agent.storage import NotFound, Storage, StorageError, new_id, now, unpack_body
 
 PayloadKind = Literal["tensors", "images"]
 STATUSES = ("pending", "running", "done", "failed")
@@ -135,7 +135,7 @@ class Item:
             row["result_id"],
             row["error"],
             row["version"],
-            orjson.loads(body) if body is not None else None,
+            unpack_body(body) if body is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.errors import InvalidInput
-from edge_agent.storage import NotFound, Storage, StorageError, new_id, now
+from edge_agent.storage import NotFound, Storage, StorageError, new_id, now, unpack_body
 from edge_agent.workers.doorbell import Doorbell
 
 PayloadKind = Literal["tensors", "images"]
@@ -161,6 +161,7 @@ class JobQueue:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.doorbell = doorbell
+        self._cursor = 0  # rowid from which jobs never claimed are looked for (``_claimable``)
 
     # -- producer side ---------------------------------------------------------------
     def add(
@@ -233,34 +234,61 @@ class JobQueue:
                 return recorded, []
             t = now()
             self._expire(conn, t)
-            ids = [
-                r["id"]
-                for r in conn.execute(
-                    "SELECT id FROM jobs WHERE status = 'queued' "
-                    "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT ?",
-                    (t, limit),
-                )
-            ]
+            ids, cursor = self._claimable(conn, t, limit)
             conn.executemany(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
                 "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
                 [(owner, t + self.lease_s, t, jid) for jid in ids],
             )
             select = "SELECT * FROM jobs WHERE id = ?"
-            return recorded, [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
+            claimed = [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
+        self._cursor = cursor  # only once committed: a claim rolled back leaves its jobs to find
+        return recorded, claimed
+
+    def _claimable(self, conn: sqlite3.Connection, t: float, limit: int) -> tuple[list[str], int]:
+        """The ids of up to ``limit`` of the oldest claimable jobs (inside the claim's transaction),
+        and the cursor to keep once they are claimed.
+
+        Jobs claimed before (retries, expired leases) are in ``jobs_by_status``. Jobs never
+        claimed are not indexed (SD-card wear: queueing writes no index page for them); they are
+        found by rowid from ``self._cursor``: when it was set, every job below it had been
+        claimed, and a job queued later gets a higher rowid (rows are inserted under the write
+        lock and retention never deletes the newest row, so rowids only grow)."""
+        fresh = conn.execute(
+            "SELECT rowid, id, created FROM jobs WHERE rowid >= ? AND lease_owner IS NULL "
+            "AND status = 'queued' ORDER BY rowid LIMIT ?",
+            (self._cursor, limit),
+        ).fetchall()
+        again = conn.execute(
+            "SELECT NULL, id, created FROM jobs WHERE lease_owner IS NOT NULL AND status = 'queued' "
+            "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT ?",
+            (t, limit),
+        ).fetchall()
+        taken = sorted(fresh + again, key=lambda r: (r[2], r[0] or 0))[:limit]
+        took = {r[1] for r in taken}
+        left = [r[0] for r in fresh if r[1] not in took]
+        if left:
+            cursor = min(left)
+        elif len(fresh) == limit:  # more may follow the last one read
+            cursor = fresh[-1][0] + 1
+        else:
+            top = conn.execute("SELECT MAX(rowid) FROM jobs").fetchone()[0]
+            cursor = (top or 0) + 1
+        return [r[1] for r in taken], cursor
 
     def _expire(self, conn: sqlite3.Connection, t: float) -> None:
         """Leases that passed: back to the queue, or failed when out of attempts."""
         conn.execute(
             "UPDATE jobs SET status = 'failed', finished = ?, lease_expires = NULL, "
             "error = 'lease expired on the last attempt (worker died or hung)' "
-            "WHERE status = 'running' AND lease_expires < ? AND attempts >= max_attempts",
+            "WHERE status = 'running' AND lease_owner IS NOT NULL AND lease_expires < ? "
+            "AND attempts >= max_attempts",
             (t, t),
         )
         conn.execute(
             "UPDATE jobs SET status = 'queued', lease_expires = NULL, "
             "error = 'lease expired (worker died or hung); retrying' "
-            "WHERE status = 'running' AND lease_expires < ?",
+            "WHERE status = 'running' AND lease_owner IS NOT NULL AND lease_expires < ?",
             (t,),
         )
 
@@ -344,7 +372,7 @@ class JobQueue:
         """The earliest time a job may become claimable without a ring (lease end, retry time)."""
         row = self.storage.conn.execute(
             "SELECT MIN(lease_expires) FROM jobs WHERE status IN ('queued', 'running') "
-            "AND lease_expires IS NOT NULL"
+            "AND lease_owner IS NOT NULL AND lease_expires IS NOT NULL"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
@@ -361,7 +389,7 @@ class JobQueue:
         if job.result_id is None:
             return None
         row = self.storage.conn.execute("SELECT body FROM results WHERE id = ?", (job.result_id,)).fetchone()
-        return None if row is None else dict(json.loads(row["body"]))
+        return None if row is None else unpack_body(row["body"])
 
     def counts(self) -> dict[str, int]:
         rows = self.storage.conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
