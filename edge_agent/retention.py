@@ -36,7 +36,6 @@ DAY_S = 86_400.0
 MAX_INTERVAL_S = 3600.0
 CLOCK_CHECK_S = 5.0  # how soon after the clock is trusted result times are corrected
 FIRST_PRUNE_S = 60.0  # the first pruning after a start: soon, but not in the start-up rush
-CLOCK_KIND = "clock"  # outbox entries that are clock corrections (edge_agent.sync.corrections)
 CLOCK_CORRECTIONS = "clock_corrections"  # counter: corrections queued (the sync role reads it)
 
 _STEPS: tuple[tuple[str, str], ...] = (
@@ -93,9 +92,10 @@ def correct_unsynced(storage: Storage, trust: ClockTrust) -> int:
     the wall time of the moment they were recorded, from seconds-since-boot. Results of an
     earlier boot cannot be placed and stay marked ``unsynced``. The number corrected.
 
-    In the same transaction the correction goes into the outbox (kind ``clock``, one entry per
-    boot and seq range, the sync role sends it as a ``ClockCorrection``): the cloud corrects what
-    was delivered before, and a power cut cannot separate the local correction from the message."""
+    In the same transaction the correction is queued in ``clock_corrections`` (one entry per boot
+    and seq range; the sync role sends it as a ``ClockCorrection`` until acknowledged): the cloud
+    corrects what was delivered before, and a power cut cannot separate the local correction from
+    the message."""
     if not trust.trusted:
         return 0
     boot, boot_time = boot_id(), trust.wall - trust.boot_s
@@ -116,8 +116,8 @@ def correct_unsynced(storage: Storage, trust: ClockTrust) -> int:
             body = {"boot": boot, "first_seq": first, "last_seq": last, "count": n}
             body |= {"boot_time": boot_time, "ts": trust.wall}
             conn.execute(
-                "INSERT OR IGNORE INTO outbox (id, kind, body, created) VALUES (?, ?, ?, ?)",
-                (f"clock:{first}:{boot}"[:64], CLOCK_KIND, json.dumps(body), trust.wall),
+                "INSERT OR IGNORE INTO clock_corrections (id, body, created) VALUES (?, ?, ?)",
+                (f"clock:{first}:{boot}"[:64], json.dumps(body), trust.wall),
             )
             storage.bump(conn, CLOCK_CORRECTIONS)
     if n:

@@ -205,6 +205,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX results_by_created;
     """,
+    # 8: clock corrections waiting for the cloud (``retention.correct_unsynced`` writes them, the
+    # sync role's ``corrections.py`` sends them until acknowledged): one per boot and seq range,
+    # in a table of their own (an outbox row's seq is its result's rowid)
+    """
+    CREATE TABLE clock_corrections (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    INSERT OR IGNORE INTO clock_corrections (id, body, created)
+        SELECT id, body, created FROM outbox WHERE kind = 'clock';
+    DELETE FROM outbox WHERE kind = 'clock';
+    """,
 )
 
 

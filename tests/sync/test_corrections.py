@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.clock import ClockTrust, boot_id
-from edge_agent.retention import CLOCK_KIND, correct_unsynced
+from edge_agent.retention import correct_unsynced
 from edge_agent.storage import Storage
 from edge_agent.sync import protocol
 from edge_agent.sync.corrections import Corrections
@@ -48,7 +48,7 @@ def test_the_correction_is_queued_with_the_results_once_sent_until_acknowledged(
     rows = {r[0]: r[1:] for r in st.conn.execute("SELECT id, clock, created, rowid FROM results")}
     assert all(rows[r][0] == "unsynced" for r in old)
     assert [rows[r][1] for r in mine] == [wall - 100.0 + 10.0 + i for i in range(3)]
-    (queued,) = st.conn.execute("SELECT id, body FROM outbox WHERE kind = ?", (CLOCK_KIND,)).fetchall()
+    (queued,) = st.conn.execute("SELECT id, body FROM clock_corrections").fetchall()
     body = json.loads(queued[1])
     assert body == {
         "boot": boot_id(),
@@ -75,7 +75,7 @@ def test_the_correction_is_queued_with_the_results_once_sent_until_acknowledged(
     assert corrections.send_due() == 1 and corrections.waiting == 1  # no ack in time: again
     assert Corrections(st, DEV, sent.append, lambda: 0.3).send_due() == 1  # a restart sends it again
 
-    # the results' sender reads past it (never "unsendable"); one ack removes both kinds of entry
+    # the results' sender never sees it (never "unsendable"); one ack removes both kinds of entry
     results: list[bytes] = []
     outbox = Outbox(st, DEV, results.append, SyncConfig())
     assert outbox.send_due() == 5
@@ -89,6 +89,7 @@ def test_the_correction_is_queued_with_the_results_once_sent_until_acknowledged(
     outbox.acknowledge([msg.id, *old, *mine])
     corrections.acknowledged([msg.id])
     assert st.outbox_depth() == 0 and corrections.waiting == 0
+    assert st.conn.execute("SELECT count(*) FROM clock_corrections").fetchone()[0] == 0
     time.sleep(0.35)
     assert corrections.send_due() == 0
 
@@ -97,7 +98,7 @@ def test_a_corrupt_correction_entry_is_logged_and_never_sent(tmp_path: Path) -> 
     st = Storage.in_dir(tmp_path)
     with st.transaction() as conn:
         conn.execute(
-            "INSERT INTO outbox (id, kind, body, created) VALUES ('clock:1:x', 'clock', '{\"boot\": 1}', 0)"
+            "INSERT INTO clock_corrections (id, body, created) VALUES ('clock:1:x', '{\"boot\": 1}', 0)"
         )
         st.bump(conn, "clock_corrections")
     sent: list[bytes] = []
@@ -120,7 +121,7 @@ def test_the_sync_role_corrects_and_queues_without_a_gateway(
     agent._correct_times()  # what its loop runs every CLOCK_CHECK_S
     clocks = {r[0] for r in agent.storage.conn.execute("SELECT clock FROM results")}
     assert clocks == {"corrected"} and len(mine) == 2
-    assert agent.storage.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'clock'").fetchone()[0] == 1
+    assert agent.storage.conn.execute("SELECT count(*) FROM clock_corrections").fetchone()[0] == 1
     metrics = agent.metrics()  # telemetry: the clock's state and what waits for the cloud
     assert metrics["clock_synced"] in (0.0, 1.0) and metrics["clock_corrections_waiting"] == 0.0  # none sent
     agent.storage.close()
