@@ -25,7 +25,18 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import EdgeAgentError
 from edge_agent.retention import DAY_S, Pruner
 from edge_agent.runtime.engine import Engine
-from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
+from edge_agent.serving import (
+    asyncjobs,
+    batch,
+    book,
+    caches,
+    heap,
+    microservice,
+    prep_pred,
+    repository,
+    v1,
+    v2,
+)
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
 from edge_agent.serving.fastpath import FastPath, GatewayApp
@@ -78,6 +89,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
                 if err:
                     logger.error("model %s is not serving: %s", name, err)
         metrics.models_loaded.set(len(engine.loaded()))
+        heap.settle()  # what is loaded now is never garbage: the collector stops walking it
         gw.ready = True
         logger.info("gateway ready: %d model versions loaded", len(engine.loaded()))
         yield
