@@ -25,10 +25,21 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import EdgeAgentError
 from edge_agent.retention import DAY_S, Pruner
 from edge_agent.runtime.engine import Engine
-from edge_agent.serving import asyncjobs, batch, book, caches, microservice, prep_pred, repository, v1, v2
+from edge_agent.serving import (
+    asyncjobs,
+    batch,
+    book,
+    caches,
+    heap,
+    microservice,
+    prep_pred,
+    repository,
+    v1,
+    v2,
+)
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway, gateway
-from edge_agent.serving.fastpath import FastPath
+from edge_agent.serving.fastpath import FastPath, GatewayApp
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.middleware import PUBLIC_PATHS, BearerAuth, BodyLimit, CountRequests
 from edge_agent.serving.openapi import allowed_methods, finish_schema
@@ -78,6 +89,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
                 if err:
                     logger.error("model %s is not serving: %s", name, err)
         metrics.models_loaded.set(len(engine.loaded()))
+        heap.settle()  # what is loaded now is never garbage: the collector stops walking it
         gw.ready = True
         logger.info("gateway ready: %d model versions loaded", len(engine.loaded()))
         yield
@@ -85,7 +97,7 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
         pruner.stop()
         gw.service.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="edge-agent gateway",
         version=__version__,
         lifespan=lifespan,
@@ -111,7 +123,8 @@ def create_app(config: AgentConfig, engine: Engine | None = None) -> FastAPI:
     )
 
     _install_error_handlers(app, metrics)
-    app.add_middleware(FastPath, gateway=gw)  # innermost of ours: the body limit and the token still apply
+    token = None if config.api_token is None else config.api_token.get_secret_value()
+    app.fast_path = FastPath(gw, config.max_body_bytes, token)  # checks what the middleware would
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.api_token is not None:
         app.add_middleware(BearerAuth, token=config.api_token.get_secret_value())

@@ -31,6 +31,9 @@ def serve(config: AgentConfig) -> None:
         # The gateway never reads the client address; uvicorn's X-Forwarded-* rewriting layer
         # would scan every request's headers for nothing.
         "proxy_headers": False,
+        # No "server: uvicorn" header on every answer: a header less to check and write, and the
+        # server software is not announced (the Date header stays: HTTP/1.1 asks for it).
+        "server_header": False,
         "http": "httptools",
         "loop": "uvloop",
     }

@@ -51,6 +51,7 @@ from edge_agent.runtime.preprocess import Geometry
 from edge_agent.serving.drift_monitor import DriftMonitor
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.shadow import ShadowEvaluator
+from edge_agent.serving.turn_gather import TurnGather
 from edge_agent.storage import Storage
 
 Tensors = dict[str, np.ndarray]
@@ -112,6 +113,7 @@ class InferenceService:
         self._batchers: dict[tuple[str, str], Batcher | None] = {}  # None: batching off
         self._costs: dict[tuple[str, str], RunCost] = {}  # unbatched models: inline or executor
         self._inflight: dict[str, asyncio.Task[ServedPrediction]] = {}
+        self._gather: TurnGather[_Job, ServedPrediction] = TurnGather(self._compute_group)
         self._fingerprints: dict[tuple[str, str], tuple[Manifest, str]] = {}
         self.executor = self._new_executor()
         self.predictions: PredictionCache | None = None
@@ -152,6 +154,7 @@ class InferenceService:
         self._batchers.clear()
         self._costs.clear()
         self._inflight.clear()
+        self._gather.clear()
         if getattr(self.executor, "_shutdown", False):
             self.executor = self._new_executor()
             self.data = self._open_caches()
@@ -348,6 +351,67 @@ class InferenceService:
 
     # -- computing an answer -----------------------------------------------------------
     async def _compute(self, job: _Job) -> ServedPrediction:
+        """Tensors for a model that batches join the other requests of this loop turn (one
+        runtime call and one post-processing pass for the group); anything else runs alone."""
+        if job.inputs is not None:
+            m = job.model.manifest
+            batcher = self._batcher(m.name, m.version)
+            if batcher is not None:
+                inputs = job.inputs
+                rows = next(iter(inputs.values())).shape[0]
+                key = (m.name, m.version, *((k, v.shape[1:]) for k, v in inputs.items()))
+                return await self._gather.submit(key, job, rows, batcher.max_batch_size)
+        return await self._compute_one(job)
+
+    async def _compute_group(self, jobs: list[_Job]) -> list[ServedPrediction]:
+        """Jobs of one model version with inputs of one signature, computed together; if that fails
+        (other than by the deadline), each is computed alone so that one's error stays its own."""
+        if len(jobs) == 1:
+            return [await self._compute_one(jobs[0])]
+        first = jobs[0]
+        m = first.model.manifest
+        t1 = time.perf_counter()
+        sizes = [next(iter(j.inputs.values())).shape[0] for j in jobs if j.inputs is not None]
+        names = list(first.inputs or ())
+        merged = {k: np.concatenate([j.inputs[k] for j in jobs if j.inputs is not None]) for k in names}
+        rows = sum(sizes)
+        try:
+            outputs, queued = await self._infer(first.model, merged, rows, min(j.deadline for j in jobs) - t1)
+            t2 = time.perf_counter()
+            results = postprocess(m, outputs, [None] * rows)
+        except QueueTimeout:
+            raise
+        except Exception:
+            return [await self._compute_one(j) for j in jobs]
+        t3 = time.perf_counter()
+        self.drift.observe(m.name, m.version, merged[names[0]], results, [None] * rows)
+        answers: list[ServedPrediction] = []
+        offset = 0
+        for job, n in zip(jobs, sizes, strict=True):
+            mine = {k: v[offset : offset + n] for k, v in outputs.items()}
+            timings = {
+                "preprocess": _ms(job.validate_s),
+                "queue": _ms(t1 - job.t0 - job.validate_s + queued),  # the turn, then the batcher
+                "infer": _ms(t2 - t1 - queued),
+                "postprocess": _ms(t3 - t2),
+                "total": _ms(t3 - job.t0),
+            }
+            self.metrics.observe_stages(m.name, timings)
+            self.shadow.offer(
+                m.name,
+                m.version,
+                mine,
+                results[offset : offset + n],
+                timings["total"] - timings["queue"],
+                tensors=job.inputs,
+            )
+            answers.append(
+                ServedPrediction(m.name, m.version, mine, results[offset : offset + n], timings, {})
+            )
+            offset += n
+        return answers
+
+    async def _compute_one(self, job: _Job) -> ServedPrediction:
         m = job.model.manifest
         t1 = time.perf_counter()
         geos: Geometries

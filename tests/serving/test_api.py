@@ -258,3 +258,23 @@ def test_error_bodies_are_json_everywhere(gateway: Gateway) -> None:
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.post(f"{gateway.url}/v1/models/iris/predict?raw=maybe", json={"data": [[1, 2, 3, 4]]})
     assert r.status_code == 422 and json.loads(r.text)["code"] == "invalid_request"
+
+
+def _requests_total(gateway: Gateway, model: str, endpoint: str, status: int) -> float:
+    text = httpx.get(f"{gateway.url}/metrics").text
+    line = f'edge_requests_total{{endpoint="{endpoint}",model="{model}",status="{status}"}} '
+    return next((float(x[len(line) :]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+
+def test_hot_routes_are_counted_like_routed_ones(gateway: Gateway) -> None:
+    """The fast path (serving/fastpath.py) counts what it answers with the middleware's labels."""
+    v1 = "/v1/models/{name}/predict"
+    ok0, missing0 = _requests_total(gateway, "iris", v1, 200), _requests_total(gateway, "nope", v1, 404)
+    assert (
+        httpx.post(f"{gateway.url}/v1/models/iris/predict", json={"data": [[1, 2, 3, 4]]}).status_code == 200
+    )
+    assert (
+        httpx.post(f"{gateway.url}/v1/models/nope/predict", json={"data": [[1, 2, 3, 4]]}).status_code == 404
+    )
+    assert _requests_total(gateway, "iris", v1, 200) == ok0 + 1
+    assert _requests_total(gateway, "nope", v1, 404) == missing0 + 1
