@@ -667,8 +667,8 @@ def test_every_command_option_and_exit_code_is_documented() -> None:
 
 
 def test_a_result_line_says_when_its_time_is_not_the_devices_own() -> None:
-    from cloud_sync.console.views import _result_line
     from cloud_sync.console.client import Result
+    from cloud_sync.console.views import _result_line
 
     r = Result(
         id="r1", device="d", model="iris", version="1", created=1_764_350_000.0,
