@@ -195,7 +195,7 @@ def _strip(model: bytes, outputs: Collection[str]) -> tuple[bytes, dict[str, str
         if n.op != "ZipMap" or n.domain != "ai.onnx.ml" or len(n.inputs) != 1 or len(n.outputs) != 1:
             continue
         out, src = n.outputs[0], n.inputs[0]
-        ordered = n.keys is not None and list(n.keys) == sorted(n.keys)  # type: ignore[type-var]
+        ordered = n.keys is not None and list(n.keys) == sorted(n.keys)
         if out in outputs and out in declared and out not in consumed and src not in declared and ordered:
             fetch[out] = src
             dropped.add(n.field.start)

@@ -87,8 +87,8 @@ class OnnxModel:
         self._maps = maps - set(fetch)  # ZipMap outputs still converted after the call
         first = manifest.inputs[0].shape
         self._max_batch = None if not first or first[0] is None else first[0]
-        binding = getattr(self._session, "_sess", None)
-        self._run: Any = binding.run if callable(getattr(binding, "run", None)) else None
+        run = getattr(getattr(self._session, "_sess", None), "run", None)
+        self._run: Any = run if callable(run) else None
         self._ready = True
 
     @property
