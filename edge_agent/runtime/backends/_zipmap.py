@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from edge_agent.runtime._protobuf import ProtobufError, varint
+
 # ModelProto.graph; GraphProto.node / output / value_info; NodeProto.input / output / op_type /
 # attribute / domain; AttributeProto.name / ints / strings; ValueInfoProto.name / type
 _MODEL_GRAPH = 7
@@ -42,16 +44,10 @@ class _Field:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _Malformed
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return varint(buf, pos)
+    except ProtobufError:
+        raise _Malformed from None
 
 
 def _fields(buf: bytes) -> Iterator[_Field]:
