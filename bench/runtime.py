@@ -5,7 +5,7 @@ For every bundled model variant (one row each) it measures, in one run:
 * batch-1 latency p50 / p99 of (a) the raw runtime call - an ``InferenceSession.run`` or
   LiteRT ``set_tensor`` + ``invoke`` + ``get_tensor`` on a session / interpreter this script
   creates itself with the agent's thread settings - and (b) ``Engine.predict(name, {input: x})``,
-  which adds input validation, batch splitting, ZipMap conversion, (de)quantization and
+  which adds input validation, batch splitting, ZipMap outputs as arrays, (de)quantization and
   post-processing (top-k labels, BlazeFace decoding + NMS);
 * batch-32 throughput of both, and the agent/raw ratio of the median batch-32 call time
   (target < 1.10: the runtime layer should add less than 10 % at batch 32).

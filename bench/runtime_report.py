@@ -107,7 +107,7 @@ def footnotes(rows: Sequence[Row], cfg: Budget, quick: bool) -> list[str]:
         "",
         f"Raw = the runtime called directly by this script (own session/interpreter, same thread "
         f"settings); agent = `Engine.predict(name, {{input: x}}, answers=False)`: the runtime layer "
-        f"(validation, batch splitting, (de)quantization, ZipMap to array), output tensors; "
+        f"(validation, batch splitting, (de)quantization, ZipMap outputs as arrays), output tensors; "
         f"+answers = `Engine.predict(name, {{input: x}})`, which also builds per-row answers (labels, "
         f"top-k dicts, decoded boxes). Same input arrays for all. Calls alternate in rounds "
         f"(a block of raw calls, then agent, then +answers); batch 1: {span(calls_b1)} calls each, "
@@ -123,9 +123,10 @@ def footnotes(rows: Sequence[Row], cfg: Budget, quick: bool) -> list[str]:
     if any(r.zipmap for r in ok):
         lines.append(
             "² ZipMap output (skl2onnx `sequence_of_maps`): raw = `session.run` returning the labels and "
-            "a list of {class: probability} dicts; the agent also converts that list to a float32 "
-            "[N, classes] array (`np.fromiter` over the dicts' values) and, for +answers, builds top-k "
-            "results per row - real work, counted."
+            "a list of {class: probability} dicts (the model's plain documented call); the agent returns "
+            "a float32 [N, classes] array, the same values bit for bit: its backend took the ZipMap node "
+            "off the graph at load, so onnxruntime builds no dicts (the agent can be faster than raw "
+            "here); +answers also builds top-k results per row."
         )
     if any(r.quantized_io for r in ok):
         lines.append(

@@ -46,10 +46,6 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _ms(t0: int, t1: int) -> float:
-    return (t1 - t0) / 1e6
-
-
 class Engine:
     def __init__(self, store: ModelStore, options: EngineOptions | None = None) -> None:
         self.store = store
@@ -320,11 +316,11 @@ class Engine:
         t2 = time.perf_counter_ns()
         results = self._answers(m, tensors, outputs, geos) if answers else []
         t3 = time.perf_counter_ns()
-        timings = {
-            "preprocess": _ms(t0, t1),
-            "infer": _ms(t1, t2),
-            "postprocess": _ms(t2, t3),
-            "total": _ms(t0, t3),
+        timings = {  # (inline: four calls of _ms cost a third of a microsecond)
+            "preprocess": (t1 - t0) / 1e6,
+            "infer": (t2 - t1) / 1e6,
+            "postprocess": (t3 - t2) / 1e6,
+            "total": (t3 - t0) / 1e6,
         }
         return Prediction(m.name, m.version, outputs, results, timings)
 

@@ -167,7 +167,8 @@ class InputCheck:
         self.manifest = manifest
         self.max_rows = max_rows
         self.names = frozenset(t.name for t in manifest.inputs)
-        # (name, spec, dtype, ndim, tail of fixed dims or None when a later dim is dynamic, finite?)
+        # (name, spec, dtype, ndim, tail of fixed dims or None when a later dim is dynamic, finite?,
+        #  the fixed batch size or None when any batch size goes)
         self._fast = [
             (
                 t.name,
@@ -176,6 +177,7 @@ class InputCheck:
                 len(t.shape),
                 None if any(d is None for d in t.shape[1:]) else tuple(t.shape[1:]),
                 _DTYPES[t.dtype].kind == "f" and not t.allow_nan,
+                None if not t.shape or t.shape[0] is None or t.shape[0] == 1 else t.shape[0],
             )
             for t in manifest.inputs
         ]
@@ -187,7 +189,7 @@ class InputCheck:
             self._names_error(inputs)
         out: dict[str, np.ndarray] = {}
         n = -1
-        for name, spec, dtype, ndim, tail, finite in self._fast:
+        for name, spec, dtype, ndim, tail, finite, batch in self._fast:
             arr = inputs[name]
             if (
                 type(arr) is np.ndarray
@@ -196,7 +198,7 @@ class InputCheck:
                 and tail is not None
                 and arr.shape[1:] == tail
                 and arr.flags.c_contiguous
-                and (spec.shape[0] is None or spec.shape[0] == 1 or arr.shape[0] == spec.shape[0])
+                and (batch is None or arr.shape[0] == batch)
             ):
                 if finite and not np.isfinite(arr.ravel()).all():  # (ravel: a 1-d pass is 2x faster)
                     arr = _check_one(spec, arr)  # raises the NaN / infinity error

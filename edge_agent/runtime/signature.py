@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.errors import BackendUnavailable, ImportRejected
+from edge_agent.runtime._protobuf import ProtobufError, varint
 from edge_agent.runtime.package import DType, TensorQuant
 
 BackendName = Literal["onnx", "litert"]
@@ -103,22 +104,18 @@ def _mapped(path: Path) -> mmap.mmap:
 
 
 def _varint(data: bytes | mmap.mmap, pos: int, name: str) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data):
+    try:
+        return varint(data, pos)
+    except ProtobufError as exc:
+        if exc.truncated:
             raise ImportRejected(
                 f"{name} ends in the middle of a field after {len(data)} bytes: the file is truncated "
                 f"(an incomplete download or copy?); copy it again",
                 reason="truncated",
-            )
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ImportRejected(f"{name} is not an ONNX model (unreadable protobuf)", reason="not_a_model")
+            ) from None
+        raise ImportRejected(
+            f"{name} is not an ONNX model (unreadable protobuf)", reason="not_a_model"
+        ) from None
 
 
 def _walk_onnx(data: bytes | mmap.mmap, name: str) -> None:

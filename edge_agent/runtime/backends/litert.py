@@ -5,7 +5,13 @@ uint8 quantized inputs and outputs are handled transparently: callers send and
 receive float32, quantized with the model's own scale and zero point. Models
 whose batch dimension is dynamic are resized to the batch; fixed-batch models
 are run one slice at a time. The interpreter is not thread-safe, so each model
-serialises its calls with a lock.
+serialises its calls with a lock (held from the first ``set_tensor`` to the last
+``get_tensor``, which copies the output out of the interpreter's buffer).
+
+Everything a call needs is prepared at load: which inputs need quantizing or a
+cast, the integer limits, and for one-byte quantized outputs a 256-entry table
+of the dequantized values (one ``np.take`` per output instead of three array
+operations; the table holds exactly what ``dequantize`` computes).
 """
 
 from __future__ import annotations
@@ -63,13 +69,27 @@ def _tensor(detail: dict[str, Any]) -> _Tensor:
     )
 
 
+_LIMITS: dict[np.dtype[Any], tuple[int, int]] = {}
+
+
+def _limits(dtype: np.dtype[Any]) -> tuple[int, int]:
+    limits = _LIMITS.get(dtype)
+    if limits is None:
+        info = np.iinfo(dtype)
+        limits = _LIMITS[dtype] = (int(info.min), int(info.max))
+    return limits
+
+
 def quantize(x: np.ndarray, t: _Tensor) -> np.ndarray:
-    """round(x / scale) + zero point, clipped to the integer type: one temporary, in place."""
-    info = np.iinfo(t.dtype)
+    """round(x / scale) + zero point, clipped to the integer type: one temporary, in place.
+
+    (``minimum`` / ``maximum`` give what ``np.clip`` gives, without its Python-level dispatch.)"""
+    lo, hi = _limits(t.dtype)
     q = x / t.scale
     np.rint(q, out=q)
     q += t.zero_point
-    np.clip(q, info.min, info.max, out=q)
+    np.minimum(q, hi, out=q)
+    np.maximum(q, lo, out=q)
     return q.astype(t.dtype)
 
 
@@ -78,6 +98,13 @@ def dequantize(q: np.ndarray, t: _Tensor) -> np.ndarray:
     x -= np.float32(t.zero_point)
     x *= np.float32(t.scale)
     return x
+
+
+def dequantize_table(t: _Tensor) -> np.ndarray | None:
+    """``dequantize`` of every value of a one-byte type, indexed by the byte (None for wider types)."""
+    if not t.quantized or t.dtype.itemsize != 1:
+        return None
+    return dequantize(np.arange(256, dtype=np.uint8).view(t.dtype), t)
 
 
 class LiteRTModel:
@@ -109,6 +136,22 @@ class LiteRTModel:
         interp = self._interp
         self._set, self._invoke, self._get = interp.set_tensor, interp.invoke, interp.get_tensor
         self._out_names = [t.name for t in manifest.outputs]
+        # per call: (name, index, tensor when quantized, dtype when the caller's needs a cast)
+        dtypes = {t.name: np.dtype(t.dtype) for t in manifest.inputs}
+        self._feed = [
+            (
+                t.name,
+                t.index,
+                t if t.quantized else None,
+                None if t.quantized or dtypes[t.name] == t.dtype else t.dtype,
+            )
+            for t in self._inputs
+        ]
+        # (index, 256-entry table, tensor for a wider quantized type)
+        self._fetch = [
+            (t.index, table, t if t.quantized and table is None else None)
+            for t, table in ((t, dequantize_table(t)) for t in self._outputs)
+        ]
         self._ready = True
 
     @property
@@ -126,15 +169,28 @@ class LiteRTModel:
                 interp.resize_tensor_input(t.index, [n, *t.shape[1:]], strict=False)
             interp.allocate_tensors()
             self._current_batch = n
-        for t in self._inputs:
-            x = inputs[t.name]
-            self._set(t.index, quantize(x, t) if t.quantized else x.astype(t.dtype, copy=False))
+        set_tensor = self._set
+        for name, index, quantized, cast in self._feed:
+            x = inputs[name]
+            if quantized is not None:
+                x = quantize(x, quantized)
+            elif cast is not None:
+                x = x.astype(cast)
+            set_tensor(index, x)
         self._invoke()
         get = self._get
-        return [dequantize(get(t.index), t) if t.quantized else get(t.index) for t in self._outputs]
+        out = []
+        for index, table, wide in self._fetch:
+            y = get(index)  # a copy: the buffer is the interpreter's
+            if table is not None:
+                y = np.take(table, y.view(np.uint8))
+            elif wide is not None:
+                y = dequantize(y, wide)
+            out.append(y)
+        return out
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = int(next(iter(inputs.values())).shape[0])
+        n = len(next(iter(inputs.values())))  # validated: every input has the batch dimension
         try:
             with self._lock:
                 if self._dynamic:
@@ -154,7 +210,7 @@ class LiteRTModel:
                     results = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
         except (ValueError, RuntimeError) as exc:
             raise InferenceError(f"{self.manifest.name}: LiteRT failed: {exc}") from None
-        return dict(zip(self._out_names, results, strict=True))
+        return dict(zip(self._out_names, results, strict=False))  # one per output, by construction
 
     def metadata(self) -> dict[str, Any]:
         def describe(t: _Tensor) -> dict[str, Any]:

@@ -1,8 +1,14 @@
 """ONNX Runtime backend (CPU execution provider).
 
 Handles plain tensor outputs and skl2onnx's ZipMap output (a sequence of
-``{class: probability}`` maps, one per row), which it turns into a float32
-``[N, classes]`` tensor with the classes in key order.
+``{class: probability}`` maps, one per row), which callers receive as a float32
+``[N, classes]`` tensor with the classes in key order: the ZipMap node is taken
+off the graph at load (``_zipmap``) so onnxruntime returns that tensor itself;
+when it cannot be, the maps are converted after each call.
+
+Per call the model does one ``run`` with output names prepared at load, on the
+session's own binding (``_sess.run``, what the public ``run`` calls after
+re-checking the input names, which the engine's validation already did).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import BackendUnavailable, InferenceError, PackageError
+from edge_agent.runtime.backends._zipmap import without_zipmap
 from edge_agent.runtime.backends.base import BackendOptions
 from edge_agent.runtime.package import Manifest
 
@@ -51,10 +58,15 @@ class OnnxModel:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        self._out_names = [t.name for t in manifest.outputs]
+        maps = {t.name for t in manifest.outputs if t.kind == "sequence_of_maps"}
+        source: str | bytes = str(path)
+        fetch: dict[str, str] = {}
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=so, providers=["CPUExecutionProvider"]
-            )
+            stripped = without_zipmap(path.read_bytes(), maps) if maps else None
+            if stripped is not None:
+                source, fetch = stripped
+            self._session = ort.InferenceSession(source, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise PackageError(
                 f"{manifest.name}/{manifest.version}: onnxruntime cannot load {path.name}: {exc}"
@@ -62,6 +74,7 @@ class OnnxModel:
         self.manifest = manifest
         have_in = {i.name for i in self._session.get_inputs()}
         have_out = {o.name for o in self._session.get_outputs()}
+        have_out |= set(fetch)
         missing = [t.name for t in manifest.inputs if t.name not in have_in]
         missing += [t.name for t in manifest.outputs if t.name not in have_out]
         if missing:
@@ -69,11 +82,13 @@ class OnnxModel:
                 f"{manifest.name}/{manifest.version}: "
                 f"manifest names tensors the model does not have: {missing}"
             )
-        self._out_names = [t.name for t in manifest.outputs]
-        self._maps = {t.name for t in manifest.outputs if t.kind == "sequence_of_maps"}
+        self._zipmap_removed = fetch
+        self._fetch = [fetch.get(name, name) for name in self._out_names]  # what the session returns
+        self._maps = maps - set(fetch)  # ZipMap outputs still converted after the call
         first = manifest.inputs[0].shape
         self._max_batch = None if not first or first[0] is None else first[0]
-        self._run = self._session.run
+        run = getattr(getattr(self._session, "_sess", None), "run", None)
+        self._run: Any = run if callable(run) else None
         self._ready = True
 
     @property
@@ -85,8 +100,12 @@ class OnnxModel:
         return self._max_batch
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = inputs if type(inputs) is dict else dict(inputs)
         try:
-            raw = self._run(self._out_names, inputs if type(inputs) is dict else dict(inputs))
+            if self._run is not None:
+                raw = self._run(self._fetch, feeds, None)
+            else:  # an onnxruntime without the binding attribute: the public call
+                raw = self._session.run(self._fetch, feeds)
         except Exception as exc:
             raise InferenceError(f"{self.manifest.name}: onnxruntime failed: {exc}") from None
         if not self._maps:
@@ -99,6 +118,7 @@ class OnnxModel:
     def metadata(self) -> dict[str, Any]:
         return {
             "runtime": "onnxruntime",
+            "zipmap_removed": dict(self._zipmap_removed),
             "providers": self._session.get_providers(),
             "inputs": [
                 {"name": i.name, "type": i.type, "shape": i.shape} for i in self._session.get_inputs()
