@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ from tests.sync.broker import Broker, run_broker
 DEVICE = "bench-pi"
 TOKEN = "bench-test-token"
 TIMEOUT_MS = 30_000
+
+
+def js_fixed(x: float, digits: int = 3) -> str:
+    """``x.toFixed(digits)`` as the page's JavaScript writes it: the exact binary value rounded,
+    a tie going up (0.0625 -> "0.063"; Python's format gives "0.062")."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 @pytest.fixture(autouse=True)
@@ -109,13 +116,13 @@ def test_bench_figures_reach_the_cloud_the_dashboard_and_the_console(
                             f'#bench tr[data-device="{DEVICE}"][data-model="{fig.model}"]'
                             f'[data-batch="{r.batch}"][data-threads="{r.threads}"]'
                         )
-                        expect(tr.locator("td.p50")).to_have_text(f"{r.p50_ms:.3f}")
-                        expect(tr.locator("td.p99")).to_have_text(f"{r.p99_ms:.3f}")
-                        expect(tr.locator("td.infer")).to_have_text(f"{r.stages['infer'].p50_ms:.3f}")
-                        expect(tr.locator("td.rps")).to_have_text(f"{r.throughput_rps:.1f}")
+                        expect(tr.locator("td.p50")).to_have_text(js_fixed(r.p50_ms))
+                        expect(tr.locator("td.p99")).to_have_text(js_fixed(r.p99_ms))
+                        expect(tr.locator("td.infer")).to_have_text(js_fixed(r.stages["infer"].p50_ms))
+                        expect(tr.locator("td.rps")).to_have_text(js_fixed(r.throughput_rps, 1))
                     assert fig.memory_mb is not None
                     expect(page.locator(f'#bench tr[data-model="{fig.model}"] td.memory').first).to_have_text(
-                        f"{fig.memory_mb:.1f}"
+                        js_fixed(fig.memory_mb, 1)
                     )
                 expect(page.locator("#bench tr[data-device]")).to_have_count(
                     len(iris.rows) + len(digits.rows)
