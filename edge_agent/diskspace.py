@@ -12,8 +12,9 @@ from the free bytes of the filesystem that holds the SQLite file:
 
 SQLite answering ``SQLITE_FULL`` anywhere is ``storage.DiskFull`` (507) on top
 of this. Nothing here writes: the state is computed from ``statvfs`` (cached
-for ``CHECK_EVERY_S``), so every process derives the same state on its own,
-and recovery is automatic the moment space comes back.
+for ``CHECK_EVERY_S``, measured afresh before each write), so every process
+derives the same state on its own, and recovery is automatic the moment space
+comes back.
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ class DiskSpace:
         return False
 
     def has_room(self, kind: str) -> bool:
-        """May new work of ``kind`` be accepted now? Counted when not."""
-        if self.state().level != "refusing":
+        """May new work of ``kind`` be accepted now? Counted when not. Measured afresh (one
+        ``statvfs``, microseconds beside the write's fsync): a write that still fits in blocks
+        SQLite's WAL already holds would otherwise be accepted for up to ``CHECK_EVERY_S`` after
+        the disk filled."""
+        if self.state(fresh=True).level != "refusing":
             return True
         self.refused[kind] += 1
         return False
