@@ -98,11 +98,16 @@ class StoreBase:
             finally:
                 self._local.tx = None
 
+    def _current(self) -> Conn | None:
+        """The connection of this thread's transaction or snapshot, if it is in one."""
+        active: Conn | None = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
+        return active
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[Conn]:
         """A connection to read with (the current transaction's or snapshot's, if this thread is in
         one)."""
-        active: Conn | None = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
+        active = self._current()
         if active is not None:
             yield active
             return
@@ -113,7 +118,7 @@ class StoreBase:
     def snapshot(self) -> Iterator[Conn]:
         """Reads that all see one state of the database (a read-only transaction), for a view built
         from several queries: never half before and half after a writer's commit. No writes in it."""
-        active: Conn | None = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
+        active = self._current()
         if active is not None:
             yield active
             return
