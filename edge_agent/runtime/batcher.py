@@ -105,8 +105,10 @@ class Batcher:
     async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
         """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
         rows = int(next(iter(inputs.values())).shape[0])
-        if not self._pending and not self._busy and self.cost.inline(rows, alone=False):
-            return self._run_now(inputs, rows), 0.0  # idle and tiny: no queue, no task switch
+        if not self._pending and not self._busy and self.cost.inline(rows, alone=True):
+            # idle: a tiny call, or a short one with nothing else queued or computing, runs now (no
+            # queue, no task switch); what the loop task would do with it a few turns later anyway
+            return self._run_now(inputs, rows), 0.0
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         fut: asyncio.Future[tuple[Tensors, float]] = asyncio.get_running_loop().create_future()
