@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from edge_agent.access import bearer_ok
 from edge_agent.errors import EdgeAgentError
-from edge_agent.serving import book, caches, v1, v2
+from edge_agent.serving import book, caches, heap, v1, v2
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway
 
@@ -113,13 +113,24 @@ class FastPath:
     async def serve(self, hit: tuple[_Route, str], scope: Scope, receive: Receive, send: Send) -> None:
         route, name = hit
         scope["route"] = route
-        gw = self.gw
+        sha256 = ""
         if route is BY_DIGEST:
             name, sha256 = name.split("/", 1)
             scope["path_params"] = {"name": name, "sha256": sha256}
         else:
             scope["path_params"] = {"name": name} if name else {}
         request = Request(scope, receive)
+        held: list[object] = []  # the parsed body, freed after the answer is written (heap.py)
+        token = heap.holding(held)
+        try:
+            await self._answer(route, name, sha256, request, scope, send)
+        finally:
+            heap.release(token)
+
+    async def _answer(
+        self, route: _Route, name: str, sha256: str, request: Request, scope: Scope, send: Send
+    ) -> None:
+        gw = self.gw
         try:
             if route is BY_DIGEST:
                 response: Response = caches.answer_by_digest(gw, name, sha256, False)
