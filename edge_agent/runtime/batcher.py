@@ -105,9 +105,10 @@ class Batcher:
     async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
         """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
         rows = int(next(iter(inputs.values())).shape[0])
-        if not self._pending and not self._busy and self.cost.inline(rows, alone=True):
-            # idle: a tiny call, or a short one with nothing else queued or computing, runs now (no
-            # queue, no task switch); what the loop task would do with it a few turns later anyway
+        if not self._pending and not self._busy and self.cost.inline(rows, alone=self._last_batch == 1):
+            # idle: a tiny call runs now (no queue, no task switch); so does a short one when nothing
+            # else is queued or computing and the last call was not a batch (no load: what the loop
+            # task would do with it a few turns later); under load the loop task gathers a batch
             return self._run_now(inputs, rows), 0.0
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())

@@ -76,3 +76,27 @@ def test_concurrent_requests_are_still_batched_behind_a_busy_runtime() -> None:
 
     sizes = asyncio.run(main())
     assert sum(sizes) == 7 and max(sizes) > 1, sizes
+
+
+def test_after_a_batch_a_lone_request_goes_through_the_queue_once() -> None:
+    """Under load (the last call was a batch) the loop task gathers; once a call ran alone, the
+    next lone request runs at once again."""
+    threads: list[int] = []
+
+    async def main() -> tuple[list[int], list[float]]:
+        sizes: list[int] = []
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(
+                recorder(INLINE_MAX_S * 3, threads), pool, max_batch_size=8, on_batch=sizes.append
+            )
+            first = asyncio.create_task(batcher.submit(X, 5.0))  # unknown cost: to the executor
+            while not batcher._busy:
+                await asyncio.sleep(0)
+            await asyncio.gather(first, *(batcher.submit(X, 5.0) for _ in range(3)))  # queued behind it
+            waited = [(await batcher.submit(X, 5.0))[1] for _ in range(2)]
+        return sizes, waited
+
+    sizes, (first, second) = asyncio.run(main())
+    assert sizes[:2] == [1, 3], sizes  # the three that came while the runtime was busy: one batch
+    assert first > 0.0  # after a batch: queued, the loop task took it (and would gather what came)
+    assert second == 0.0  # the model is idle again: at once
