@@ -126,6 +126,9 @@ class FastPath:
             await self._answer(route, name, sha256, request, scope, send)
         finally:
             heap.release(token)
+            # Now, while the client reads the answer: left to the frame, the list would live on in
+            # the context that the server's keep-alive timer copied and go with the next request.
+            held.clear()
 
     async def _answer(
         self, route: _Route, name: str, sha256: str, request: Request, scope: Scope, send: Send

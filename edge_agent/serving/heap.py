@@ -16,8 +16,11 @@ garbage is still collected, only less often (a threshold of 10,000 objects: kilo
 ``hold_until_answered`` moves the freeing of a request's parsed JSON (a heavy CNN's 3,072 floats in
 ~100 nested lists: ~27 us of reference-count teardown, measured between the handler's last line and
 its return) from before the answer is written to after it: the fast path (``FastPath.serve``) keeps
-what a handler gives it until ``send`` has written the answer, so a client waiting at c=1 does not
-wait for it. Outside the fast path it is a no-op (the object goes when its last user does).
+what a handler gives it until ``send`` has written the answer, then empties that list at once, so a
+client waiting at c=1 does not wait for the teardown (emptied explicitly: the server's keep-alive
+timer, armed while the answer is sent, copies the request's context, which would otherwise keep the
+list until the next request on the connection and free it on that request's path). Outside the
+fast path it is a no-op (the object goes when its last user does).
 """
 
 from __future__ import annotations

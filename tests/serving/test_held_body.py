@@ -35,24 +35,27 @@ def _scope(path: str, body: bytes) -> dict[str, Any]:
     }
 
 
-async def _call(app: Any, path: str, doc: dict[str, Any]) -> tuple[int, bytes, list[object] | None]:
+async def _call(
+    app: Any, path: str, doc: dict[str, Any]
+) -> tuple[int, bytes, list[object] | None, list[object] | None]:
+    """Status, answer, what was held when the answer was written, and that list once it is over."""
     body = orjson.dumps(doc)
-    status, answer, held_at_write = 0, b"", None
+    status, answer, held_at_write, holder = 0, b"", None, None
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal status, answer, held_at_write
+        nonlocal status, answer, held_at_write, holder
         if message["type"] == "http.response.start":
             status = message["status"]
         else:
             answer = message["body"]
-            held = heap._HELD.get()
-            held_at_write = None if held is None else list(held)
+            holder = heap._HELD.get()
+            held_at_write = None if holder is None else list(holder)
 
     await app(_scope(path, body), receive, send)
-    return status, answer, held_at_write
+    return status, answer, held_at_write, holder
 
 
 @pytest.fixture
@@ -76,12 +79,13 @@ def test_the_parsed_body_is_held_until_the_answer_is_written(app: Any) -> None:
                     {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": ROWS}]},
                 ),
             ):
-                status, answer, held = await _call(app, path, doc)
+                status, answer, held, holder = await _call(app, path, doc)
                 assert status == 200, answer
                 assert held is not None and len(held) == 1, held  # this request's tensors, nothing else
                 (tensors,) = held
                 assert isinstance(tensors, dict) and "input" in tensors
-                assert heap._HELD.get() is None  # released once the request is over: nothing leaks
+                assert holder == []  # emptied once written, not left to whatever copied the context
+                assert heap._HELD.get() is None  # nothing leaks into the next request
 
     asyncio.run(main())
 
