@@ -113,6 +113,7 @@ class FastPath:
     async def serve(self, hit: tuple[_Route, str], scope: Scope, receive: Receive, send: Send) -> None:
         route, name = hit
         scope["route"] = route
+        gw = self.gw
         sha256 = ""
         if route is BY_DIGEST:
             name, sha256 = name.split("/", 1)
@@ -123,48 +124,43 @@ class FastPath:
         held: list[object] = []  # the parsed body, freed after the answer is written (heap.py)
         token = heap.holding(held)
         try:
-            await self._answer(route, name, sha256, request, scope, send)
+            try:
+                if route is BY_DIGEST:
+                    response: Response = caches.answer_by_digest(gw, name, sha256, False)
+                elif route is V1:
+                    response = await v1.predict_fast(gw, request, name)
+                elif route is V2:
+                    response = await v2.infer_fast(gw, request, name)
+                else:
+                    response = await book.predict_fast(gw, request)
+            except EdgeAgentError as exc:
+                gw.metrics.failures.labels(name, route.path, exc.code).inc()
+                status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
+                if status == 500:
+                    logger.error("%s %s failed: %s", scope["method"], scope["path"], exc.message)
+                response = json_response(exc.to_dict(), status=status)
+            # Starlette's own (a malformed multipart body): as the app answers it
+            except HTTPException as exc:
+                response = json_response(
+                    {"error": str(exc.detail), "code": "http_error"}, exc.status_code, dict(exc.headers or {})
+                )
+            except Exception as exc:  # a bug: the same JSON 500 as the routed endpoints give
+                gw.metrics.failures.labels(name, route.path, "internal").inc()
+                logger.exception("%s %s: unexpected error", scope["method"], scope["path"])
+                response = json_response(
+                    {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, 500
+                )
+            status = response.status_code
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+                await send({"type": "http.response.body", "body": response.body})
+            finally:
+                self._count(name, route.path, status)
         finally:
             heap.release(token)
             # Now, while the client reads the answer: left to the frame, the list would live on in
             # the context that the server's keep-alive timer copied and go with the next request.
             held.clear()
-
-    async def _answer(
-        self, route: _Route, name: str, sha256: str, request: Request, scope: Scope, send: Send
-    ) -> None:
-        gw = self.gw
-        try:
-            if route is BY_DIGEST:
-                response: Response = caches.answer_by_digest(gw, name, sha256, False)
-            elif route is V1:
-                response = await v1.predict_fast(gw, request, name)
-            elif route is V2:
-                response = await v2.infer_fast(gw, request, name)
-            else:
-                response = await book.predict_fast(gw, request)
-        except EdgeAgentError as exc:
-            gw.metrics.failures.labels(name, route.path, exc.code).inc()
-            status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
-            if status == 500:
-                logger.error("%s %s failed: %s", scope["method"], scope["path"], exc.message)
-            response = json_response(exc.to_dict(), status=status)
-        except HTTPException as exc:  # Starlette's own (a malformed multipart body): as the app answers it
-            response = json_response(
-                {"error": str(exc.detail), "code": "http_error"}, exc.status_code, dict(exc.headers or {})
-            )
-        except Exception as exc:  # a bug: the same JSON 500 as the routed endpoints give
-            gw.metrics.failures.labels(name, route.path, "internal").inc()
-            logger.exception("%s %s: unexpected error", scope["method"], scope["path"])
-            response = json_response(
-                {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, 500
-            )
-        status = response.status_code
-        try:
-            await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-            await send({"type": "http.response.body", "body": response.body})
-        finally:
-            self._count(name, route.path, status)
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
         """``edge_requests_total``; the children of successful answers are kept (their model names
