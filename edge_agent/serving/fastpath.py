@@ -49,6 +49,7 @@ V1 = _Route("/v1/models/{name}/predict")
 V2 = _Route("/v2/models/{name}/infer")
 BOOK = _Route("/predict")
 BY_DIGEST = _Route("/v1/models/{name}/predictions/{sha256}")
+HOLD_MIN_BYTES = 16 * 1024  # bodies from this size have their parsed form freed after the answer
 
 
 def match(path: str) -> tuple[_Route, str] | None:
@@ -83,8 +84,9 @@ class FastPath:
         self.token = token
         self._counted: dict[tuple[str, str, int], Any] = {}  # (model, route, 200) -> counter child
 
-    def take(self, scope: Scope) -> tuple[_Route, str] | None:
-        """(route, model name or "name/sha256") when this request is the fast path's, else None."""
+    def take(self, scope: Scope) -> tuple[_Route, str, int] | None:
+        """(route, model name or "name/sha256", declared body size) when this request is the fast
+        path's, else None."""
         if scope["type"] != "http" or scope["query_string"]:
             return None
         method = scope["method"]
@@ -108,10 +110,10 @@ class FastPath:
             return None  # the middleware answers (400, 413) or reads the chunked body
         if self.token is not None and not bearer_ok(auth, self.token):
             return None  # the middleware answers 401
-        return hit
+        return hit[0], hit[1], 0 if length is None else int(length)
 
-    async def serve(self, hit: tuple[_Route, str], scope: Scope, receive: Receive, send: Send) -> None:
-        route, name = hit
+    async def serve(self, hit: tuple[_Route, str, int], scope: Scope, receive: Receive, send: Send) -> None:
+        route, name, size = hit
         scope["route"] = route
         gw = self.gw
         sha256 = ""
@@ -121,8 +123,8 @@ class FastPath:
         else:
             scope["path_params"] = {"name": name} if name else {}
         request = Request(scope, receive)
-        held: list[object] = []  # the parsed body, freed after the answer is written (heap.py)
-        token = heap.holding(held)
+        held: list[object] = []  # a large parsed body, freed after the answer is written (heap.py)
+        token = heap.holding(held) if size >= HOLD_MIN_BYTES else None
         try:
             try:
                 if route is BY_DIGEST:
@@ -157,10 +159,11 @@ class FastPath:
             finally:
                 self._count(name, route.path, status)
         finally:
-            heap.release(token)
-            # Now, while the client reads the answer: left to the frame, the list would live on in
-            # the context that the server's keep-alive timer copied and go with the next request.
-            held.clear()
+            if token is not None:
+                heap.release(token)
+                # Now, while the client reads the answer: left to the frame, the list would live on
+                # in the context the server's keep-alive timer copied and go with the next request.
+                held.clear()
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
         """``edge_requests_total``; the children of successful answers are kept (their model names

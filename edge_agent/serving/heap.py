@@ -20,7 +20,8 @@ what a handler gives it until ``send`` has written the answer, then empties that
 client waiting at c=1 does not wait for the teardown (emptied explicitly: the server's keep-alive
 timer, armed while the answer is sent, copies the request's context, which would otherwise keep the
 list until the next request on the connection and free it on that request's path). Outside the
-fast path it is a no-op (the object goes when its last user does).
+fast path, and for bodies under ``fastpath.HOLD_MIN_BYTES`` (16 kB: cheaper to free than to hold),
+it is a no-op (the object goes when its last user does).
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ import pytest
 from edge_agent.config import load_config, with_overrides
 from edge_agent.serving import heap
 from edge_agent.serving.app import create_app
+from edge_agent.serving.fastpath import HOLD_MIN_BYTES
 from tests.conftest import copy_models
 
-ROWS = [[[[float(i + j) / 64.0 for j in range(8)] for i in range(8)]]]  # digits: [1, 1, 8, 8]
+ROW = [[[float(i + j) / 64.0 for j in range(8)] for i in range(8)]]  # [1, 8, 8]
+ROWS = [ROW] * 48  # digits: [48, 1, 8, 8], a body over HOLD_MIN_BYTES
 
 
 def _scope(path: str, body: bytes) -> dict[str, Any]:
@@ -76,9 +78,10 @@ def test_the_parsed_body_is_held_until_the_answer_is_written(app: Any) -> None:
                 ("/v1/models/digits/predict", {"data": ROWS}),
                 (
                     "/v2/models/digits/infer",
-                    {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": ROWS}]},
+                    {"inputs": [{"name": "input", "shape": [48, 1, 8, 8], "datatype": "FP32", "data": ROWS}]},
                 ),
             ):
+                assert len(orjson.dumps(doc)) >= HOLD_MIN_BYTES
                 status, answer, held, holder = await _call(app, path, doc)
                 assert status == 200, answer
                 assert held is not None and len(held) == 1, held  # this request's tensors, nothing else
@@ -86,6 +89,18 @@ def test_the_parsed_body_is_held_until_the_answer_is_written(app: Any) -> None:
                 assert isinstance(tensors, dict) and "input" in tensors
                 assert holder == []  # emptied once written, not left to whatever copied the context
                 assert heap._HELD.get() is None  # nothing leaks into the next request
+
+    asyncio.run(main())
+
+
+def test_a_small_body_is_not_held(app: Any) -> None:
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            doc = {"data": ROWS[:1]}
+            assert len(orjson.dumps(doc)) < HOLD_MIN_BYTES
+            status, answer, held, _ = await _call(app, "/v1/models/digits/predict", doc)
+            assert status == 200, answer
+            assert held is None  # freeing it costs less than holding it
 
     asyncio.run(main())
 
