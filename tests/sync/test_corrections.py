@@ -106,10 +106,9 @@ def test_a_corrupt_correction_entry_is_logged_and_never_sent(tmp_path: Path) -> 
     assert Corrections(st, DEV, sent.append, lambda: 0.3).send_due() == 0 and sent == []
 
 
-def test_the_sync_role_corrects_and_queues_without_a_gateway(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A device may run no gateway role (whose keeper also corrects): the sync role does it too."""
+def test_the_sync_role_corrects_queues_and_prunes_without_a_gateway(tmp_path: Path) -> None:
+    """A device may run no gateway role (camera + sync; the gateway's keeper corrects and prunes):
+    the sync role's keeper does both (retention_days 7 by default)."""
     from edge_agent.config import AgentConfig
     from edge_agent.sync.agent import SyncAgent
     from tests.sync.broker import free_port
@@ -117,9 +116,18 @@ def test_the_sync_role_corrects_and_queues_without_a_gateway(
     config = AgentConfig(device_id=DEV, data_dir=tmp_path / "data", model_dir=tmp_path / "models")
     agent = SyncAgent(config, SyncConfig(broker_port=free_port()))
     mine = _record(agent.storage, 2, boot_id(), 3.0)
+    old = _record(agent.storage, 3, boot_id(), 1.0)
+    with agent.storage.transaction() as conn:  # recorded with a trusted clock 10 days ago, delivered
+        marks = ",".join("?" * len(old))
+        conn.execute(
+            f"UPDATE results SET clock = NULL, created = ? WHERE id IN ({marks})",
+            (time.time() - 864_000, *old),
+        )
+        conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", old)
     trusted = ClockTrust(True, "synchronised", time.time(), 50.0)  # whatever this machine's timesyncd says
-    monkeypatch.setattr("edge_agent.sync.agent.clock_trust", lambda: trusted)
-    agent._correct_times()  # what its loop runs every CLOCK_CHECK_S
+    agent.keeper.trust = lambda: trusted
+    pruned = agent.keeper.run_once()  # what its keeper thread runs (every CLOCK_CHECK_S, and hourly)
+    assert pruned is not None and pruned.results == 3
     clocks = {r[0] for r in agent.storage.conn.execute("SELECT clock FROM results")}
     assert clocks == {"corrected"} and len(mine) == 2
     assert agent.storage.conn.execute("SELECT count(*) FROM clock_corrections").fetchone()[0] == 1
