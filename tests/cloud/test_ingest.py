@@ -195,6 +195,36 @@ def test_telemetry_replies_and_reported_models_are_stored(ingest: Role, broker: 
     ) == [("replied", 1)]
 
 
+def test_a_device_back_in_1970_has_its_telemetry_stored_at_arrival_and_flagged(
+    ingest: Role, broker: Broker, db: CloudDb
+) -> None:
+    """Through the ingest process: the snapshot of a Pi rebooted without its clock is the newest."""
+    dev = device_id()
+    with sim_device(broker, dev) as device:
+        device.publish(protocol.Telemetry(device=dev, ts=time.time() - 60, metrics={"cpu": 0.1}), "telemetry")
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM telemetry WHERE device = ?", dev), what="the first snapshot"
+        )
+        t0 = time.time()
+        device.publish(protocol.Telemetry(device=dev, ts=86_400.0, metrics={"cpu": 0.9}), "telemetry")
+        wait_for(
+            lambda: len(query(db, "SELECT 1 FROM telemetry WHERE device = ?", dev)) == 2, what="the 1970 one"
+        )
+    rows = query(
+        db,
+        "SELECT ts, received, time_flag, device_ts, metrics FROM telemetry WHERE device = ? ORDER BY ts DESC",
+        dev,
+    )
+    ts, received, flag, device_ts, metrics = rows[0]
+    assert (ts, flag, device_ts, metrics) == (received, "implausible", 86_400.0, '{"cpu":0.9}') and ts >= t0
+    assert rows[1][2:4] == (None, None)
+    store = Store(db)
+    try:
+        assert store.latest_metrics([dev]) == {dev: '{"cpu":0.9}'}
+    finally:
+        store.close()
+
+
 def test_two_ingest_roles_with_shared_subscriptions_store_every_result_once(
     tmp_path: Path, cloud_db: CloudDb
 ) -> None:
