@@ -13,7 +13,7 @@ a body this module is not sure about is never decoded here. That covers ragged o
 nesting, empty lists, booleans, nulls, strings or objects among the numbers, integers beyond
 int64, nesting deeper than the engine accepts, any backslash escape, a body not starting with
 ``{`` (a byte-order mark, which orjson refuses and simdjson skips), duplicate keys on the way to
-a tensor, and any array the decoder cannot account for.
+a tensor, over ``MAX_KEYS`` keys there, and any array the decoder cannot account for.
 
 Rectangular without a step per element: the lists' shape is read down the first elements
 (as ``nested_shape`` does), every array above the innermost rows is checked for its length and
@@ -46,6 +46,7 @@ KEEP_PARSER_BYTES = 256 * 1024
 """Bodies up to this size reuse their thread's parser (whose buffers, ~10x the body, stay
 allocated); larger ones get a parser of their own, freed with the request."""
 
+MAX_KEYS = 64  # keys of an object on the way to a tensor (looked up one by one: quadratic)
 _OPEN = ord("[")
 _UINT_FROM = 2.0**63  # integers from here on are uint64 for numpy (or do not fit it)
 _PARSE_ERRORS = (ValueError, TypeError, RuntimeError, LookupError, OSError, MemoryError)
@@ -113,6 +114,8 @@ class _Decoder:
                 return JsonArray(self.tensor(node))
             return self.plain(node)
         if isinstance(layout, dict) and type(node) is simdjson.Object:
+            if len(node) > MAX_KEYS:
+                raise _NotHere
             keys = list(node)
             if len(set(keys)) != len(keys):
                 raise _NotHere  # orjson keeps the last value, simdjson's lookup finds the first
