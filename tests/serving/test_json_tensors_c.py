@@ -40,6 +40,7 @@ def _same(got: Any, want: Any) -> None:
     if isinstance(got, JsonArray):
         ref = np.array(want)
         assert (got.array.dtype, got.array.shape) == (ref.dtype, ref.shape)
+        assert got.array.flags.writeable and got.array.flags.c_contiguous  # as numpy's own array
         np.testing.assert_array_equal(got.array, ref)
         if ref.dtype.kind == "f":
             np.testing.assert_array_equal(np.signbit(got.array), np.signbit(ref))
