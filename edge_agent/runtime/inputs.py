@@ -188,7 +188,7 @@ def _check_one(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
 class InputCheck:
     """The checks of one manifest, prepared once: names, dtypes, shapes as tuples."""
 
-    __slots__ = ("_fast", "manifest", "max_rows", "names", "single")
+    __slots__ = ("_fast", "_one", "manifest", "max_rows", "names")
 
     def __init__(self, manifest: Manifest, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         self.manifest = manifest
@@ -208,10 +208,35 @@ class InputCheck:
             )
             for t in manifest.inputs
         ]
-        self.single = self._fast[0][0] if len(self._fast) == 1 else None
+        # a single input of fixed trailing dims: (name, dtype, ndim, tail, finite?, fixed batch)
+        self._one = None
+        if len(self._fast) == 1 and self._fast[0][4] is not None:
+            name, _, dtype, ndim, tail, finite, batch = self._fast[0]
+            self._one = (name, dtype, ndim, tail, finite, batch)
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Named inputs -> contiguous arrays of the manifest's dtypes, all with one batch size."""
+        """Named inputs -> contiguous arrays of the manifest's dtypes, all with one batch size.
+
+        One input that already is what the model takes is passed through after the checks below;
+        anything else goes through ``_check_all``, which also names what is wrong."""
+        one = self._one
+        if one is not None and len(inputs) == 1:
+            name, dtype, ndim, tail, finite, batch = one
+            arr = inputs.get(name)
+            if (
+                type(arr) is np.ndarray
+                and arr.dtype is dtype
+                and arr.ndim == ndim
+                and arr.shape[1:] == tail
+                and arr.flags.c_contiguous
+                and 0 < arr.shape[0] <= self.max_rows
+                and (batch is None or arr.shape[0] == batch)
+                and not (finite and nonfinite(arr.ravel()))  # (ravel: a view, contiguous)
+            ):
+                return {name: arr}
+        return self._check_all(inputs)
+
+    def _check_all(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if len(inputs) != len(self._fast) or not self.names.issuperset(inputs):
             self._names_error(inputs)
         out: dict[str, np.ndarray] = {}

@@ -191,7 +191,7 @@ class LiteRTModel:
         self._lock = threading.Lock()
         interp = self._interp
         self._set, self._invoke, self._get = interp.set_tensor, interp.invoke, interp.get_tensor
-        self._out_names = [t.name for t in manifest.outputs]
+        self._first = manifest.inputs[0].name
         # per call: (name, index, quantizer when quantized, dtype when the caller's needs a cast)
         dtypes = {t.name: np.dtype(t.dtype) for t in manifest.inputs}
         self._feed = [
@@ -203,10 +203,10 @@ class LiteRTModel:
             )
             for t in self._inputs
         ]
-        # (index, 256-entry table, tensor for a wider quantized type)
+        # (manifest name, index, 256-entry table, tensor for a wider quantized type)
         self._fetch = [
-            (t.index, table, t if t.quantized and table is None else None)
-            for t, table in ((t, dequantize_table(t)) for t in self._outputs)
+            (name, t.index, table, t if t.quantized and table is None else None)
+            for name, t, table in ((t.name, t, dequantize_table(t)) for t in self._outputs)
         ]
         self._ready = True
 
@@ -218,7 +218,7 @@ class LiteRTModel:
     def max_batch(self) -> int | None:
         return None if self._dynamic else self._fixed_batch
 
-    def _run(self, inputs: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+    def _run(self, inputs: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         interp = self._interp
         if self._dynamic and n != self._current_batch:
             for t in self._inputs:
@@ -235,38 +235,37 @@ class LiteRTModel:
             set_tensor(index, x)  # copies x into the interpreter
         self._invoke()
         get = self._get
-        out = []
-        for index, table, wide in self._fetch:
+        out = {}
+        for name, index, table, wide in self._fetch:
             y = get(index)  # a copy: the buffer is the interpreter's
             if table is not None:
                 y = table.take(y)
             elif wide is not None:
                 y = dequantize(y, wide)
-            out.append(y)
+            out[name] = y
         return out
 
+    def _run_fixed(self, inputs: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """A fixed-batch model: one run per slice of the batch, the last one padded."""
+        b = self._fixed_batch
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, b):
+            chunk = {k: v[start : start + b] for k, v in inputs.items()}
+            rows = next(iter(chunk.values())).shape[0]
+            if rows < b:  # pad the last slice up to the fixed batch
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - rows, 0)]) for k, v in chunk.items()}
+            parts.append({k: o[:rows] for k, o in self._run(chunk, b).items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(next(iter(inputs.values())))  # validated: every input has the batch dimension
+        n = len(inputs[self._first])  # validated: every input has the batch dimension
         try:
             with self._lock:
-                if self._dynamic:
-                    results = self._run(inputs, n)
-                else:
-                    b = self._fixed_batch
-                    parts: list[list[np.ndarray]] = []
-                    for start in range(0, n, b):
-                        chunk = {k: v[start : start + b] for k, v in inputs.items()}
-                        rows = next(iter(chunk.values())).shape[0]
-                        if rows < b:  # pad the last slice up to the fixed batch
-                            chunk = {
-                                k: np.concatenate([v, np.repeat(v[-1:], b - rows, 0)])
-                                for k, v in chunk.items()
-                            }
-                        parts.append([o[:rows] for o in self._run(chunk, b)])
-                    results = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
+                return self._run(inputs, n) if self._dynamic else self._run_fixed(inputs, n)
         except (ValueError, RuntimeError) as exc:
             raise InferenceError(f"{self.manifest.name}: LiteRT failed: {exc}") from None
-        return dict(zip(self._out_names, results, strict=False))  # one per output, by construction
 
     def metadata(self) -> dict[str, Any]:
         def describe(t: _Tensor) -> dict[str, Any]:
