@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.runtime.backends import availability
-from edge_agent.runtime.backends.litert import _Tensor, dequantize, quantize
+from edge_agent.runtime.backends._quant import QTensor, dequantize, quantize
 from tests.conftest import ROOT
 
 BROKEN = "raise ImportError('libtensorflowlite.so: cannot open shared object file (simulated)')\n"
@@ -51,7 +51,7 @@ def test_broken_litert_is_reported_and_onnx_keeps_working(tmp_path: Path) -> Non
 
 
 def test_int8_quantization_round_trip_is_within_half_a_step() -> None:
-    t = _Tensor("x", 0, np.dtype(np.int8), (1, 4), scale=0.05, zero_point=-3)
+    t = QTensor("x", 0, np.dtype(np.int8), (1, 4), scale=0.05, zero_point=-3)
     x = np.array([[-6.0, -0.01, 0.0, 6.2]], dtype=np.float32)
     q = quantize(x, t)
     assert q.dtype == np.int8

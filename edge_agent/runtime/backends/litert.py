@@ -9,14 +9,12 @@ serialises its calls with a lock (held from the first ``set_tensor`` to the last
 ``get_tensor``, which copies the output out of the interpreter's buffer).
 
 Everything a call needs is prepared at load: which inputs need quantizing or a
-cast, the integer limits, and for one-byte quantized outputs a 256-entry table
-of the dequantized values (one ``take`` per output instead of three array
-operations; the table holds exactly what ``dequantize`` computes). A quantized
-input is computed in two buffers kept for the batch shape (``_Quantizer``: the
-same operations as ``quantize``, without allocating), which ``set_tensor``
-copies into the interpreter. (The interpreter's binding methods called directly
-would save ~0.05 us each, but holding them counts as a reference to the
-interpreter's memory and makes LiteRT refuse to resize: not done.)
+cast, and for quantized tensors the per-call forms of ``_quant``'s definitions
+(a ``Quantizer`` with its buffers per input; a 256-entry table per one-byte
+output, one ``take``). ``set_tensor`` copies the quantizer's buffer into the
+interpreter. (The interpreter's binding methods called directly would save
+~0.05 us each, but holding them counts as a reference to the interpreter's
+memory and makes LiteRT refuse to resize: not done.)
 """
 
 from __future__ import annotations
@@ -24,13 +22,13 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_agent.errors import BackendUnavailable, InferenceError, PackageError
+from edge_agent.runtime.backends._quant import QTensor, Quantizer, dequantize, dequantize_table
 from edge_agent.runtime.backends.base import BackendOptions
 from edge_agent.runtime.package import Manifest
 
@@ -45,25 +43,14 @@ def _interpreter_class() -> tuple[Any, str]:
     raise BackendUnavailable("no LiteRT runtime can be imported (" + "; ".join(errors) + ")")
 
 
-@dataclass(frozen=True, slots=True)
-class _Tensor:
-    name: str
-    index: int
-    dtype: Any
-    shape: tuple[int, ...]
-    scale: float
-    zero_point: int
-    quantized: bool = False  # integer tensor with a scale: callers see float32
-
-
 def _is_quantized(dtype: Any, scale: float) -> bool:
     return scale != 0.0 and bool(np.issubdtype(dtype, np.integer))
 
 
-def _tensor(detail: dict[str, Any]) -> _Tensor:
+def _tensor(detail: dict[str, Any]) -> QTensor:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     dtype = np.dtype(detail["dtype"])
-    return _Tensor(
+    return QTensor(
         name=detail["name"],
         index=int(detail["index"]),
         dtype=dtype,
@@ -72,95 +59,6 @@ def _tensor(detail: dict[str, Any]) -> _Tensor:
         zero_point=int(zero_point),
         quantized=_is_quantized(dtype, float(scale)),
     )
-
-
-_LIMITS: dict[np.dtype[Any], tuple[int, int]] = {}
-
-
-def _limits(dtype: np.dtype[Any]) -> tuple[int, int]:
-    limits = _LIMITS.get(dtype)
-    if limits is None:
-        info = np.iinfo(dtype)
-        limits = _LIMITS[dtype] = (int(info.min), int(info.max))
-    return limits
-
-
-def quantize(x: np.ndarray, t: _Tensor) -> np.ndarray:
-    """round(x / scale) + zero point, clipped to the integer type: one temporary, in place.
-
-    (``minimum`` / ``maximum`` give what ``np.clip`` gives, without its Python-level dispatch.)"""
-    lo, hi = _limits(t.dtype)
-    q = x / t.scale
-    np.rint(q, out=q)
-    q += t.zero_point
-    np.minimum(q, hi, out=q)
-    np.maximum(q, lo, out=q)
-    return q.astype(t.dtype)
-
-
-def _clip_ufunc() -> Any:
-    """numpy's ``clip`` ufunc (what ``np.clip`` ends in, after ~1 us of Python), or None."""
-    for module in ("numpy._core.umath", "numpy.core.umath"):  # numpy 2, numpy 1
-        try:
-            clip = getattr(importlib.import_module(module), "clip", None)
-        except ImportError:
-            continue
-        if isinstance(clip, np.ufunc):
-            return clip
-    return None
-
-
-_CLIP = _clip_ufunc()
-
-
-class _Quantizer:
-    """``quantize`` for one input, into buffers kept for the last shape (callers hold the model's lock).
-
-    The same operations on the same dtype, so the same integers; the clip is one ``clip`` ufunc
-    call (for float data, ``min(max(v, lo), hi)``, and NaN stays NaN: what ``minimum`` then
-    ``maximum`` give with lo < hi). The buffer it returns is reused by the next call:
-    ``set_tensor`` copies it into the interpreter."""
-
-    __slots__ = ("_f", "_q", "dtype", "hi", "lo", "scale", "zero_point")
-
-    def __init__(self, t: _Tensor) -> None:
-        self.scale, self.zero_point, self.dtype = t.scale, t.zero_point, t.dtype
-        self.lo, self.hi = _limits(t.dtype)
-        self._f: np.ndarray | None = None  # x / scale, rounded, shifted, clipped: x's dtype
-        self._q: np.ndarray | None = None  # the integer tensor
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        f, q = self._f, self._q
-        if f is None or q is None or f.shape != x.shape or f.dtype != x.dtype:
-            f = self._f = np.empty(x.shape, x.dtype)
-            q = self._q = np.empty(x.shape, self.dtype)
-        np.divide(x, self.scale, out=f)
-        np.rint(f, out=f)
-        np.add(f, self.zero_point, out=f)
-        if _CLIP is not None:
-            _CLIP(f, self.lo, self.hi, out=f)
-        else:
-            np.minimum(f, self.hi, out=f)
-            np.maximum(f, self.lo, out=f)
-        np.copyto(q, f, casting="unsafe")  # the cast astype() makes
-        return q
-
-
-def dequantize(q: np.ndarray, t: _Tensor) -> np.ndarray:
-    x = q.astype(np.float32)
-    x -= np.float32(t.zero_point)
-    x *= np.float32(t.scale)
-    return x
-
-
-def dequantize_table(t: _Tensor) -> np.ndarray | None:
-    """``dequantize`` of every value of a one-byte type, indexed by the byte (None for wider types).
-
-    ``table.take(q)`` reads it with the tensor itself as the index: a uint8 value is its byte, and
-    an int8 value v < 0 is taken from the end, entry 256 + v, which is its byte too."""
-    if not t.quantized or t.dtype.itemsize != 1:
-        return None
-    return dequantize(np.arange(256, dtype=np.uint8).view(t.dtype), t)
 
 
 class LiteRTModel:
@@ -198,7 +96,7 @@ class LiteRTModel:
             (
                 t.name,
                 t.index,
-                _Quantizer(t) if t.quantized else None,
+                Quantizer(t) if t.quantized else None,
                 None if t.quantized or dtypes[t.name] == t.dtype else t.dtype,
             )
             for t in self._inputs
@@ -268,7 +166,7 @@ class LiteRTModel:
             raise InferenceError(f"{self.manifest.name}: LiteRT failed: {exc}") from None
 
     def metadata(self) -> dict[str, Any]:
-        def describe(t: _Tensor) -> dict[str, Any]:
+        def describe(t: QTensor) -> dict[str, Any]:
             d: dict[str, Any] = {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)}
             if t.quantized:
                 d["quantization"] = {"scale": t.scale, "zero_point": t.zero_point}
