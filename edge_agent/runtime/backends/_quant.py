@@ -94,8 +94,8 @@ class Quantizer:
     (1.5 * 2**23 + zp is even, so a half rounds as it does in ``rint(v)``); that float's low bits
     read as an integer (a uint32 view, cast down, which keeps the low bytes) are rint(v) + zp,
     already within [lo, hi]. Clipping before rounding gives what clipping after does, the bounds
-    being integers. Other inputs take ``quantize``'s five passes, clip fused into one ufunc.
-    Either way the integers are the ones ``quantize`` gives (tests/runtime/test_quantize.py).
+    being integers. Other inputs take ``quantize``'s operations, its clip fused into one ufunc
+    (five passes). Either way the integers are the ones ``quantize`` gives (tests/runtime/test_quantize.py).
 
     The buffer returned is reused by the next call: ``set_tensor`` copies it into the interpreter."""
 
