@@ -225,8 +225,11 @@ MIGRATIONS: tuple[str, ...] = (
     # of its rowid (``seq``, 12 hex digits) and 14 random hex digits (``jobs.py``), found by seq
     # without an index; the id index holds only 32-character ids: a job queued with an
     # Idempotency-Key (the key's hash) and every job queued before this version. The status index
-    # holds only claimed jobs still queued or running, so a job done leaves it.
+    # holds only claimed jobs still queued or running, so a job done leaves it. No index on a
+    # result's ref: nothing on the device looks results up by it, and every camera, batch and
+    # sync-async result paid a page of it.
     """
+    DROP INDEX results_by_ref;
     CREATE TABLE jobs_v9 (
         seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL,
@@ -622,7 +625,7 @@ class Storage:
         if ref is not None:
             sql += " AND ref = ?"
             args.append(ref)
-        sql += " ORDER BY rowid DESC LIMIT ?"  # the order recorded (no index on created: wear)
+        sql += " ORDER BY rowid DESC LIMIT ?"  # the order recorded (no index on created or ref: wear)
         args.append(limit)
         return [
             Result(

@@ -1,8 +1,8 @@
 """Schema 9 (SD-card wear): a job queued now is found by its seq, so queueing it writes its row's
 page only; jobs of the schema before (ids of 32 characters) and jobs queued with an
-Idempotency-Key are found through a partial id index; the upgrade keeps every job (same id,
-same rowid) and survives a SIGKILL at any moment. Result bodies are compressed with a preset
-dictionary; bodies written before still read."""
+Idempotency-Key are found through a partial id index; results have no index on ref; the upgrade
+keeps every job (same id, same rowid) and survives a SIGKILL at any moment. Result bodies are
+compressed with a preset dictionary; bodies written before still read."""
 
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ def test_the_previous_schema_is_upgraded_and_every_job_keeps_its_id_and_place(tm
     assert [tuple(r) for r in st.conn.execute("SELECT id, body, created FROM clock_corrections")] == [
         CORRECTION
     ]
+    assert st.conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'results_by_ref'").fetchone() is None
     q = JobQueue(st, lease_s=60)
     # every old id is found, through the id index
     for jid in [j for k in ("fresh", "retry", "running", "done") for j in ids[k]]:
