@@ -7,11 +7,7 @@ compressed with a preset dictionary; bodies written before still read."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -22,6 +18,7 @@ from bench.walframes import commits
 from edge_agent.sqlitefile import UserVersion, connect, migrate, sql_script
 from edge_agent.storage import MIGRATIONS, Storage, StorageError, pack_body, unpack_body
 from edge_agent.workers.jobs import JobNotFound, JobQueue, idempotent_id
+from tests.test_storage_wear import kill_upgrade
 
 PREVIOUS = 8  # the schema of the agent before this change
 CORRECTION = ("boot-1:1-3", '{"offset_s": 12.5}', 1.0)
@@ -159,13 +156,6 @@ def test_queueing_a_job_writes_its_rows_page_and_no_index_page(tmp_path: Path) -
     assert sum(len(c) for c in found) < 40 * 2  # mostly one page per job
 
 
-_UPGRADE = """
-import sys
-from edge_agent.storage import Storage
-Storage.in_dir(sys.argv[1])
-"""
-
-
 def test_the_upgrade_killed_at_any_moment_leaves_the_previous_schema_or_the_new_one(tmp_path: Path) -> None:
     seen: set[int] = set()
     for k, delay in enumerate((0.05, 0.15, 0.3, 0.5, 0.8, 1.2)):
@@ -174,11 +164,7 @@ def test_the_upgrade_killed_at_any_moment_leaves_the_previous_schema_or_the_new_
         previous_database(d / "agent.sqlite3", jobs=6000, results=2000)
         with sqlite3.connect(d / "agent.sqlite3") as conn:
             jobs = conn.execute("SELECT rowid, id, status FROM jobs ORDER BY rowid").fetchall()
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        proc = subprocess.Popen([sys.executable, "-c", _UPGRADE, str(d)], env=env)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_upgrade(d, delay)
         with sqlite3.connect(d / "agent.sqlite3") as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -158,6 +158,16 @@ Storage.in_dir(sys.argv[1])
 """
 
 
+def kill_upgrade(data_dir: Path, delay_s: float) -> None:
+    """Start the agent's storage (which upgrades the database) in a process, SIGKILL it after
+    ``delay_s``."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", _UPGRADE, str(data_dir)], env=env)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_an_upgrade_killed_at_any_moment_leaves_the_old_schema_or_the_new_one(tmp_path: Path) -> None:
     """SIGKILL the upgrade of a large database at spread-out moments; each time the file holds
     version 4 with every row or the new version with every row, never a mix."""
@@ -166,11 +176,7 @@ def test_an_upgrade_killed_at_any_moment_leaves_the_old_schema_or_the_new_one(tm
         d = tmp_path / f"db{k}"
         d.mkdir()
         ids = old_database(d / "agent.sqlite3", jobs=3000, results=4000)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        proc = subprocess.Popen([sys.executable, "-c", _UPGRADE, str(d)], env=env)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_upgrade(d, delay)
         with sqlite3.connect(d / "agent.sqlite3") as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
