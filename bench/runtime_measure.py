@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 # -- one model -----------------------------------------------------------------------------------------
-from bench.runtime_raw import BATCH, MODELS, Budget, _stats, make_inputs, make_raw, measure
+from bench.runtime_raw import BATCH, MODELS, Budget, LiteRTRaw, _stats, make_inputs, make_raw, measure
 from edge_agent.errors import EdgeAgentError
 from edge_agent.runtime.backends import BackendOptions
 from edge_agent.runtime.engine import Engine, EngineOptions
@@ -41,6 +41,7 @@ class Row:
     batch32: dict[str, dict[str, float]] = field(default_factory=dict)
     overhead_b1: float = 0.0
     overhead_b32: float = 0.0
+    overhead_conv_b32: float | None = None  # agent / raw with the float<->int conversion (³ rows)
     answers_b32: float = 0.0
     max_abs_diff: float = 0.0
     agrees: bool = True
@@ -85,15 +86,26 @@ def bench_model(engine: Engine, name: str, threads: int, cfg: Budget, rng: np.ra
             diff = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)), initial=0.0))
             worst = max(worst, diff)
             agrees = agrees and have.shape == want.shape and diff <= max(m.golden.atol, 1e-6) * 10
-        samples = measure([raw_call, agent_call, answers_call], budget, cfg)
+        calls = [raw_call, agent_call, answers_call]
+        if isinstance(raw, LiteRTRaw) and raw.quantized_io:
+            conv_call = raw.bind_converting(inputs)
+            conv = raw.arrays(raw_call(), n)  # the conversion gives what raw + arrays() gives
+            for out_name, part in zip(raw.out_names, conv_call()[0], strict=True):  # type: ignore[index]
+                agrees = agrees and bool(np.array_equal(part, conv[out_name][: len(part)]))
+            calls.append(conv_call)
+        samples = measure(calls, budget, cfg)
         slot["raw"] = _stats(samples.ns[0], n)
         slot["agent"] = _stats(samples.ns[1], n)
         slot["answers"] = _stats(samples.ns[2], n)
+        if len(calls) == 4:
+            slot["raw_conv"] = _stats(samples.ns[3], n)
         slot["rounds"] = {"rounds": samples.rounds, "block": samples.block}
     row.max_abs_diff, row.agrees = worst, agrees
     row.overhead_b1 = row.batch1["agent"]["p50_ms"] / row.batch1["raw"]["p50_ms"]
     row.overhead_b32 = row.batch32["agent"]["p50_ms"] / row.batch32["raw"]["p50_ms"]
     row.answers_b32 = row.batch32["answers"]["p50_ms"] / row.batch32["raw"]["p50_ms"]
+    if "raw_conv" in row.batch32:
+        row.overhead_conv_b32 = row.batch32["agent"]["p50_ms"] / row.batch32["raw_conv"]["p50_ms"]
     return row
 
 

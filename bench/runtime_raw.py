@@ -190,18 +190,56 @@ class LiteRTRaw:
 
     def bind(self, inputs: Mapping[str, np.ndarray]) -> Call:
         """The raw call for this batch: resize once (dynamic batch) or one invoke per slice."""
+        return self._bind(inputs, convert=False)
+
+    def bind_converting(self, inputs: Mapping[str, np.ndarray]) -> Call:
+        """The raw call doing, inside the timed call, the float <-> integer conversion the agent must
+        do for a quantized model: the input quantized and the outputs dequantized with the plain numpy
+        recipe (``_native`` / ``_dequantize``), so that agent / this = the runtime layer's overhead on
+        the same function (float in, float out)."""
+        return self._bind(inputs, convert=True)
+
+    @classmethod
+    def _dequantize(cls, y: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+        if not cls._quantized(detail):
+            return y
+        scale, zero_point = detail["quantization"]
+        return (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+    def _bind(self, inputs: Mapping[str, np.ndarray], *, convert: bool) -> Call:
         interp, n = self.interp, _batch(inputs)
         if self.fixed_batch is None:
             for d in self.inputs:
                 interp.resize_tensor_input(d["index"], [n, *d["shape_signature"][1:]], strict=False)
             interp.allocate_tensors()
         step = self.fixed_batch or n
+        set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
+        out_idx = [int(d["index"]) for d in self.outputs]
+        if convert:
+            slices = [
+                [
+                    (int(d["index"]), d, np.ascontiguousarray(inputs[d["name"]][i : i + step]))
+                    for d in self.inputs
+                ]
+                for i in range(0, n, step)
+            ]
+            outs = [(int(d["index"]), d) for d in self.outputs]
+            native, dequantize = self._native, self._dequantize
+
+            def converting() -> object:
+                results = []
+                for chunk in slices:
+                    for index, detail, x in chunk:
+                        set_tensor(index, native(x, detail))
+                    invoke()
+                    results.append([dequantize(get_tensor(i), d) for i, d in outs])
+                return results
+
+            return converting
         chunks = [
             [(int(d["index"]), self._native(inputs[d["name"]][i : i + step], d)) for d in self.inputs]
             for i in range(0, n, step)
         ]
-        set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
-        out_idx = [int(d["index"]) for d in self.outputs]
 
         def call() -> object:
             results = []

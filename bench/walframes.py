@@ -6,8 +6,9 @@ Copy ``agent.sqlite3-wal`` while the agent runs (before a checkpoint empties it)
 on the database and the copy: it prints the commits and frames the copy holds, the frames per
 table or index (named with ``dbstat``; page 1 is the database header), and the same split
 between commits that record results (workers, the camera, the batch role) and the others (a
-job's insert). Each frame is one 1 KiB page + 24 bytes; ``write_bytes`` counts 4 KiB pages, so
-a commit costs about one 4 KiB page plus its frames (docs/operations.md, "Write volume").
+job's insert). Each frame is one database page (512 bytes in a database the agent creates, 1 KiB
+in older ones) + 24 bytes; ``write_bytes`` counts 4 KiB pages, so a commit costs about one 4 KiB
+page plus its frames (docs/operations.md, "Write volume").
 """
 
 from __future__ import annotations

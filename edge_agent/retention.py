@@ -11,7 +11,9 @@ on-full policy (``[sync] on_full``) gives up forwarding, and even then the resul
 it is old. Queued and running work is never touched.
 
 Deletes run in short transactions of ``CHUNK`` rows (other writers wait at most one of them),
-from a background thread of the gateway role (``Pruner``), every ``interval`` seconds. While
+from a background thread (``Pruner``) of the gateway role and of the sync role (a device may run
+either without the other: camera + sync has no gateway), every ``interval`` seconds; two pruners
+at once only find less to delete. While
 the wall clock is not trusted (``clock.clock_trust``) nothing is pruned: ages computed from a
 clock that may be years off mean nothing.
 """

@@ -39,11 +39,14 @@ T = TypeVar("T")
 DB_NAME = "agent.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
 # SD-card wear (docs/operations.md): a commit writes every page it changed whole to the WAL. A
-# result changes a few bytes on each of ~10 pages (table and index leaves), so 1 KiB pages write
-# a quarter of what SQLite's default 4 KiB pages write for the same rows. Set when the file is
-# created; an existing file keeps its page size.
-PAGE_SIZE = 1024
-WAL_AUTOCHECKPOINT_PAGES = 4096  # 4 MiB of WAL between checkpoints, as SQLite's default with 4 KiB
+# result changes a few bytes on each of several pages (table and index leaves), so 512-byte pages
+# write about half of what 1 KiB pages write for the same rows (an eighth of SQLite's default
+# 4 KiB); trees are a level deeper, which costs reads, not writes. Set when the file is created;
+# an existing file keeps its page size.
+PAGE_SIZE = 512
+WAL_AUTOCHECKPOINT_PAGES = (
+    4 * 1024 * 1024 // PAGE_SIZE
+)  # 4 MiB of WAL between checkpoints, as SQLite's default
 
 # Each migration moves the schema from version i to i + 1. Append only.
 MIGRATIONS: tuple[str, ...] = (
@@ -218,6 +221,45 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT id, body, created FROM outbox WHERE kind = 'clock';
     DELETE FROM outbox WHERE kind = 'clock';
     """,
+    # 9: SD-card wear: queueing a job writes one page, its row. A job queued since has an id made
+    # of its rowid (``seq``, 12 hex digits) and 14 random hex digits (``jobs.py``), found by seq
+    # without an index; the id index holds only 32-character ids: a job queued with an
+    # Idempotency-Key (the key's hash) and every job queued before this version. The status index
+    # holds only claimed jobs still queued or running, so a job done leaves it. No index on a
+    # result's ref: nothing on the device looks results up by it, and every camera, batch and
+    # sync-async result paid a page of it.
+    """
+    DROP INDEX results_by_ref;
+    CREATE TABLE jobs_v9 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version TEXT,
+        payload_kind TEXT NOT NULL CHECK (payload_kind IN ('tensors', 'images')),
+        payload BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        lease_owner TEXT,
+        lease_expires REAL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        result_id TEXT,
+        error TEXT,
+        link TEXT
+    );
+    INSERT INTO jobs_v9 (seq, id, model, version, payload_kind, payload, status, attempts, max_attempts,
+                         lease_owner, lease_expires, created, started, finished, result_id, error, link)
+        SELECT rowid, id, model, version, payload_kind, payload, status, attempts, max_attempts,
+               lease_owner, lease_expires, created, started, finished, result_id, error, link
+        FROM jobs ORDER BY rowid;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v9 RENAME TO jobs;
+    CREATE UNIQUE INDEX jobs_by_id ON jobs (id) WHERE length(id) = 32;
+    CREATE INDEX jobs_by_status ON jobs (status, created)
+        WHERE lease_owner IS NOT NULL AND status IN ('queued', 'running');
+    """,
 )
 
 
@@ -271,19 +313,41 @@ def now() -> float:
     return time.time()
 
 
+# A preset dictionary for result bodies: the keys every body repeats, so zlib codes them as
+# references from the first byte on. A stream names its dictionary (adler32 in its header), so
+# this one must never change: a new one is added to ``_BODY_DICTS`` under its own id.
+BODY_DICT = (
+    b'{"boxes":[{"label":"","score":0.,"xmin":,"ymin":,"xmax":,"ymax":,"keypoints":[{"name":"","x":,"y":}]}],'
+    b'"frame":,"cycle":,"captured":,"position_ms":,"width":,"height":,"camera":"","thumbnail":"",'
+    b'"model":"","version":"","results":[{"label":"","index":,"score":0.,"top_k":[{"label":"","index":,'
+    b'"score":0.}],"probabilities":[0.,e-]}],"timings_ms":{"preprocess":0.,"queue":0.,"infer":0.,'
+    b'"postprocess":0.,"total":0.,"cache_lookup":0.}}'
+)
+_BODY_DICTS = {zlib.adler32(BODY_DICT): BODY_DICT}
+
+
 def pack_body(body: dict[str, Any]) -> bytes:
-    """A result's body as stored: its compact JSON, zlib-compressed (a BLOB). SD-card wear: a
-    classification body is ~460 bytes of JSON, so with 1 KiB pages each result row filled a page
-    of its own; compressed (~230 bytes) three or four share one, and every commit and checkpoint
-    writes that many fewer pages. Rows written before hold the JSON as TEXT; ``unpack_body``
-    reads both."""
-    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+    """A result's body as stored: its compact JSON, zlib-compressed with ``BODY_DICT`` (a BLOB).
+    SD-card wear: a classification body is ~470 bytes of JSON, ~240 compressed alone and ~160
+    with the dictionary, so two result rows share a 512-byte page instead of one each, and every
+    commit and checkpoint writes that many fewer pages. Rows written before hold zlib without a
+    dictionary, or the JSON as TEXT; ``unpack_body`` reads all three."""
+    packer = zlib.compressobj(6, zdict=BODY_DICT)
+    return packer.compress(json.dumps(body, separators=(",", ":")).encode()) + packer.flush()
 
 
 def unpack_body(value: str | bytes) -> dict[str, Any]:
-    """The body ``pack_body`` stored (BLOB) or an older row's JSON (TEXT)."""
-    text = zlib.decompress(value) if isinstance(value, bytes) else value
-    return dict(json.loads(text))
+    """The body ``pack_body`` stored (BLOB, with or without a dictionary) or an older row's JSON
+    (TEXT)."""
+    if isinstance(value, str):
+        return dict(json.loads(value))
+    unpacker = zlib.decompressobj()
+    if len(value) >= 6 and value[1] & 0x20:  # FDICT: the dictionary's adler32 follows the header
+        zdict = _BODY_DICTS.get(int.from_bytes(value[2:6], "big"))
+        if zdict is None:
+            raise StorageError("a result body was packed with a dictionary this agent does not know")
+        unpacker = zlib.decompressobj(zdict=zdict)
+    return dict(json.loads(unpacker.decompress(value) + unpacker.flush()))
 
 
 # Outbox rows with what their envelope is made of: ``body`` is the envelope itself for rows
@@ -561,7 +625,7 @@ class Storage:
         if ref is not None:
             sql += " AND ref = ?"
             args.append(ref)
-        sql += " ORDER BY rowid DESC LIMIT ?"  # the order recorded (no index on created: wear)
+        sql += " ORDER BY rowid DESC LIMIT ?"  # the order recorded (no index on created or ref: wear)
         args.append(limit)
         return [
             Result(

@@ -19,9 +19,10 @@ def _python() -> str:
 
 
 def _models() -> list[str]:
-    """iris and face when bundled (one ONNX ZipMap model, one fixed-batch LiteRT detector)."""
+    """iris, face and digits_tflite_int8 when bundled (one ONNX ZipMap model, one fixed-batch LiteRT
+    detector, one LiteRT model with integer input/output tensors)."""
     bundled = ModelStore(ROOT / "models", Path("/nonexistent/store-state.json")).names()
-    wanted: list[str] = [m for m in ("iris", "face") if m in bundled]
+    wanted: list[str] = [m for m in ("iris", "face", "digits_tflite_int8") if m in bundled]
     return wanted or bundled[:2]
 
 
@@ -51,6 +52,13 @@ def test_quick_benchmark_prints_a_row_per_model(tmp_path: Path) -> None:
     doc = json.loads(out_json.read_text())
     assert [m["name"] for m in doc["models"]] == models
     assert all(m["error"] is None for m in doc["models"])
+    assert all(m["agrees"] for m in doc["models"]), doc["models"]
+    # integer-tensor rows carry the like-for-like baseline (raw + the float<->int conversion), others not
+    for m in doc["models"]:
+        if m["quantized_io"]:
+            assert m["overhead_conv_b32"] > 0 and "raw_conv" in m["batch32"], m
+        else:
+            assert m["overhead_conv_b32"] is None, m
 
 
 def test_unknown_model_is_a_usage_error() -> None:

@@ -287,3 +287,54 @@ def test_a_correction_the_cloud_has_not_acknowledged_survives_a_power_cut(
         with sqlite3.connect(cf.dev.data / DB_NAME) as conn:
             device = dict(conn.execute("SELECT id, created FROM results").fetchall())
         assert {rid: v[0] for rid, v in _cloud_rows(cf.cloud_db, before).items()} == device
+
+
+def test_a_full_outbox_drops_results_never_the_correction(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The outbox holds 3 entries (``drop_oldest``) and the cloud ingest is down: results recorded in
+    2001 after the first three were delivered are given up by the on-full policy, more after the
+    clock steps. The correction (its own table, never under that policy) still waits, reaches the
+    cloud once the ingest is back and corrects the three delivered results; the dropped ones never
+    arrive (nothing to correct), the device keeps them all, corrected."""
+    with clock_fleet(tmp_path, request, "sqlite") as cf:
+        cf.dev.env |= {"EDGE_SYNC__OUTBOX_MAX_ROWS": "3", "EDGE_SYNC__ON_FULL": "drop_oldest"}
+        with running(cf.dev):
+            delivered = _post_jobs(cf.dev.url, 3)
+            wait_for(
+                lambda: len(_cloud_rows(cf.cloud_db, delivered)) == 3, 60, "the 2001 results in the cloud"
+            )
+            (ingest,) = [proc for name, proc in cf.fleet.procs if name == "cloud-ingest"]
+            ingest.terminate()
+            assert ingest.wait(15) == 0
+            dropped = _post_jobs(cf.dev.url, 5)  # the outbox keeps the newest 3 of them
+            cf.offset_file.write_text("0")  # NTP answers
+            wait_for(lambda: _clocks(cf.dev.data) == {"corrected"}, 30, "the times corrected on the device")
+            wait_for(lambda: "clock" in _outbox_kinds(cf.dev.data), 30, "the correction queued")
+            _post_jobs(cf.dev.url, 3)  # synced results push the 2001 ones out of the outbox
+            with sqlite3.connect(cf.dev.data / DB_NAME) as conn:
+                waiting = {r[0] for r in conn.execute("SELECT id FROM outbox")}
+                (body,) = [json.loads(b) for (b,) in conn.execute("SELECT body FROM clock_corrections")]
+                given_up = conn.execute(
+                    "SELECT value FROM counters WHERE name = 'outbox_dropped'"
+                ).fetchone()[0]
+            assert len(waiting) == 3 and not waiting & {*delivered, *dropped} and given_up == 5
+            assert body["count"] == 8  # the delivered and the dropped ones: every result of the spell
+            cf.fleet.spawn("cloud-ingest", [str(BIN / "cloud-sync"), "ingest"], cf.fleet.cloud_env)
+            wait_for(
+                lambda: {v[2] for v in _cloud_rows(cf.cloud_db, delivered).values()} == {"corrected"},
+                60,
+                "the cloud to correct the delivered results",
+            )
+            wait_for(
+                lambda: _outbox_kinds(cf.dev.data) == set(), 30, "the correction and results acknowledged"
+            )
+        with sqlite3.connect(cf.dev.data / DB_NAME) as conn:
+            device = dict(conn.execute("SELECT id, created FROM results").fetchall())
+        assert {rid: v[0] for rid, v in _cloud_rows(cf.cloud_db, delivered).items()} == {
+            rid: device[rid] for rid in delivered
+        }
+        # given up on the device; one published before it was dropped may still reach the cloud
+        # from the broker's queue: then it is corrected like the rest
+        arrived = _cloud_rows(cf.cloud_db, dropped)
+        assert all(v[2] == "corrected" and v[0] == device[rid] for rid, v in arrived.items()), arrived

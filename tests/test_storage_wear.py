@@ -105,7 +105,8 @@ def test_jobs_never_claimed_touch_no_status_index_page_and_are_found_by_every_wo
     first = [producer.enqueue(model="iris", version=None, kind="tensors", payload=b"x") for _ in range(5)]
     assert (
         st.conn.execute(
-            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_by_status WHERE lease_owner IS NOT NULL"
+            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_by_status "
+            "WHERE lease_owner IS NOT NULL AND status IN ('queued', 'running')"
         ).fetchone()[0]
         == 0
     )
@@ -121,7 +122,8 @@ def test_jobs_never_claimed_touch_no_status_index_page_and_are_found_by_every_wo
     plan = " ".join(
         str(r[3])
         for r in st.conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE lease_owner IS NOT NULL AND status = 'queued' "
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE lease_owner IS NOT NULL "
+            "AND status IN ('queued', 'running') AND status = 'queued' "
             "AND (lease_expires IS NULL OR lease_expires <= 1) ORDER BY created LIMIT 5"
         )
     )
@@ -156,6 +158,16 @@ Storage.in_dir(sys.argv[1])
 """
 
 
+def kill_upgrade(data_dir: Path, delay_s: float) -> None:
+    """Start the agent's storage (which upgrades the database) in a process, SIGKILL it after
+    ``delay_s``."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", _UPGRADE, str(data_dir)], env=env)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_an_upgrade_killed_at_any_moment_leaves_the_old_schema_or_the_new_one(tmp_path: Path) -> None:
     """SIGKILL the upgrade of a large database at spread-out moments; each time the file holds
     version 4 with every row or the new version with every row, never a mix."""
@@ -164,11 +176,7 @@ def test_an_upgrade_killed_at_any_moment_leaves_the_old_schema_or_the_new_one(tm
         d = tmp_path / f"db{k}"
         d.mkdir()
         ids = old_database(d / "agent.sqlite3", jobs=3000, results=4000)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        proc = subprocess.Popen([sys.executable, "-c", _UPGRADE, str(d)], env=env)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_upgrade(d, delay)
         with sqlite3.connect(d / "agent.sqlite3") as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

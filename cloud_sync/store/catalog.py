@@ -37,14 +37,15 @@ class Catalog(StoreBase):
         between two reads can never show beside the state it replaced."""
         rows = self._query(
             "SELECT c.*, r.command_id AS reply_for, r.ok AS reply_ok, r.result AS reply_result, "
-            "r.error AS reply_error, r.ts AS reply_ts, r.received AS reply_received "
+            "r.error AS reply_error, r.ts AS reply_ts, r.received AS reply_received, "
+            "r.time_flag AS reply_time_flag, r.device_ts AS reply_device_ts "
             "FROM commands c LEFT JOIN command_replies r ON r.command_id = c.id WHERE c.id = ?",
             [command_id],
         )
         if not rows:
             raise NotFound(f"no command {command_id!r}")
         row = rows[0]
-        fields = ("ok", "result", "error", "ts", "received")
+        fields = ("ok", "result", "error", "ts", "received", "time_flag", "device_ts")
         reply = {f: row.pop(f"reply_{f}") for f in fields}
         if row.pop("reply_for") is None:
             return row | {"reply": None}
@@ -168,7 +169,7 @@ class Catalog(StoreBase):
         with self.snapshot():
             rows = self._query("SELECT * FROM deployments WHERE id = ?", [deployment_id])
             devices = self._query(
-                "SELECT device, model, version, state, reason, progress, ts, received "
+                "SELECT device, model, version, state, reason, progress, ts, received, time_flag, device_ts "
                 "FROM deployment_devices WHERE deployment = ? ORDER BY device",
                 [deployment_id],
             )

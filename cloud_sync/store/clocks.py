@@ -5,17 +5,26 @@ A Pi without a real-time clock marks results recorded before NTP answered (``clo
 at their reception time, flagged, the device's own time kept in ``device_created``
 (``writes.result_time``). Once the clock is trusted the device sends a ``ClockCorrection``: the
 boot's start time (``boot_time``) for a seq range of that boot. Each flagged result of that
-device, boot and range then gets ``created = boot_time + boot_s`` (the same sum the device
-computes, so both ends agree to the bit), ``time_flag = 'corrected'`` and ``time_corrected``
-(when the cloud corrected it); ``device_created`` stays, so ``created - device_created`` is by how
-much it moved.
+device and boot then gets ``created = boot_time + boot_s`` (for those of its range the same sum
+the device computes, so both ends agree to the bit), ``time_flag = 'corrected'`` and
+``time_corrected`` (when the cloud corrected it); ``device_created`` stays, so ``created -
+device_created`` is by how much it moved.
+
+One correction places every result of its boot: ``boot_s`` counts from the same boot start,
+whatever spell of unsynced clock a result was recorded in. So a correction that never arrived
+(the device sent it to a cloud older than this, the seq range was reused after retention, or it
+was lost any other way) is made up for by any other correction of the same boot: the ones it
+covered are corrected by the next one the cloud keeps. A result of a covered range is corrected
+by its own correction when that arrives first; a later correction of its boot does not move a
+result already corrected (two trusted readings of one boot's start differ by the NTP slew only).
 
 Idempotent and order-independent: the correction is kept (once per device and id; a second copy
-changes nothing, and the kept one is what is applied), and a flagged result of a covered boot
-and range that arrives later (re-sent, or overtaken by the correction) is corrected as it is
-stored. Both writes lock the device's row first (``touch``), so two ingest processes on one
-PostgreSQL cannot each miss the other's uncommitted half. A result of a boot no correction
-covers (the device rebooted before its clock was set) stays flagged ``unsynced``. A correction
+changes nothing, and the kept one is what is applied), and a flagged result of a boot with a kept
+correction that arrives later (re-sent, or overtaken by the correction) is corrected as it is
+stored: by the correction whose range holds its seq, else by the newest of its boot. Both writes
+lock the device's row first (``touch``), so two ingest processes on one PostgreSQL cannot each
+miss the other's uncommitted half. A result of a boot no correction covers (the device rebooted
+before its clock was set) stays flagged ``unsynced``. A correction
 whose times are not plausible is refused with the reason and changes nothing; a corrected time
 that would not be plausible leaves that result flagged.
 """
@@ -39,12 +48,13 @@ KEEP = (
     "INSERT INTO clock_corrections (device, id, boot, first_seq, last_seq, count, boot_time, ts, received) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING"
 )
-# by the partial index idx_results_unsynced (device, boot, seq) WHERE time_flag = 'unsynced'
+# by the partial index idx_results_unsynced (device, boot, seq) WHERE time_flag = 'unsynced':
+# every flagged result of the boot, its range and any other (see the module's doc)
 CORRECT = (
     "UPDATE results SET created = boot_s + ?, time_flag = 'corrected', time_corrected = ? "
-    "WHERE device = ? AND boot = ? AND seq >= ? AND seq <= ? AND time_flag = 'unsynced' "
-    "AND boot_s IS NOT NULL AND boot_s <= ?"
+    "WHERE device = ? AND boot = ? AND time_flag = 'unsynced' AND boot_s IS NOT NULL AND boot_s <= ?"
 )
+KEPT = "SELECT boot, first_seq, last_seq, boot_time, ts FROM clock_corrections"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,27 +63,45 @@ class Correction:
     first_seq: int
     last_seq: int
     boot_time: float
+    ts: float
 
-    def time_of(
-        self, boot: str | None, seq: int | None, boot_s: float | None, received: float
-    ) -> float | None:
-        """The corrected time of a flagged result, if this correction covers it plausibly."""
-        if boot != self.boot or seq is None or boot_s is None:
-            return None
-        if not self.first_seq <= seq <= self.last_seq:
+    def covers(self, seq: int | None) -> bool:
+        return seq is not None and self.first_seq <= seq <= self.last_seq
+
+    def time_of(self, boot_s: float | None, received: float) -> float | None:
+        """The corrected time of a flagged result of this boot, if plausible."""
+        if boot_s is None:
             return None
         when = self.boot_time + boot_s
         return when if when <= received + PLAUSIBLE_AHEAD_S else None
 
 
+def placing(corrections: Sequence[Correction], boot: str | None, seq: int | None) -> Correction | None:
+    """The correction that places a flagged result: its range's, else the newest of its boot."""
+    mine = [c for c in corrections if c.boot == boot]
+    covering = [c for c in mine if c.covers(seq)]
+    if covering:
+        return covering[0]
+    return max(mine, key=lambda c: c.ts, default=None)
+
+
 def report_time(ts: float, received: float) -> float:
-    """The time a device's report (models/reported, its update outcome, benchmark figures) is
-    ordered by: the device's ``ts``, or when the cloud received it if that ``ts`` is not
-    plausible. Reports are kept newest ``ts`` first, so a Pi back in 1970 after a reboot would
-    otherwise have them ignored until NTP answers (and one in 2040 would hide every later one)."""
+    """The time a device's report (status, telemetry, a command reply, models/reported, its update
+    outcome, benchmark figures) is stored and ordered by: the device's ``ts``, or when the cloud
+    received it if that ``ts`` is not plausible. Reports are kept newest ``ts`` first, so a Pi back
+    in 1970 after a reboot would otherwise have them ignored (or shown as its oldest) until NTP
+    answers, and one in 2040 would hide every later one."""
     if received >= PLAUSIBLE_AFTER and not PLAUSIBLE_AFTER <= ts <= received + PLAUSIBLE_AHEAD_S:
         return received
     return ts
+
+
+def device_time(ts: float, received: float) -> tuple[float, str | None, float | None]:
+    """``(ts to store, time_flag, device_ts)`` of a report by the one rule of ``report_time``: an
+    implausible ``ts`` is stored as the arrival time, flagged ``implausible``, the device's own
+    kept in ``device_ts`` (as results keep theirs in ``device_created``)."""
+    stored = report_time(ts, received)
+    return (ts, None, None) if stored == ts else (stored, "implausible", ts)
 
 
 def check(msg: ClockCorrection, received: float) -> None:
@@ -97,14 +125,9 @@ def apply(db: Conn, msg: ClockCorrection, received: float) -> int:
     check(msg, received)
     keep = (msg.device, msg.id, msg.boot, msg.first_seq, msg.last_seq, msg.count, msg.boot_time, msg.ts)
     db.execute(KEEP, [*keep, received])
-    c = _correction(
-        db.query(
-            "SELECT boot, first_seq, last_seq, boot_time FROM clock_corrections WHERE device = ? AND id = ?",
-            [msg.device, msg.id],
-        )[0]
-    )
+    c = _correction(db.query(f"{KEPT} WHERE device = ? AND id = ?", [msg.device, msg.id])[0])
     limit = received + PLAUSIBLE_AHEAD_S - c.boot_time
-    params = [c.boot_time, received, msg.device, c.boot, c.first_seq, c.last_seq, limit]
+    params = [c.boot_time, received, msg.device, c.boot, limit]
     return int(db.execute(CORRECT, params).rowcount)
 
 
@@ -113,23 +136,20 @@ def known(db: Conn, device: str, boots: Sequence[str]) -> list[Correction]:
     if not boots:
         return []
     marks = ",".join("?" * len(boots))
-    found = db.query(
-        "SELECT boot, first_seq, last_seq, boot_time FROM clock_corrections "
-        f"WHERE device = ? AND boot IN ({marks})",
-        [device, *boots],
-    )
+    found = db.query(f"{KEPT} WHERE device = ? AND boot IN ({marks})", [device, *boots])
     return [_correction(r) for r in found]
 
 
 def _correction(row: dict[str, Any]) -> Correction:
-    return Correction(str(row["boot"]), int(row["first_seq"]), int(row["last_seq"]), float(row["boot_time"]))
+    first, last = int(row["first_seq"]), int(row["last_seq"])
+    return Correction(str(row["boot"]), first, last, float(row["boot_time"]), float(row["ts"]))
 
 
 def correct_rows(
     db: Conn, device: str, rows: list[tuple[Any, ...]], columns: Sequence[str]
 ) -> list[tuple[Any, ...]]:
     """Rows about to be stored (``columns``), flagged unsynced ones corrected by a correction
-    already kept for their boot (it arrived first)."""
+    already kept for their boot (it arrived first; ``placing``)."""
     at = {name: i for i, name in enumerate(columns)}
     flagged = {r[at["boot"]] for r in rows if r[at["time_flag"]] == "unsynced" and r[at["boot"]] is not None}
     corrections = known(db, device, sorted(flagged))
@@ -138,12 +158,11 @@ def correct_rows(
     out: list[tuple[Any, ...]] = []
     for r in rows:
         row = list(r)
-        if row[at["time_flag"]] == "unsynced":
-            for c in corrections:
-                when = c.time_of(row[at["boot"]], row[at["seq"]], row[at["boot_s"]], row[at["received"]])
-                if when is not None:
-                    row[at["created"]], row[at["time_flag"]] = when, "corrected"
-                    row[at["time_corrected"]] = row[at["received"]]
-                    break
+        c = placing(corrections, row[at["boot"]], row[at["seq"]])
+        if row[at["time_flag"]] == "unsynced" and c is not None:
+            when = c.time_of(row[at["boot_s"]], row[at["received"]])
+            if when is not None:
+                row[at["created"]], row[at["time_flag"]] = when, "corrected"
+                row[at["time_corrected"]] = row[at["received"]]
         out.append(tuple(row))
     return out

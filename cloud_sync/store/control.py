@@ -22,7 +22,7 @@ class ControlPlane(StoreBase):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = "SELECT device, model, version, ts, received, figures FROM model_bench"
+        sql = "SELECT device, model, version, ts, received, figures, time_flag, device_ts FROM model_bench"
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, device"
         return self._query(sql, params)
 

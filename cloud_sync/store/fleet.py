@@ -90,7 +90,7 @@ class FleetReads(StoreBase):
 
     def status_history(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
         return self._query(
-            "SELECT state, agent_version, models, ts, received FROM status_history "
+            "SELECT state, agent_version, models, ts, received, time_flag, device_ts FROM status_history "
             "WHERE device = ? ORDER BY received DESC, id DESC LIMIT ?",
             [device_id, limit],
         )
@@ -178,7 +178,8 @@ class FleetReads(StoreBase):
         self, device_id: str, since: float | None = None, until: float | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         return self._query(
-            "SELECT ts, received, metrics FROM telemetry WHERE device = ? AND ts >= ? AND ts < ? "
+            "SELECT ts, received, metrics, time_flag, device_ts FROM telemetry WHERE device = ? AND ts >= ? "
+            "AND ts < ? "
             "ORDER BY ts DESC LIMIT ?",
             [device_id, -math.inf if since is None else since, math.inf if until is None else until, limit],
         )

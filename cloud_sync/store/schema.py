@@ -228,7 +228,27 @@ CREATE TABLE clock_corrections (
 CREATE INDEX idx_clock_corrections_boot ON clock_corrections (device, boot)
 """
 
-MIGRATIONS: tuple[Callable[[Conn], None], ...] = tuple(sql_step(v) for v in (V1, V2, V3, V4, V5, V6, V7))
+# Version 8 (issue 14): every report a device stamps with its own clock follows the rule of
+# results (``clocks.device_time``): a Pi rebooted into 1970 (or with a clock years ahead) has its
+# status, telemetry, command replies, benchmark figures and update outcomes stored at their
+# arrival time, ``time_flag = 'implausible'``, the device's own time kept in ``device_ts``. A
+# retained status seen again keeps one history row: unique on the device's own time as well.
+V8 = """
+ALTER TABLE telemetry ADD COLUMN time_flag {text};
+ALTER TABLE telemetry ADD COLUMN device_ts {real};
+ALTER TABLE status_history ADD COLUMN time_flag {text};
+ALTER TABLE status_history ADD COLUMN device_ts {real};
+CREATE UNIQUE INDEX idx_status_history_device_ts_kept ON status_history (device, device_ts, state)
+    WHERE device_ts IS NOT NULL;
+ALTER TABLE command_replies ADD COLUMN time_flag {text};
+ALTER TABLE command_replies ADD COLUMN device_ts {real};
+ALTER TABLE model_bench ADD COLUMN time_flag {text};
+ALTER TABLE model_bench ADD COLUMN device_ts {real};
+ALTER TABLE deployment_devices ADD COLUMN time_flag {text};
+ALTER TABLE deployment_devices ADD COLUMN device_ts {real}
+"""
+
+MIGRATIONS: tuple[Callable[[Conn], None], ...] = tuple(sql_step(v) for v in (V1, V2, V3, V4, V5, V6, V7, V8))
 
 
 class PgVersion:

@@ -3,6 +3,10 @@
 Idempotent by key on both backends (``ON CONFLICT DO NOTHING``): a result is stored once per
 id, status history once per (device, ts, state), telemetry once per (device, ts), a command
 has one reply. The caller acknowledges only after the outermost transaction commits.
+
+Every time a device stamps with its own clock follows one rule (``clocks.device_time``): an
+implausible one (a Pi back in 1970 before NTP answers) is stored as the arrival time, flagged
+(``time_flag``), the device's own kept beside it (``device_created`` / ``device_ts``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from cloud_sync.errors import Rejected
 from cloud_sync.store import clocks
 from cloud_sync.store.backends import Conn
 from cloud_sync.store.base import StoreBase
-from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S, report_time
+from cloud_sync.store.clocks import PLAUSIBLE_AFTER, PLAUSIBLE_AHEAD_S, device_time
 from cloud_sync.store.pages import dumps, finite, result_label, text
 from edge_agent.sync.protocol import ClockCorrection, CommandReply, ModelsReported, Results, Status, Telemetry
 
@@ -77,16 +81,18 @@ class IngestWrites(StoreBase):
 
     def record_status(self, msg: Status, received: float) -> None:
         """History row (once per device, ts, state); device state in arrival order (LWT included)."""
-        ts = finite(msg.ts, "status ts")
+        ts, flag, device_ts = device_time(finite(msg.ts, "status ts"), received)
         text(msg.agent_version, "status agent_version")
         text(msg.group, "status group")
         with self.transaction() as db:
             self._touch(db, msg.device, received)
             models = dumps(msg.models, "status models")
+            # once per (device, ts, state), or per (device, device_ts, state) for an implausible
+            # ts: a retained status seen again adds no row
             db.execute(
-                "INSERT INTO status_history (device, state, agent_version, models, ts, received) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, ts, state) DO NOTHING",
-                [msg.device, msg.state, msg.agent_version, models, ts, received],
+                "INSERT INTO status_history (device, state, agent_version, models, ts, received, "
+                "time_flag, device_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [msg.device, msg.state, msg.agent_version, models, ts, received, flag, device_ts],
             )
             # An offline Last Will is fixed at connect time, so its ts predates the birth that
             # follows it: order by arrival (the broker's order), not by the device's ts.
@@ -105,14 +111,14 @@ class IngestWrites(StoreBase):
                 )
 
     def record_telemetry(self, msg: Telemetry, received: float) -> None:
-        ts = finite(msg.ts, "telemetry ts")
+        ts, flag, device_ts = device_time(finite(msg.ts, "telemetry ts"), received)
         metrics = dumps(msg.metrics, "telemetry metrics")
         with self.transaction() as db:
             self._touch(db, msg.device, received)
             db.execute(
-                "INSERT INTO telemetry (device, ts, received, metrics) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (device, ts) DO NOTHING",
-                [msg.device, ts, received, metrics],
+                "INSERT INTO telemetry (device, ts, received, metrics, time_flag, device_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, ts) DO NOTHING",
+                [msg.device, ts, received, metrics, flag, device_ts],
             )
 
     def record_results(self, msg: Results, received: float, ingest: str) -> tuple[list[str], list[str]]:
@@ -185,7 +191,7 @@ class IngestWrites(StoreBase):
 
     def record_reply(self, msg: CommandReply, received: float) -> None:
         """The first reply to a command is kept; a reply to an unknown command is rejected."""
-        ts = finite(msg.ts, "reply ts")
+        ts, flag, device_ts = device_time(finite(msg.ts, "reply ts"), received)
         with self.transaction() as db:
             found = db.query("SELECT device FROM commands WHERE id = ?", [msg.id])
             if not found:
@@ -196,14 +202,15 @@ class IngestWrites(StoreBase):
             self._touch(db, msg.device, received)
             result = None if msg.result is None else dumps(msg.result, "reply result")
             db.execute(
-                "INSERT INTO command_replies (command_id, device, ok, result, error, ts, received) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO NOTHING",
-                [msg.id, msg.device, int(msg.ok), result, msg.error, ts, received],
+                "INSERT INTO command_replies (command_id, device, ok, result, error, ts, received, "
+                "time_flag, device_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (command_id) DO NOTHING",
+                [msg.id, msg.device, int(msg.ok), result, msg.error, ts, received, flag, device_ts],
             )
             db.execute("UPDATE commands SET state = 'replied' WHERE id = ?", [msg.id])
 
     def record_reported(self, msg: ModelsReported, received: float) -> None:
-        ts = report_time(finite(msg.ts, "reported ts"), received)
+        ts = device_time(finite(msg.ts, "reported ts"), received)[0]
         update = msg.last_update
         models = dumps(msg.models, "reported models")
         last = None if update is None else dumps(update.model_dump(), "last_update")
@@ -212,7 +219,7 @@ class IngestWrites(StoreBase):
             (
                 model,
                 fig.version,
-                report_time(finite(fig.ts, "bench ts"), received),
+                *device_time(finite(fig.ts, "bench ts"), received),
                 dumps(fig.model_dump(mode="json"), "bench figures"),
             )
             for model, fig in (msg.bench or {}).items()
@@ -224,21 +231,25 @@ class IngestWrites(StoreBase):
                 "shadow = ?, reported_ts = ? WHERE id = ? AND (reported_ts IS NULL OR reported_ts <= ?)",
                 [models, last, shadow, ts, msg.device, ts],
             )
-            for model, version, bench_ts, figures in bench:
+            for model, version, bench_ts, flag, device_ts, figures in bench:
                 db.execute(
-                    "INSERT INTO model_bench (device, model, version, ts, received, figures) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, model) DO UPDATE SET "
+                    "INSERT INTO model_bench (device, model, version, ts, received, figures, time_flag, "
+                    "device_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, model) DO UPDATE SET "
                     "version = excluded.version, ts = excluded.ts, received = excluded.received, "
-                    "figures = excluded.figures WHERE excluded.ts >= model_bench.ts",
-                    [msg.device, model, version, bench_ts, received, figures],
+                    "figures = excluded.figures, time_flag = excluded.time_flag, "
+                    "device_ts = excluded.device_ts WHERE excluded.ts >= model_bench.ts",
+                    [msg.device, model, version, bench_ts, received, figures, flag, device_ts],
                 )
             if update is not None:
+                done = finite(update.ts, "last_update ts")
+                done_ts, done_flag, done_device_ts = device_time(done, received)
                 db.execute(
                     "INSERT INTO deployment_devices (deployment, device, model, version, state, reason, "
-                    "progress, ts, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "progress, ts, received, time_flag, device_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (deployment, device) DO UPDATE SET model = excluded.model, "
                     "version = excluded.version, state = excluded.state, reason = excluded.reason, "
-                    "progress = excluded.progress, ts = excluded.ts, received = excluded.received "
+                    "progress = excluded.progress, ts = excluded.ts, received = excluded.received, "
+                    "time_flag = excluded.time_flag, device_ts = excluded.device_ts "
                     "WHERE excluded.ts >= deployment_devices.ts",
                     [
                         update.deployment,
@@ -248,7 +259,9 @@ class IngestWrites(StoreBase):
                         update.state,
                         update.reason,
                         update.progress,
-                        report_time(finite(update.ts, "last_update ts"), received),
+                        done_ts,
                         received,
+                        done_flag,
+                        done_device_ts,
                     ],
                 )

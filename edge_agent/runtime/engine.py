@@ -58,8 +58,9 @@ class Engine:
         self._state_seen = self._state_stamp()
         self._next_follow = 0.0
         self._lock = threading.RLock()
-        # name -> the serving model, read without the lock; emptied on every change of state
-        self._serving: dict[str, LoadedModel] = {}
+        # name -> the serving model and its input checks, read without the lock; emptied on every
+        # change of state
+        self._serving: dict[str, tuple[LoadedModel, InputCheck]] = {}
         self._checks: dict[tuple[str, str], InputCheck] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -110,9 +111,13 @@ class Engine:
         raise first_error
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
+        return self._model_and_check(name, version)[0]
+
+    def _model_and_check(self, name: str, version: str | None) -> tuple[LoadedModel, InputCheck]:
+        """The loaded model (default: the serving version) and its prepared input checks."""
         if version is None and time.monotonic() < self._next_follow:
             serving = self._serving.get(name)
-            if serving is not None and serving.ready:
+            if serving is not None and serving[0].ready:
                 return serving
         with self._lock:
             if name in self._unloaded:
@@ -127,13 +132,14 @@ class Engine:
                     self.follow_store()
                 version = self._active.get(name) or self._load_serving(name)
                 m = self._load(name, version)
-                self._serving[name] = m
+                entry = self._serving[name] = (m, self.input_check(m))
             else:
                 self.store.package_dir(name, version)  # 404s for unknown model / version
                 m = self._load(name, version)
+                entry = (m, self.input_check(m))
         if not m.ready:
             raise ModelNotReady(f"{name}/{version} is not ready", model=name, version=version)
-        return m
+        return entry
 
     def input_check(self, model: LoadedModel) -> InputCheck:
         """The input checks of a loaded model, prepared when it was loaded."""
@@ -298,12 +304,12 @@ class Engine:
         ``timed=False`` leaves ``timings_ms`` empty (no clock reads).
         """
         t0 = time.perf_counter_ns() if timed else 0
-        model = self.model(name, version)
+        model, check = self._model_and_check(name, version)
         m = model.manifest
         if images is not None:
             tensors, geos = self.prepare_images(m, images)
         elif inputs is not None:
-            tensors = self.validate(model, inputs)
+            tensors = check(inputs)
             geos = []
         else:
             raise InvalidInput("send either input tensors or images")

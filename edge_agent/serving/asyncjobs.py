@@ -172,17 +172,11 @@ async def sync_async(request: Request) -> Response:
         "timings_ms": pred.timings_ms,
     }
     queue = _queue(request)
-    job_id, fast_id = new_id(), new_id()
+    fast_id = new_id()
 
-    def record(conn: sqlite3.Connection) -> None:
-        queue.add(
-            conn,
-            model=accurate.name,
-            version=accurate.version,
-            kind=kind,
-            payload=payload,
-            link=fast_id,
-            job_id=job_id,
+    def record(conn: sqlite3.Connection) -> str:
+        job_id = queue.add(
+            conn, model=accurate.name, version=accurate.version, kind=kind, payload=payload, link=fast_id
         )
         gw.storage.record_result(
             conn,
@@ -193,9 +187,10 @@ async def sync_async(request: Request) -> Response:
             ref=job_id,
             result_id=fast_id,
         )
+        return job_id
 
     gw.storage.require_room("queueing a sync-async job")
-    await asyncio.wrap_future(gw.storage.submit(record, "queueing a sync-async job"))
+    job_id = await asyncio.wrap_future(gw.storage.submit(record, "queueing a sync-async job"))
     queue.notify()
     return json_response(
         {

@@ -95,7 +95,7 @@ async def predict(request: Request) -> Response:
 async def predict_fast(gw: Gateway, request: Request) -> Response:
     """Also the fast path's entry (edge_agent/serving/fastpath.py)."""
     name = gw.config.default_model
-    tensors, images = await read_inputs(request, gw.engine.model(name).manifest)
+    tensors, images = await read_inputs(request, gw.engine.model(name).manifest, gw.engine.options.max_rows)
     pred = await gw.service.predict(name, tensors=tensors, images=images)
     return json_response(_shape(pred, [_answer(r) for r in pred.results]))
 
@@ -109,7 +109,7 @@ async def predict_fast(gw: Gateway, request: Request) -> Response:
 async def predict_label(request: Request) -> Response:
     gw = gateway(request)
     name = gw.config.default_model
-    tensors, images = await read_inputs(request, gw.engine.model(name).manifest)
+    tensors, images = await read_inputs(request, gw.engine.model(name).manifest, gw.engine.options.max_rows)
     pred = await gw.service.predict(name, tensors=tensors, images=images)
     rows = [{"label": r["label"]} if "label" in r else _answer(r) for r in pred.results]
     return json_response(_shape(pred, rows))

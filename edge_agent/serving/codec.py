@@ -1,7 +1,8 @@
 """Request bodies -> tensors or images; results -> JSON bytes.
 
-The hot path avoids pydantic and per-element Python work: orjson parses,
-numpy converts nested lists in C, ``.npy`` bodies are read without a copy.
+The hot path avoids pydantic and per-element Python work: JSON tensors are
+decoded in C (``json_tensors``; orjson parses everything else), ``.npy``
+bodies are read without a copy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.responses import Response
 
 from edge_agent.errors import InvalidInput
 from edge_agent.runtime.package import Manifest
+from edge_agent.serving.json_tensors import V1, JsonArray, Layout, parse
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/jpg")
@@ -35,7 +37,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes, tensors: Layout | None = None) -> Any:
+    """The parsed JSON body; with ``tensors`` (``json_tensors.V1`` or ``V2``) the tensors at those
+    places come back as ``JsonArray`` when they decode in C (see ``json_tensors.parse``)."""
+    if tensors is not None and (doc := parse(body, tensors)) is not None:
+        return doc
     if not body:
         raise InvalidInput("empty request body: send JSON")
     try:
@@ -55,9 +61,15 @@ def b64_image(value: Any, where: str) -> bytes:
         raise InvalidInput(f"{where} is not valid base64") from None
 
 
-def tensors_from_doc(doc: Any, manifest: Manifest) -> tuple[dict[str, Any] | None, list[bytes] | None]:
+def tensors_from_doc(
+    doc: Any, manifest: Manifest, max_rows: int | None = None
+) -> tuple[dict[str, Any] | None, list[bytes] | None]:
     """JSON forms: {"data": rows} (book), {"inputs": {name: array}}, {"image_data": b64} (book),
-    {"images": [b64, ...]}."""
+    {"images": [b64, ...]}.
+
+    Tensors decoded in C (``loads(body, V1)``) become arrays, which the engine checks exactly as
+    it checks the lists they stand for, except for a batch over ``max_rows`` (the engine's
+    limit): that one it refuses before looking further, so it gets the lists."""
     if not isinstance(doc, dict):
         raise InvalidInput(
             'expected a JSON object: {"data": [[...]]}, {"inputs": {...}} or {"images": [...]}'
@@ -73,12 +85,23 @@ def tensors_from_doc(doc: Any, manifest: Manifest) -> tuple[dict[str, Any] | Non
         named = doc["inputs"]
         if not isinstance(named, dict):
             raise InvalidInput('"inputs" must map input names to arrays')
-        return dict(named), None
+        return {k: _tensor(manifest, k, v, max_rows) for k, v in named.items()}, None
     if "data" in doc:
         if len(manifest.inputs) != 1:
             raise InvalidInput(f'{manifest.name} has several inputs; name them: {{"inputs": {{...}}}}')
-        return {manifest.inputs[0].name: doc["data"]}, None
+        name = manifest.inputs[0].name
+        return {name: _tensor(manifest, name, doc["data"], max_rows)}, None
     raise InvalidInput('expected "data", "inputs", "image_data" or "images" in the JSON body')
+
+
+def _tensor(manifest: Manifest, name: str, value: Any, max_rows: int | None) -> Any:
+    if not isinstance(value, JsonArray):
+        return value
+    arr = value.array
+    spec = next((t for t in manifest.inputs if t.name == name), None)
+    if spec is not None and arr.ndim == len(spec.shape) and (max_rows is None or arr.shape[0] > max_rows):
+        return value.tolist()  # a whole batch the engine may refuse as too large before converting
+    return arr
 
 
 async def form_files(
@@ -116,8 +139,10 @@ def npy_array(body: bytes) -> np.ndarray:
 
 
 async def read_inputs(
-    request: Request, manifest: Manifest
+    request: Request, manifest: Manifest, max_rows: int | None = None
 ) -> tuple[dict[str, Any] | None, list[bytes] | None]:
+    """Tensors or encoded images from any body the tensor routes take. With ``max_rows`` (the
+    engine's limit), JSON tensors are decoded in C (see ``tensors_from_doc``)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         files, _ = await form_files(request, "file", max_files=MAX_FILES)
@@ -129,4 +154,6 @@ async def read_inputs(
         if len(manifest.inputs) != 1:
             raise InvalidInput(f"{manifest.name} has several inputs; a .npy body feeds single-input models")
         return {manifest.inputs[0].name: npy_array(body)}, None
-    return tensors_from_doc(loads(body), manifest)
+    if max_rows is None:
+        return tensors_from_doc(loads(body), manifest)
+    return tensors_from_doc(loads(body, V1), manifest, max_rows)

@@ -41,7 +41,7 @@ async def predict_fast(gw: Gateway, request: Request, name: str) -> Response:
 
 async def _predict(gw: Gateway, request: Request, name: str, version: str | None, raw: bool) -> Response:
     manifest = gw.engine.model(name, version).manifest
-    tensors, images = await read_inputs(request, manifest)
+    tensors, images = await read_inputs(request, manifest, gw.engine.options.max_rows)
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     pred = await gw.service.predict(name, version, tensors=tensors, images=images, cache=not no_cache)
     body: dict[str, object] = {

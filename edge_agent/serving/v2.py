@@ -31,6 +31,7 @@ from edge_agent.runtime.inputs import from_nested, nested_shape
 from edge_agent.runtime.package import DETECTORS, Classification, Manifest
 from edge_agent.serving.codec import json_response, loads
 from edge_agent.serving.deps import Gateway, gateway
+from edge_agent.serving.json_tensors import V2, JsonArray
 from edge_agent.serving.openapi import Responses, errors, no_content
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -225,7 +226,7 @@ def _split_body(request: Request, body: bytes) -> tuple[Any, memoryview]:
         raise InvalidInput("compressed request bodies are not supported; send them uncompressed")
     header_len = request.headers.get("inference-header-content-length")
     if header_len is None:
-        return loads(body), memoryview(b"")
+        return loads(body, V2), memoryview(b"")
     try:
         n = int(header_len)
     except ValueError:
@@ -258,16 +259,19 @@ def _json_tensor(name: str, data: Any, shape: list[int], dtype: str, count: int)
     The element count is checked from the lists' structure before anything is
     converted; the conversion is one numpy call (dtype from the JSON, so strings
     such as "1.5" are refused, not parsed), then ``_fits`` casts to the datatype
-    with vectorised checks (no Python work per element)."""
-    if not isinstance(data, list):
+    with vectorised checks (no Python work per element). Data decoded in C
+    (``JsonArray``) is that numpy call's array already."""
+    decoded = data.array if isinstance(data, JsonArray) else None
+    if decoded is None and not isinstance(data, list):
         data = [data]
-    nested = nested_shape(data, name)
+    nested = list(decoded.shape) if decoded is not None else nested_shape(data, name)
     claimed = prod(nested)
     if claimed != count:
         held = f"data has {claimed}" if len(nested) == 1 else f"data nested as {nested} hold {claimed}"
         raise InvalidInput(f"input {name!r}: shape {shape} holds {count} elements, {held}")
     target = V2_TO_NP[dtype]
-    arr = from_nested(name, data, nested)  # dtype from the JSON: strings, nulls, ragged rows refused
+    # dtype from the JSON: strings, nulls, ragged rows refused
+    arr = decoded if decoded is not None else from_nested(name, data, nested)
     return _fits(name, arr, target, dtype).reshape(shape)
 
 
@@ -349,7 +353,8 @@ def _decode_inputs(
             if "data" not in inp:
                 raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
             if dtype == "BYTES":
-                value = [_bytes_from_json(v, name) for v in _bytes_elements(name, inp["data"], count)]
+                data = inp["data"].tolist() if isinstance(inp["data"], JsonArray) else inp["data"]
+                value = [_bytes_from_json(v, name) for v in _bytes_elements(name, data, count)]
             else:
                 value = _json_tensor(name, inp["data"], shape, dtype, count)
         if dtype == "BYTES":

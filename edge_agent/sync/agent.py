@@ -33,7 +33,7 @@ from edge_agent.clock import clock_trust, clock_trust_cached
 from edge_agent.config import AgentConfig, load_config, with_overrides
 from edge_agent.diskspace import LEVELS
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.retention import CLOCK_CHECK_S, correct_unsynced
+from edge_agent.retention import DAY_S, Pruner
 from edge_agent.storage import DiskFull, OutboxBound, Storage
 from edge_agent.sync.commands import CommandContext, Commands
 from edge_agent.sync.corrections import Corrections
@@ -91,6 +91,11 @@ class SyncAgent:
         self.corrections = Corrections(
             self.storage, self.device, self._send_correction, lambda: self.settings.ack_timeout_s
         )
+        # the gateway's keeper, here too (a device may run no gateway: camera + sync): result times
+        # corrected within CLOCK_CHECK_S of the clock being trusted, the correction queued, and
+        # delivered results, thumbnails and finished work pruned after [storage] retention_days
+        days = config.storage.retention_days
+        self.keeper = Pruner(self.storage, None if days is None else days * DAY_S, trust=clock_trust)
         self.on_models_desired: Callable[[ModelsDesired], None] | None = None
         self._shadow_sent: dict[str, Any] = {}
         self.ota, self.ota_runner = self._build_ota()
@@ -128,11 +133,13 @@ class SyncAgent:
         self.link.subscribe(topic(dev, "cmd"), self._enqueue_command)
         worker = threading.Thread(target=self._command_loop, name="sync-commands", daemon=True)
         worker.start()
+        self.keeper.start()
         self.link.start()
         try:
             self._loop()
         finally:
             logger.info("stopping: publishing offline status, disconnecting")
+            self.keeper.stop()
             self._command_queue.put(None)
             worker.join(STOP_GRACE_S)
             if self.ota_runner is not None:
@@ -148,7 +155,7 @@ class SyncAgent:
         self._stop_requested = True
 
     def _loop(self) -> None:
-        next_limit = next_prune = next_clock = 0.0
+        next_limit = next_prune = 0.0
         while not self._stop_requested:
             try:
                 self._handle_events(min(self.settings.poll_interval_s, MAX_WAIT_S))
@@ -157,9 +164,6 @@ class SyncAgent:
                     self.outbox.enforce_limit()
                     self._report_bench()
                     next_limit = now + LIMIT_CHECK_S
-                if now >= next_clock:  # also here: a device may run no gateway role
-                    next_clock = now + CLOCK_CHECK_S
-                    self._correct_times()
                 if self.link.connected:
                     self._send_due()
                 if now >= self._next_telemetry:
@@ -292,14 +296,6 @@ class SyncAgent:
 
     def _send_correction(self, payload: bytes) -> None:
         self.link.publish(topic(self.device, "clock_correction"), payload, qos=1)
-
-    def _correct_times(self) -> None:
-        """Correct the times of results recorded before the clock was trusted (this boot) and
-        queue the correction for the cloud (``retention.correct_unsynced``)."""
-        try:
-            correct_unsynced(self.storage, clock_trust())
-        except DiskFull:  # tried again in CLOCK_CHECK_S; the gateway's keeper may do it meanwhile
-            return
 
     def _status_message(self, state: str) -> Message:
         msg = Status(

@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import edge_agent
+from edge_agent.clock import BUILD_EPOCH
 from edge_agent.runtime.store import atomic_write
 from edge_agent.sync.metadata import (
     ClockUntrusted,
@@ -50,11 +51,14 @@ MAX_ROOT_STEPS = 64
 
 
 def build_time() -> float:
-    """When this agent was built: the mtime of its package (files in an image carry the build's)."""
+    """When this agent was built: the mtime of its package (files in an image carry the build's),
+    never earlier than ``clock.BUILD_EPOCH``: a package installed while the clock still read 1970
+    (a first boot before NTP) has 1970 mtimes, and a floor there would let a 1970 clock accept
+    metadata that expired long ago."""
     try:
-        return Path(edge_agent.__file__).stat().st_mtime
+        return max(BUILD_EPOCH, Path(edge_agent.__file__).stat().st_mtime)
     except OSError:
-        return 0.0
+        return BUILD_EPOCH
 
 
 @dataclass

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -33,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.errors import InvalidInput
-from edge_agent.storage import NotFound, Storage, StorageError, new_id, now, unpack_body
+from edge_agent.storage import NotFound, Storage, StorageError, now, unpack_body
 from edge_agent.workers.doorbell import Doorbell
 
 PayloadKind = Literal["tensors", "images"]
@@ -109,6 +111,7 @@ def unpack(kind: str, blob: bytes) -> tuple[dict[str, np.ndarray] | None, list[b
 # -- jobs ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Job:
+    seq: int
     id: str
     model: str
     version: str | None
@@ -140,12 +143,34 @@ class Job:
         return SOURCE_SYNC_ASYNC if self.link else SOURCE_ASYNC
 
 
+# the condition of ``jobs_by_status`` (schema 9), written as the index says it: a query that
+# repeats it is answered from that index
+_CLAIMED = "lease_owner IS NOT NULL AND status IN ('queued', 'running')"
 _STATE_COLUMNS = ", ".join("x'' AS payload" if f.name == "payload" else f.name for f in fields(Job))
 
 
 def idempotent_id(key: str) -> str:
     """The job id a client's ``Idempotency-Key`` maps to: a retried submit finds its job."""
     return hashlib.sha256(b"edge-agent job\0" + key.encode()).hexdigest()[:32]
+
+
+# SD-card wear (schema 9): a job's id is its seq (the rowid, 12 hex digits) and 14 random hex
+# digits, so it is found by seq and queueing it writes no index page; ids of 32 characters
+# (an Idempotency-Key's hash, jobs queued by older agents) are found through ``jobs_by_id``.
+_SEQ_ID = re.compile(r"[0-9a-f]{26}")
+KEYED_ID_LEN = 32
+
+
+def seq_id(seq: int) -> str:
+    """A new job id for the job stored at ``seq`` (unguessable: 56 random bits)."""
+    return f"{seq:012x}{secrets.token_hex(7)}"
+
+
+def _where_id(job_id: str) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause that finds ``job_id`` through the rowid or the id index, never a scan."""
+    if _SEQ_ID.fullmatch(job_id):
+        return "seq = ? AND id = ?", (int(job_id[:12], 16), job_id)
+    return f"id = ? AND length(id) = {KEYED_ID_LEN}", (job_id,)
 
 
 class JobQueue:
@@ -175,17 +200,31 @@ class JobQueue:
         link: str | None = None,
         job_id: str | None = None,
     ) -> str:
-        """Insert a queued job inside the caller's transaction; call ``notify()`` after commit.
+        """Insert a queued job inside the caller's transaction; its id. Call ``notify()`` after
+        commit.
 
-        With an explicit ``job_id`` that already exists, nothing is inserted (idempotent submit).
+        Without ``job_id`` the id is made from the job's seq (``seq_id``). With an explicit
+        ``job_id`` (32 characters, e.g. ``idempotent_id``) that already exists, nothing is
+        inserted (idempotent submit).
         """
-        jid = job_id or new_id()
+        values = (model, version, kind, payload, self.max_attempts, now(), link)
+        columns = "model, version, payload_kind, payload, status, max_attempts, created, link"
+        if job_id is None:  # the caller holds the write lock: the next seq is ours
+            seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0])
+            jid = seq_id(seq)
+            conn.execute(
+                f"INSERT INTO jobs (seq, id, {columns}) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (seq, jid, *values),
+            )
+            return jid
+        if len(job_id) != KEYED_ID_LEN:
+            raise ValueError(f"an explicit job id has {KEYED_ID_LEN} characters, not {len(job_id)}")
         conn.execute(
-            "INSERT INTO jobs (id, model, version, payload_kind, payload, status, max_attempts, created, "
-            "link) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-            (jid, model, version, kind, payload, self.max_attempts, now(), link),
+            f"INSERT INTO jobs (id, {columns}) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?) "
+            f"ON CONFLICT(id) WHERE length(id) = {KEYED_ID_LEN} DO NOTHING",
+            (job_id, *values),
         )
-        return jid
+        return job_id
 
     def enqueue(
         self,
@@ -234,19 +273,19 @@ class JobQueue:
                 return recorded, []
             t = now()
             self._expire(conn, t)
-            ids, cursor = self._claimable(conn, t, limit)
+            seqs, cursor = self._claimable(conn, t, limit)
             conn.executemany(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
-                "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE id = ?",
-                [(owner, t + self.lease_s, t, jid) for jid in ids],
+                "lease_owner = ? || '#' || (attempts + 1), lease_expires = ?, started = ? WHERE seq = ?",
+                [(owner, t + self.lease_s, t, seq) for seq in seqs],
             )
-            select = "SELECT * FROM jobs WHERE id = ?"
-            claimed = [Job.from_row(conn.execute(select, (jid,)).fetchone()) for jid in ids]
+            select = "SELECT * FROM jobs WHERE seq = ?"
+            claimed = [Job.from_row(conn.execute(select, (seq,)).fetchone()) for seq in seqs]
         self._cursor = cursor  # only once committed: a claim rolled back leaves its jobs to find
         return recorded, claimed
 
-    def _claimable(self, conn: sqlite3.Connection, t: float, limit: int) -> tuple[list[str], int]:
-        """The ids of up to ``limit`` of the oldest claimable jobs (inside the claim's transaction),
+    def _claimable(self, conn: sqlite3.Connection, t: float, limit: int) -> tuple[list[int], int]:
+        """The seqs of up to ``limit`` of the oldest claimable jobs (inside the claim's transaction),
         and the cursor to keep once they are claimed.
 
         Jobs claimed before (retries, expired leases) are in ``jobs_by_status``. Jobs never
@@ -255,40 +294,39 @@ class JobQueue:
         claimed, and a job queued later gets a higher rowid (rows are inserted under the write
         lock and retention never deletes the newest row, so rowids only grow)."""
         fresh = conn.execute(
-            "SELECT rowid, id, created FROM jobs WHERE rowid >= ? AND lease_owner IS NULL "
-            "AND status = 'queued' ORDER BY rowid LIMIT ?",
+            "SELECT seq, created FROM jobs WHERE seq >= ? AND lease_owner IS NULL "
+            "AND status = 'queued' ORDER BY seq LIMIT ?",
             (self._cursor, limit),
         ).fetchall()
         again = conn.execute(
-            "SELECT NULL, id, created FROM jobs WHERE lease_owner IS NOT NULL AND status = 'queued' "
+            f"SELECT seq, created FROM jobs WHERE {_CLAIMED} AND status = 'queued' "
             "AND (lease_expires IS NULL OR lease_expires <= ?) ORDER BY created LIMIT ?",
             (t, limit),
         ).fetchall()
-        taken = sorted(fresh + again, key=lambda r: (r[2], r[0] or 0))[:limit]
-        took = {r[1] for r in taken}
-        left = [r[0] for r in fresh if r[1] not in took]
+        taken = sorted(fresh + again, key=lambda r: (r[1], r[0]))[:limit]
+        took = {r[0] for r in taken}
+        left = [r[0] for r in fresh if r[0] not in took]
         if left:
             cursor = min(left)
         elif len(fresh) == limit:  # more may follow the last one read
             cursor = fresh[-1][0] + 1
         else:
-            top = conn.execute("SELECT MAX(rowid) FROM jobs").fetchone()[0]
+            top = conn.execute("SELECT MAX(seq) FROM jobs").fetchone()[0]
             cursor = (top or 0) + 1
-        return [r[1] for r in taken], cursor
+        return [r[0] for r in taken], cursor
 
     def _expire(self, conn: sqlite3.Connection, t: float) -> None:
         """Leases that passed: back to the queue, or failed when out of attempts."""
         conn.execute(
             "UPDATE jobs SET status = 'failed', finished = ?, lease_expires = NULL, "
             "error = 'lease expired on the last attempt (worker died or hung)' "
-            "WHERE status = 'running' AND lease_owner IS NOT NULL AND lease_expires < ? "
-            "AND attempts >= max_attempts",
+            f"WHERE {_CLAIMED} AND status = 'running' AND lease_expires < ? AND attempts >= max_attempts",
             (t, t),
         )
         conn.execute(
             "UPDATE jobs SET status = 'queued', lease_expires = NULL, "
             "error = 'lease expired (worker died or hung); retrying' "
-            "WHERE status = 'running' AND lease_owner IS NOT NULL AND lease_expires < ?",
+            f"WHERE {_CLAIMED} AND status = 'running' AND lease_expires < ?",
             (t,),
         )
 
@@ -313,8 +351,8 @@ class JobQueue:
         n = conn.execute(
             "UPDATE jobs SET status = 'done', finished = ?, result_id = id, lease_expires = NULL, "
             "error = NULL, payload = x'' "
-            "WHERE id = ? AND lease_owner = ? AND status IN ('running', 'queued')",
-            (now(), job.id, job.lease_owner),
+            "WHERE seq = ? AND lease_owner = ? AND status IN ('running', 'queued')",
+            (now(), job.seq, job.lease_owner),
         ).rowcount
         if n != 1:  # the lease was taken over: the other claim records the result
             return False
@@ -340,15 +378,15 @@ class JobQueue:
             if final:
                 n = conn.execute(
                     "UPDATE jobs SET status = 'failed', finished = ?, lease_expires = NULL, error = ? "
-                    "WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                    (t, error, job.id, job.lease_owner),
+                    "WHERE seq = ? AND lease_owner = ? AND status = 'running'",
+                    (t, error, job.seq, job.lease_owner),
                 ).rowcount
             else:
                 backoff = min(self.lease_s, RETRY_BASE_S * 2 ** (job.attempts - 1))
                 n = conn.execute(
                     "UPDATE jobs SET status = 'queued', lease_expires = ?, error = ? "
-                    "WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                    (t + backoff, error, job.id, job.lease_owner),
+                    "WHERE seq = ? AND lease_owner = ? AND status = 'running'",
+                    (t + backoff, error, job.seq, job.lease_owner),
                 ).rowcount
         if n != 1:
             return None
@@ -361,8 +399,8 @@ class JobQueue:
             with self.storage.transaction(what="giving a job back") as conn:
                 conn.execute(
                     "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), "
-                    "lease_expires = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                    (job.id, job.lease_owner),
+                    "lease_expires = NULL WHERE seq = ? AND lease_owner = ? AND status = 'running'",
+                    (job.seq, job.lease_owner),
                 )
         except StorageError:
             return False
@@ -371,8 +409,7 @@ class JobQueue:
     def next_deadline(self) -> float | None:
         """The earliest time a job may become claimable without a ring (lease end, retry time)."""
         row = self.storage.conn.execute(
-            "SELECT MIN(lease_expires) FROM jobs WHERE status IN ('queued', 'running') "
-            "AND lease_owner IS NOT NULL AND lease_expires IS NOT NULL"
+            f"SELECT MIN(lease_expires) FROM jobs WHERE {_CLAIMED} AND lease_expires IS NOT NULL"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
@@ -380,7 +417,8 @@ class JobQueue:
     def get(self, job_id: str, *, payload: bool = False) -> Job:
         """The job's state; its (possibly large) input only with ``payload=True``."""
         columns = "*" if payload else _STATE_COLUMNS
-        row = self.storage.conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        where, args = _where_id(job_id)
+        row = self.storage.conn.execute(f"SELECT {columns} FROM jobs WHERE {where}", args).fetchone()
         if row is None:
             raise JobNotFound(f"no job {job_id!r}", job_id=job_id)
         return Job.from_row(row)

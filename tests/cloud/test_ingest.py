@@ -195,6 +195,36 @@ def test_telemetry_replies_and_reported_models_are_stored(ingest: Role, broker: 
     ) == [("replied", 1)]
 
 
+def test_a_device_back_in_1970_has_its_telemetry_stored_at_arrival_and_flagged(
+    ingest: Role, broker: Broker, db: CloudDb
+) -> None:
+    """Through the ingest process: the snapshot of a Pi rebooted without its clock is the newest."""
+    dev = device_id()
+    with sim_device(broker, dev) as device:
+        device.publish(protocol.Telemetry(device=dev, ts=time.time() - 60, metrics={"cpu": 0.1}), "telemetry")
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM telemetry WHERE device = ?", dev), what="the first snapshot"
+        )
+        t0 = time.time()
+        device.publish(protocol.Telemetry(device=dev, ts=86_400.0, metrics={"cpu": 0.9}), "telemetry")
+        wait_for(
+            lambda: len(query(db, "SELECT 1 FROM telemetry WHERE device = ?", dev)) == 2, what="the 1970 one"
+        )
+    rows = query(
+        db,
+        "SELECT ts, received, time_flag, device_ts, metrics FROM telemetry WHERE device = ? ORDER BY ts DESC",
+        dev,
+    )
+    ts, received, flag, device_ts, metrics = rows[0]
+    assert (ts, flag, device_ts, metrics) == (received, "implausible", 86_400.0, '{"cpu":0.9}') and ts >= t0
+    assert rows[1][2:4] == (None, None)
+    store = Store(db)
+    try:
+        assert store.latest_metrics([dev]) == {dev: '{"cpu":0.9}'}
+    finally:
+        store.close()
+
+
 def test_two_ingest_roles_with_shared_subscriptions_store_every_result_once(
     tmp_path: Path, cloud_db: CloudDb
 ) -> None:
@@ -332,7 +362,7 @@ def test_a_correction_gives_delivered_results_their_time_once_and_keeps_the_devi
     dev = f"dev-{uuid.uuid4().hex[:8]}"
     fixed = [unsynced(seq, boot_s) for seq, boot_s in ((11, 10.25), (12, 20.5), (13, 30.75))]
     earlier_boot = unsynced(10, 5.0, OTHER_BOOT)  # rebooted before NTP: nothing can place it
-    outside = unsynced(14, 40.0)  # a later unsynced spell of the same boot: another correction's
+    outside = unsynced(14, 40.0)  # a later spell of the same boot: placed by this boot's correction too
     synced = result_record().model_copy(update={"seq": 15})
     sent = [earlier_boot, *fixed, outside, synced]
     boot_time = time.time() - 3600.0
@@ -355,7 +385,7 @@ def test_a_correction_gives_delivered_results_their_time_once_and_keeps_the_devi
         assert (flag, device_created, boot, boot_s, seq) == ("corrected", r.created, BOOT, r.boot_s, r.seq)
         assert corrected is not None and float(corrected) >= float(received)  # type: ignore[arg-type]
     assert after[earlier_boot.id] == before[earlier_boot.id]  # stays flagged unsynced
-    assert after[outside.id] == before[outside.id]
+    assert after[outside.id][:4] == (boot_time + 40.0, before[outside.id][1], "corrected", outside.created)
     assert after[synced.id][2:5] == (None, None, None) and after[synced.id][0] == synced.created
     kept = query(
         db, "SELECT boot, first_seq, last_seq, count, boot_time FROM clock_corrections WHERE device = ?", dev
@@ -376,7 +406,7 @@ def test_results_that_arrive_after_their_correction_are_corrected_as_they_are_st
     dev = f"dev-{uuid.uuid4().hex[:8]}"
     boot_time = time.time() - 7200.0
     late = [unsynced(21, 1.5), unsynced(22, 2.5)]  # sent unsynced, overtaken by the correction
-    beyond = unsynced(23, 3.5)  # recorded after that correction's range: not covered
+    beyond = unsynced(23, 3.5)  # recorded after that correction's range: placed by it all the same
     with sim_device(broker, dev) as device:
         msg = correction(dev, 20, 22, boot_time, count=2)
         device.publish(msg, "clock_correction")
@@ -384,11 +414,44 @@ def test_results_that_arrive_after_their_correction_are_corrected_as_they_are_st
         device.publish(results_msg(dev, [*late, beyond]), "results")
         wait_for(lambda: device.acked_ids() >= {r.id for r in [*late, beyond]}, what="the late results")
     stored = rows(db, [*late, beyond])
-    for r in late:
+    for r in [*late, beyond]:
         created, received, flag, device_created, corrected, *_ = stored[r.id]
         expected = (boot_time + r.boot_s, "corrected", r.created, received)  # type: ignore[operator]
         assert (created, flag, device_created, corrected) == expected
-    assert stored[beyond.id][2] == "unsynced" and stored[beyond.id][0] == stored[beyond.id][1]
+
+
+def test_a_lost_correction_is_made_up_for_by_a_later_one_of_the_same_boot(
+    ingest: Role, broker: Broker, db: CloudDb
+) -> None:
+    """Results whose own correction never reached the cloud are placed by any other correction of
+    their boot (boot_s counts from the same boot start); at insert a result takes its own range's
+    correction first, else the newest of its boot; a correction arriving late moves nothing."""
+    dev = f"dev-{uuid.uuid4().hex[:8]}"
+    first_spell, second_spell = [unsynced(41, 1.0), unsynced(42, 2.0)], [unsynced(43, 3.0)]
+    t_a, t_b, t_c = time.time() - 900.0, time.time() - 899.5, time.time() - 899.0  # NTP slew
+    with sim_device(broker, dev) as device:
+        device.publish(results_msg(dev, [*first_spell, *second_spell]), "results")
+        wait_for(lambda: len(device.acked_ids()) == 3, what="the results stored")
+        lost = correction(dev, 41, 42, t_a)  # e.g. never sent: the cloud sees only the next one
+        second = correction(dev, 43, 43, t_b, ts=time.time() - 6)
+        device.publish(second, "clock_correction")
+        wait_for(lambda: any(a.ids == [second.id] for a in device.acks), what="the second correction's ack")
+        stored = rows(db, [*first_spell, *second_spell])
+        for r in [*first_spell, *second_spell]:
+            assert stored[r.id][:4:2] == (t_b + r.boot_s, "corrected")  # type: ignore[operator]
+        device.publish(lost, "clock_correction")  # arrives after all: nothing moves
+        wait_for(lambda: any(a.ids == [lost.id] for a in device.acks), what="the late correction's ack")
+        assert rows(db, [*first_spell, *second_spell]) == stored
+        # arriving after several corrections: its own range's first, else the newest of its boot
+        newest = correction(dev, 44, 44, t_c, ts=time.time() - 4)
+        device.publish(newest, "clock_correction")
+        wait_for(lambda: any(a.ids == [newest.id] for a in device.acks), what="the newest correction's ack")
+        own, unknown_range = unsynced(41, 1.0), unsynced(60, 9.0)  # re-sent under another id; a later spell
+        device.publish(results_msg(dev, [own, unknown_range]), "results")
+        wait_for(lambda: device.acked_ids() >= {own.id, unknown_range.id}, what="the late results")
+    late = rows(db, [own, unknown_range])
+    assert late[own.id][:4:2] == (t_a + 1.0, "corrected")
+    assert late[unknown_range.id][:4:2] == (t_c + 9.0, "corrected")
 
 
 def test_a_malformed_or_implausible_correction_is_rejected_with_the_reason_and_changes_nothing(

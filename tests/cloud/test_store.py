@@ -3,6 +3,7 @@ and on a fresh database of a real PostgreSQL server (tests/pgserver.py)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -496,3 +497,62 @@ def test_a_report_from_a_device_back_in_1970_is_ordered_by_arrival(store: Store)
     )
     assert store.device("dev1")["reported_models"] == {"iris": "1"}
     assert [d["state"] for d in store.deployment("d1")["device_states"]] == ["rolled_back"]
+
+
+def test_every_report_stamped_by_a_clock_in_1970_is_stored_at_its_arrival_and_flagged(store: Store) -> None:
+    """One rule for every device time the cloud keeps (clocks.device_time): a Pi rebooted without its
+    clock sends status, telemetry, a command reply, bench figures and an update outcome stamped 1970;
+    each is stored at its arrival, flagged ``implausible``, the device's own time kept; plausible
+    ones are stored as sent, unflagged. A retained status seen again adds no history row."""
+    now, ts_1970 = time.time(), 86_400.0 + 42.0
+    before = status_msg("dev1").model_copy(update={"ts": now - 100})  # before the reboot: a plausible clock
+    store.record_status(before, now - 100)
+    store.record_telemetry(protocol.Telemetry(device="dev1", ts=now - 100, metrics={"cpu": 0.1}), now - 100)
+    back = status_msg("dev1").model_copy(update={"ts": ts_1970})
+    store.record_status(back, now - 10)
+    store.record_status(back, now - 5)  # the retained birth delivered again (an ingest reconnected)
+    history = store.status_history("dev1")
+    assert [(h["ts"], h["time_flag"], h["device_ts"]) for h in history] == [
+        (now - 10, "implausible", ts_1970),
+        (now - 100, None, None),
+    ]
+    assert store.device("dev1")["status_ts"] == now - 5  # device state: in arrival order, as always
+
+    store.record_telemetry(protocol.Telemetry(device="dev1", ts=ts_1970, metrics={"cpu": 0.9}), now - 9)
+    rows = store.telemetry("dev1")
+    assert [(r["ts"], r["time_flag"], r["device_ts"], r["metrics"]) for r in rows] == [
+        (now - 9, "implausible", ts_1970, {"cpu": 0.9}),  # newest: the fleet page shows it
+        (now - 100, None, None, {"cpu": 0.1}),
+    ]
+    assert json.loads(store.latest_metrics(["dev1"])["dev1"]) == {"cpu": 0.9}
+    ahead = now + 30 * 86_400.0  # a clock years (here a month) ahead is implausible too
+    store.record_telemetry(protocol.Telemetry(device="dev1", ts=ahead, metrics={"cpu": 0.5}), now - 8)
+    assert store.telemetry("dev1", limit=1)[0]["device_ts"] == ahead
+
+    store.add_command("c1", "dev1", "ping", {}, now - 20)
+    store.record_reply(protocol.CommandReply(device="dev1", id="c1", ok=True, ts=ts_1970), now - 7)
+    reply = store.command("c1")["reply"]
+    assert (reply["ts"], reply["time_flag"], reply["device_ts"]) == (now - 7, "implausible", ts_1970)
+
+    store.add_model_version("iris", "2", {"name": "iris", "version": "2"}, sha256="ab" * 32, created=1.0)
+    store.create_deployment("d1", [{"model": "iris", "version": "2"}], ["dev1"], now - 30)
+    outcome = protocol.UpdateOutcome(deployment="d1", model="iris", version="2", state="active", ts=ts_1970)
+    report = protocol.ModelsReported(
+        device="dev1", models={"iris": "2"}, last_update=outcome, ts=ts_1970,
+        bench={"iris": _figures("iris", "2", ts_1970, 0.5)},
+    )  # fmt: skip
+    store.record_reported(report, now - 6)
+    (state,) = store.deployment("d1")["device_states"]
+    assert (state["ts"], state["time_flag"], state["device_ts"]) == (now - 6, "implausible", ts_1970)
+    (bench,) = store.bench("dev1")
+    assert (bench["ts"], bench["time_flag"], bench["device_ts"]) == (now - 6, "implausible", ts_1970)
+    assert store.device("dev1")["reported_ts"] == now - 6
+
+    # NTP answered: the next reports are stored as sent, unflagged
+    store.record_telemetry(protocol.Telemetry(device="dev1", ts=now - 1, metrics={"cpu": 0.2}), now)
+    newest = store.telemetry("dev1", limit=1)[0]
+    assert (newest["ts"], newest["time_flag"], newest["device_ts"]) == (now - 1, None, None)
+    synced = report.model_copy(update={"ts": now - 1, "bench": {"iris": _figures("iris", "2", now - 1, 0.4)}})
+    store.record_reported(synced, now)
+    (bench,) = store.bench("dev1")
+    assert (bench["ts"], bench["time_flag"], bench["device_ts"]) == (now - 1, None, None)

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_agent.runtime.backends import availability
-from edge_agent.runtime.backends.litert import _Tensor, dequantize, quantize
+from edge_agent.runtime.backends._quant import QTensor, dequantize, quantize
 from tests.conftest import ROOT
 
 BROKEN = "raise ImportError('libtensorflowlite.so: cannot open shared object file (simulated)')\n"
@@ -51,7 +52,7 @@ def test_broken_litert_is_reported_and_onnx_keeps_working(tmp_path: Path) -> Non
 
 
 def test_int8_quantization_round_trip_is_within_half_a_step() -> None:
-    t = _Tensor("x", 0, np.dtype(np.int8), (1, 4), scale=0.05, zero_point=-3)
+    t = QTensor("x", 0, np.dtype(np.int8), (1, 4), scale=0.05, zero_point=-3)
     x = np.array([[-6.0, -0.01, 0.0, 6.2]], dtype=np.float32)
     q = quantize(x, t)
     assert q.dtype == np.int8
@@ -60,3 +61,43 @@ def test_int8_quantization_round_trip_is_within_half_a_step() -> None:
     assert np.all(np.abs(back - x) <= 0.025 + 1e-6)
     # values beyond the representable range saturate instead of wrapping around
     assert quantize(np.array([[100.0, -100.0, 0, 0]], np.float32), t)[0, :2].tolist() == [127, -128]
+
+
+def _litert_model(name: str, runtime: str | None = None):  # type: ignore[no-untyped-def]
+    from edge_agent.runtime.backends import BackendOptions
+    from edge_agent.runtime.backends.litert import LiteRTModel
+    from edge_agent.runtime.package import read_manifest
+
+    pkg = ROOT / "models" / name / "1"
+    m = read_manifest(pkg)
+    model = LiteRTModel(pkg / m.file, m, BackendOptions())
+    if runtime is not None:  # as with tflite_runtime: the public wrappers
+        from edge_agent.runtime.backends import litert
+
+        model._binding, model._set, model._invoke, model._get = litert._calls(model._interp, runtime)
+    return model
+
+
+def test_a_failed_litert_call_leaves_the_interpreter_resizable() -> None:
+    from edge_agent.errors import InferenceError
+
+    model = _litert_model("digits_tflite")
+    assert model._binding  # ai_edge_litert: the binding's own methods
+    kept = []
+    try:
+        model.infer({"input": np.zeros((3, 1, 8, 8), np.float64)})  # the interpreter refuses float64
+    except InferenceError as exc:
+        kept.append(exc)  # the exception (and its traceback) stays alive
+    assert kept, "float64 was accepted"
+    for rows in (5, 1, 32):  # every new batch size resizes the interpreter
+        out = model.infer({"input": np.zeros((rows, 1, 8, 8), np.float32)})
+        assert out["logits"].shape == (rows, 10)
+
+
+@pytest.mark.parametrize("name", ["digits_tflite", "digits_tflite_int8"])
+def test_public_litert_wrappers_give_the_same_outputs(name: str) -> None:
+    x = np.random.default_rng(3).uniform(0, 1, (7, 1, 8, 8)).astype(np.float32)
+    direct, public = _litert_model(name), _litert_model(name, runtime="tflite_runtime")
+    assert direct._binding and not public._binding
+    a, b = direct.infer({"input": x}), public.infer({"input": x})
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)

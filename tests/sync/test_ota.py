@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,11 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+import edge_agent
 from cloud_sync.artifacts import artifact_path
 from cloud_sync.deploy import generate_keys, publish
 from cloud_sync.store import Store
+from edge_agent.clock import BUILD_EPOCH
 from edge_agent.runtime.engine import Engine
 from edge_agent.runtime.package import MANIFEST_NAME
 from edge_agent.runtime.store import ModelStore
@@ -494,7 +497,7 @@ def test_a_clock_earlier_than_the_last_trusted_time_skips_the_update(device: Dev
 
 
 def test_an_unsynced_clock_before_the_build_skips_the_update_and_never_sees_it_unexpired(
-    device: Device, cloud: Cloud
+    device: Device, cloud: Cloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The one rule for an unsynced clock (docs/model-updates.md, "The clock"; edge_agent/clock.py):
     a Pi that booted in 2001 (clock_trust says unsynced) is below the time floor seeded from the
@@ -508,6 +511,25 @@ def test_an_unsynced_clock_before_the_build_skips_the_update_and_never_sees_it_u
     for before_ntp in (0.0, 978_307_200.0, expired_now - 10 * 365 * 86_400):
         with pytest.raises(metadata.ClockUntrusted, match="earlier than the last trusted time"):
             trust.check_targets(root, msg.targets, DEVICE, now=before_ntp)
+    # installed on a first boot before NTP: the package's files carry 1970 mtimes; the floor is
+    # still the agent's release date (clock.BUILD_EPOCH), never 1970
+    package = tmp_path / "installed-in-1970" / "__init__.py"
+    package.parent.mkdir()
+    package.write_text("")
+    os.utime(package, (86_400.0, 86_400.0))
+    monkeypatch.setattr(edge_agent, "__file__", str(package))
+    assert trust.build_time_seed() == BUILD_EPOCH
+    state_file = trust.dir / "state.json"
+    kept = state_file.read_text() if state_file.exists() else None
+    if kept is not None:  # as if nothing had been verified yet: the floor is the build's alone
+        state_file.write_text(json.dumps(json.loads(kept) | {"time_floor": 0}))
+    try:
+        for before_ntp in (86_400.0 + 60, 978_307_200.0):
+            with pytest.raises(metadata.ClockUntrusted, match="earlier than the last trusted time"):
+                trust.check_targets(root, msg.targets, DEVICE, now=before_ntp)
+    finally:
+        if kept is not None:
+            state_file.write_text(kept)
     assert trust.check_targets(root, msg.targets, DEVICE).targets.version >= 1  # NTP answered
 
 
