@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from edge_agent.access import bearer_ok
 from edge_agent.errors import EdgeAgentError
-from edge_agent.serving import book, caches, heap, v1, v2
+from edge_agent.serving import book, caches, v1, v2
 from edge_agent.serving.codec import json_response
 from edge_agent.serving.deps import Gateway
 
@@ -49,7 +49,6 @@ V1 = _Route("/v1/models/{name}/predict")
 V2 = _Route("/v2/models/{name}/infer")
 BOOK = _Route("/predict")
 BY_DIGEST = _Route("/v1/models/{name}/predictions/{sha256}")
-HOLD_MIN_BYTES = 16 * 1024  # bodies from this size have their parsed form freed after the answer
 
 
 def match(path: str) -> tuple[_Route, str] | None:
@@ -84,9 +83,8 @@ class FastPath:
         self.token = token
         self._counted: dict[tuple[str, str, int], Any] = {}  # (model, route, 200) -> counter child
 
-    def take(self, scope: Scope) -> tuple[_Route, str, int] | None:
-        """(route, model name or "name/sha256", declared body size) when this request is the fast
-        path's, else None."""
+    def take(self, scope: Scope) -> tuple[_Route, str] | None:
+        """(route, model name or "name/sha256") when this request is the fast path's, else None."""
         if scope["type"] != "http" or scope["query_string"]:
             return None
         method = scope["method"]
@@ -110,60 +108,49 @@ class FastPath:
             return None  # the middleware answers (400, 413) or reads the chunked body
         if self.token is not None and not bearer_ok(auth, self.token):
             return None  # the middleware answers 401
-        return hit[0], hit[1], 0 if length is None else int(length)
+        return hit
 
-    async def serve(self, hit: tuple[_Route, str, int], scope: Scope, receive: Receive, send: Send) -> None:
-        route, name, size = hit
+    async def serve(self, hit: tuple[_Route, str], scope: Scope, receive: Receive, send: Send) -> None:
+        route, name = hit
         scope["route"] = route
         gw = self.gw
-        sha256 = ""
         if route is BY_DIGEST:
             name, sha256 = name.split("/", 1)
             scope["path_params"] = {"name": name, "sha256": sha256}
         else:
             scope["path_params"] = {"name": name} if name else {}
         request = Request(scope, receive)
-        held: list[object] = []  # a large parsed body, freed after the answer is written (heap.py)
-        token = heap.holding(held) if size >= HOLD_MIN_BYTES else None
         try:
-            try:
-                if route is BY_DIGEST:
-                    response: Response = caches.answer_by_digest(gw, name, sha256, False)
-                elif route is V1:
-                    response = await v1.predict_fast(gw, request, name)
-                elif route is V2:
-                    response = await v2.infer_fast(gw, request, name)
-                else:
-                    response = await book.predict_fast(gw, request)
-            except EdgeAgentError as exc:
-                gw.metrics.failures.labels(name, route.path, exc.code).inc()
-                status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
-                if status == 500:
-                    logger.error("%s %s failed: %s", scope["method"], scope["path"], exc.message)
-                response = json_response(exc.to_dict(), status=status)
-            # Starlette's own (a malformed multipart body): as the app answers it
-            except HTTPException as exc:
-                response = json_response(
-                    {"error": str(exc.detail), "code": "http_error"}, exc.status_code, dict(exc.headers or {})
-                )
-            except Exception as exc:  # a bug: the same JSON 500 as the routed endpoints give
-                gw.metrics.failures.labels(name, route.path, "internal").inc()
-                logger.exception("%s %s: unexpected error", scope["method"], scope["path"])
-                response = json_response(
-                    {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, 500
-                )
-            status = response.status_code
-            try:
-                await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-                await send({"type": "http.response.body", "body": response.body})
-            finally:
-                self._count(name, route.path, status)
+            if route is BY_DIGEST:
+                response: Response = caches.answer_by_digest(gw, name, sha256, False)
+            elif route is V1:
+                response = await v1.predict_fast(gw, request, name)
+            elif route is V2:
+                response = await v2.infer_fast(gw, request, name)
+            else:
+                response = await book.predict_fast(gw, request)
+        except EdgeAgentError as exc:
+            gw.metrics.failures.labels(name, route.path, exc.code).inc()
+            status = exc.status if exc.status < 500 or exc.status in (503, 504, 507) else 500
+            if status == 500:
+                logger.error("%s %s failed: %s", scope["method"], scope["path"], exc.message)
+            response = json_response(exc.to_dict(), status=status)
+        except HTTPException as exc:  # Starlette's own (a malformed multipart body): as the app answers it
+            response = json_response(
+                {"error": str(exc.detail), "code": "http_error"}, exc.status_code, dict(exc.headers or {})
+            )
+        except Exception as exc:  # a bug: the same JSON 500 as the routed endpoints give
+            gw.metrics.failures.labels(name, route.path, "internal").inc()
+            logger.exception("%s %s: unexpected error", scope["method"], scope["path"])
+            response = json_response(
+                {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, 500
+            )
+        status = response.status_code
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+            await send({"type": "http.response.body", "body": response.body})
         finally:
-            if token is not None:
-                heap.release(token)
-                # Now, while the client reads the answer: left to the frame, the list would live on
-                # in the context the server's keep-alive timer copied and go with the next request.
-                held.clear()
+            self._count(name, route.path, status)
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
         """``edge_requests_total``; the children of successful answers are kept (their model names

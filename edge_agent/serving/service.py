@@ -48,7 +48,6 @@ from edge_agent.runtime.engine import Engine, Prediction
 from edge_agent.runtime.package import Batching, Manifest
 from edge_agent.runtime.postprocess import postprocess
 from edge_agent.runtime.preprocess import Geometry
-from edge_agent.serving import heap
 from edge_agent.serving.drift_monitor import DriftMonitor
 from edge_agent.serving.metrics import Metrics
 from edge_agent.serving.shadow import ShadowEvaluator
@@ -220,8 +219,6 @@ class InferenceService:
         if images is not None:
             job = _Job(model, t0, deadline, images=images)
         else:
-            if tensors is not None:  # parsed JSON: freed after the answer is written, not before
-                heap.hold_until_answered(tensors)
             inputs = self.engine.validate(model, tensors or {})
             job = _Job(model, t0, deadline, inputs=inputs, validate_s=time.perf_counter() - t0)
         return await self._serve(job, cache)
