@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ from edge_agent.cli import EXIT_ERROR, EXIT_OK, main
 from edge_agent.repack import repack
 from edge_agent.storage import DB_NAME, MIGRATIONS, PAGE_SIZE, Storage
 from tests.conftest import ROOT, copy_models
+from tests.device import small_filesystem
 from tests.serving.gateway_proc import free_port
 from tests.test_jobs_by_seq import PREVIOUS, previous_database
 
@@ -52,6 +54,13 @@ def _rows(path: Path) -> dict[str, Any]:
 def _old(data: Path, jobs: int = 40, results: int = 30) -> dict[str, list[str]]:
     data.mkdir(parents=True, exist_ok=True)
     return previous_database(data / DB_NAME, jobs=jobs, results=results)
+
+
+def _fill(path: Path, payload: int) -> None:
+    """Give every job a random payload of ``payload`` bytes (bulk)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE jobs SET payload = randomblob(?)", (payload,))
+        conn.commit()
 
 
 def test_a_schema_8_database_with_1k_pages_is_repacked_keeping_every_row(tmp_path: Path) -> None:
@@ -130,6 +139,23 @@ def test_left_as_it_is_without_room_for_the_copy(tmp_path: Path) -> None:
     assert repack(tmp_path, reserve_bytes=1 << 20, free_bytes=2 * size + (1 << 20)).outcome == "repacked"
 
 
+def test_left_as_it_is_on_a_real_filesystem_too_small_for_the_copy(tmp_path: Path) -> None:
+    _old(tmp_path / "src", jobs=3000, results=3000)
+    _fill(tmp_path / "src" / DB_NAME, 800)  # ~3.5 MB, for a 5 MiB filesystem
+    with small_filesystem(tmp_path / "disk", 5) as disk:
+        (disk / "data").mkdir()
+        shutil.copyfile(tmp_path / "src" / DB_NAME, disk / "data" / DB_NAME)
+        before = _rows(disk / "data" / DB_NAME)
+        report = repack(disk / "data", reserve_bytes=0)
+        assert report.outcome == "no_space" and _rows(disk / "data" / DB_NAME) == before, report
+        # past the check (a wrong free-space figure), the VACUUM itself hits the full disk: rolled
+        # back by SQLite, the file as it was, back in WAL
+        report = repack(disk / "data", reserve_bytes=0, free_bytes=1 << 40)
+        assert report.outcome == "failed" and "file unchanged" in report.message, report
+        assert "full" in report.message, report.message
+        assert _rows(disk / "data" / DB_NAME) == before and before["journal_mode"] == "wal"
+
+
 _REPACK = """
 import sys
 from edge_agent.cli import EXIT_ERROR, EXIT_OK, main
@@ -144,9 +170,7 @@ def test_a_repack_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_pa
     1 KiB pages or 512-byte ones, integrity ok, every row identical; the next repack finishes."""
     template = tmp_path / "template"
     _old(template, jobs=20_000, results=20_000)
-    with contextlib.closing(sqlite3.connect(template / DB_NAME)) as conn:  # bulk: ~10 MB of payload
-        conn.execute("UPDATE jobs SET payload = randomblob(400)")
-        conn.commit()
+    _fill(template / DB_NAME, 400)  # ~10 MB
     before = _rows(template / DB_NAME)
     seen: set[int] = set()
     journals = 0
