@@ -10,7 +10,8 @@ real disk (``var/``, not a tmpfs: ``write_bytes`` counts block-layer writes).
   ``write_bytes`` (journal, SQLite's temporary copy, the file rewritten);
 * saving: bench/wear.py's patterns on ``edge-agent up`` (serve and worker, 1 client) from a
   small upgraded database, kept at 1 KiB pages (held open by this process while ``up`` starts,
-  so its repack refuses) and repacked by ``up``: bytes written per result, side by side.
+  so its repack refuses), repacked by ``up``, and created with 512-byte pages (the same rows):
+  bytes written per result, side by side.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ print(json.dumps({"outcome": report.outcome, "seconds": seconds, "written": int(
 """
 
 
-def upgraded(data: Path, mb: float) -> None:
-    """A current-schema database of 1 KiB pages holding ``mb`` MB of results and outbox rows."""
+def upgraded(data: Path, mb: float, page_size: int = 1024) -> None:
+    """A current-schema database of 1 KiB pages (or ``page_size``) holding ``mb`` MB of results
+    and outbox rows."""
     data.mkdir(parents=True)
-    conn = connect(data / DB_NAME, busy_timeout_s=5, page_size=1024)
+    conn = connect(data / DB_NAME, busy_timeout_s=5, page_size=page_size)
     conn.execute("BEGIN IMMEDIATE")
     migrate(conn, [sql_script(s) for s in MIGRATIONS], UserVersion(conn))
     conn.execute("COMMIT")
@@ -84,10 +86,13 @@ def cost(data: Path) -> dict[str, float]:
     return doc
 
 
-def per_result(work: Path, name: str, n: int, keep: bool) -> float:
+def per_result(work: Path, name: str, n: int, side: str) -> float:
+    """``side``: "kept" (1 KiB pages, not repacked), "repacked" (by ``up``), "new" (created
+    with 512-byte pages, the same rows)."""
     roles, fn = PATTERNS[name]
-    data = work / f"{'kept' if keep else 'repacked'}-{name.replace(' ', '-')}"
-    upgraded(data, 0.2)
+    data = work / f"{side}-{name.replace(' ', '-')}"
+    upgraded(data, 0.2, 512 if side == "new" else 1024)
+    keep = side == "kept"
     a = Agent(Side("new", ROOT), data, work / "models", roles, {})
     with contextlib.closing(sqlite3.connect(data / DB_NAME)) as holder:
         if keep:
@@ -132,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
             copy_models(work / "models", MODELS)
             print(f"\nbytes written per result, n={args.n}, 1 client")
-            print(f"{'pattern':<16}{'1 KiB kept':>12}{'repacked':>12}")
+            print(f"{'pattern':<16}{'1 KiB kept':>12}{'repacked':>12}{'new 512':>12}")
             for name in (s.strip() for s in args.patterns.split(",") if s.strip()):
-                kept, packed = (per_result(work, name, args.n, keep) for keep in (True, False))
-                print(f"{name:<16}{kept / 1024:>9.1f} KiB{packed / 1024:>9.1f} KiB")
+                figures = [per_result(work, name, args.n, side) for side in ("kept", "repacked", "new")]
+                print(f"{name:<16}" + "".join(f"{f / 1024:>8.1f} KiB" for f in figures))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
