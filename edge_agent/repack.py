@@ -69,10 +69,13 @@ def repack(
     database it cannot repack (busy, no room, an SQLite error): the report says why, logged.
     ``free_bytes`` replaces the measured free space (tests)."""
     path = Path(data_dir) / DB_NAME
-    if not path.exists():
-        return RepackReport("absent", 0, 0, 0, 0, 0.0, f"no database at {path}: nothing to repack")
     started = time.monotonic()
-    before = _size(path)
+    try:
+        if not path.exists():
+            return RepackReport("absent", 0, 0, 0, 0, 0.0, f"no database at {path}: nothing to repack")
+        before = _size(path)
+    except OSError as exc:
+        return _report("failed", 0, 0, 0, 0, started, f"cannot read {path}: {exc}")
     try:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None)
     except sqlite3.Error as exc:
@@ -149,14 +152,17 @@ def _repack(
         new = int(conn.execute("PRAGMA page_size").fetchone()[0])
     except sqlite3.Error:
         new = page_size  # the VACUUM committed with it
+    done = new == page_size
     return _report(
-        "repacked" if new == page_size else "failed",
+        "repacked" if done else "failed",
         old,
         new,
         before,
         _size(path),
         started,
-        f"{path} repacked from {old}-byte to {new}-byte pages",
+        f"{path} repacked from {old}-byte to {new}-byte pages"
+        if done
+        else f"{path}: VACUUM kept {new}-byte pages (is {page_size} a page size SQLite takes?)",
     )
 
 

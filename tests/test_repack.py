@@ -91,8 +91,13 @@ def test_a_current_schema_database_is_repacked_too(tmp_path: Path) -> None:
     assert after["page_size"] == PAGE_SIZE and after["rows"] == before["rows"]
 
 
-def test_nothing_to_do_without_a_database(tmp_path: Path) -> None:
+def test_nothing_to_do_without_a_database_and_a_page_size_sqlite_ignores_fails(tmp_path: Path) -> None:
     assert repack(tmp_path / "none").outcome == "absent"
+    _old(tmp_path)
+    before = _rows(tmp_path / DB_NAME)
+    report = repack(tmp_path, page_size=700)  # not a power of two: SQLite keeps the old size
+    assert report.outcome == "failed" and "VACUUM kept 1024-byte pages" in report.message, report
+    assert _rows(tmp_path / DB_NAME) == before
 
 
 _HOLD = """
