@@ -170,6 +170,15 @@ repack(__import__("pathlib").Path(sys.argv[1]))
 """
 
 
+def _hot_journal(path: Path) -> bool:
+    """A rollback journal of a transaction not committed: its header starts with the magic (a
+    committed one, kept while the repack holds its exclusive lock, has it zeroed)."""
+    try:
+        return path.read_bytes()[:8] == bytes.fromhex("d9d505f920a163d7")
+    except FileNotFoundError:
+        return False
+
+
 def test_a_repack_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path: Path) -> None:
     """SIGKILL the VACUUM of a ~10 MB database at spread-out moments: each time the file holds
     1 KiB pages or 512-byte ones, integrity ok, every row identical; the next repack finishes."""
@@ -179,7 +188,7 @@ def test_a_repack_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_pa
     before = _rows(template / DB_NAME)
     seen: set[int] = set()
     journals = 0
-    for k, delay in enumerate((0.0, 0.1, 0.25, 0.5, 0.8, 1.2, 2.0)):
+    for k, delay in enumerate((0.0, 0.03, 0.06, 0.1, 0.15, 0.25, 0.5, 2.0)):
         d = tmp_path / f"db{k}"
         d.mkdir()
         (d / DB_NAME).write_bytes((template / DB_NAME).read_bytes())
@@ -188,14 +197,14 @@ def test_a_repack_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_pa
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        hot = (d / f"{DB_NAME}-journal").exists()  # killed inside the VACUUM
+        hot = _hot_journal(d / f"{DB_NAME}-journal")  # killed inside the VACUUM, before its commit
         after = _rows(d / DB_NAME)  # the first opener rolls a hot journal back
-        assert after["page_size"] in (1024, PAGE_SIZE)
+        assert after["page_size"] == 1024 if hot else after["page_size"] in (1024, PAGE_SIZE)
         assert after["rows"] == before["rows"], k
         seen.add(after["page_size"])
         journals += hot
         assert repack(d).ok and _rows(d / DB_NAME)["page_size"] == PAGE_SIZE
-    print("page sizes seen after the kills:", sorted(seen), "; killed inside the VACUUM:", journals)
+    print("page sizes seen after the kills:", sorted(seen), "; hot journals rolled back:", journals)
     assert seen == {1024, PAGE_SIZE} and journals, (seen, journals)
 
 
