@@ -232,6 +232,22 @@ def cmd_backends(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_storage_repack(config: AgentConfig, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from edge_agent.repack import repack
+
+    report = repack(config.data_dir, reserve_bytes=config.storage.reserve_bytes)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print(report.message)
+        if report.outcome == "repacked":
+            kib = (report.bytes_before // 1024, report.bytes_after // 1024)
+            print(f"{kib[0]} KiB -> {kib[1]} KiB in {report.seconds:.2f} s")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
 # -- parser ---------------------------------------------------------------------
 def _add_import_arguments(sp: argparse.ArgumentParser) -> None:
     from edge_agent.runtime.import_args import add_import_arguments
@@ -271,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_role_commands(sub, add)
 
     sp = add(sub, "backends", cmd_backends, "Show which inference backends can run here, and why not.")
+
+    storage = add(sub, "storage", lambda c, a: EXIT_USAGE, "Maintain the device database.")
+    ssub = storage.add_subparsers(
+        dest="storage_command", required=True, metavar="ACTION", help="database action"
+    )
+    sp = add(
+        ssub,
+        "repack",
+        cmd_storage_repack,
+        "Rebuild the database to the page size new databases get (512 bytes: fewer bytes written per "
+        "result), if it has another. Every role must be stopped (`edge-agent up` does this at start); "
+        "needs free space of twice the file plus the disk reserve. Exit code 1 if it could not run.",
+    )
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     models = add(sub, "models", lambda c, a: EXIT_USAGE, "Manage the model store.")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION", help="store action")

@@ -143,6 +143,11 @@ def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``up`` role."""
     for spec in config.up.roles:
         role_command(spec)  # every spec checked before anything starts
+    from edge_agent.repack import repack
+
+    # one process owns the data directory until the roles start: an upgraded device's database
+    # gets the page size new ones have (SD-card wear); the outcome is logged, start-up goes on
+    repack(config.data_dir, reserve_bytes=config.storage.reserve_bytes)
     if (args.profile or config.up.profile) == "all-in-one":
         from edge_agent.allinone import run_all_in_one
 
