@@ -12,8 +12,12 @@ error stays that request's.
 
 A runtime call that takes less than ``INLINE_MAX_S`` (a tiny model) runs on the
 event loop itself: handing it to a thread and back costs more than the call.
-Slower calls go to the executor, so the loop keeps reading requests meanwhile.
-``RunCost`` keeps the moving average that decides.
+Slower calls go to the executor, so the loop keeps reading requests meanwhile,
+except in a process that has one core (``cores.usable_cores``): there the
+executor's thread and the loop would share that core, so a call expected under
+``INLINE_ONE_CORE_MAX_S`` runs on the loop too, and the requests that arrive
+meanwhile wait in the socket buffers to be read, all together, into the next
+batch. ``RunCost`` keeps the moving average that decides.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.errors import EdgeAgentError, InferenceError
+from edge_agent.runtime.cores import usable_cores
 
 Tensors = dict[str, np.ndarray]
 IDLE_YIELDS = 3  # event-loop turns without a new request before a gathering batch runs
 RunFn = Callable[[Tensors], Tensors]
 INLINE_MAX_S = 0.0003  # runtime calls expected to be shorter than this run on the event loop
 INLINE_ALONE_MAX_S = 0.005  # ... and up to this when nothing else is queued or computing
+INLINE_ONE_CORE_MAX_S = 0.2  # ... and up to this in a process with one core (the loop then waits
+# for the call: /health and other routes are answered after it, so a bound keeps that short)
 
 
 class RunCost:
@@ -41,18 +48,27 @@ class RunCost:
 
     On the event loop when the call is expected to take less than a thread hop would cost
     (``INLINE_MAX_S``), or when it is alone (nothing else queued or computing: no request
-    is kept waiting) and short (``INLINE_ALONE_MAX_S``); otherwise in the executor, so the
-    loop keeps reading requests meanwhile. Unknown at first: the first call goes to the
-    executor. Every call is timed where it runs, so a model that got slower moves back."""
+    is kept waiting) and short (``INLINE_ALONE_MAX_S``), or, for a call already gathered
+    (``gathered``: a batch about to run, or a request that is not batched), when the process has
+    one core and the call is not long (``INLINE_ONE_CORE_MAX_S``: the executor's thread would
+    only take turns with the loop on that core); otherwise in the executor, so the loop keeps reading requests
+    meanwhile. Unknown at first: the first call goes to the executor. Every call is timed where
+    it runs, so a model that got slower moves back. ``cores``: the process's usable cores
+    (default: ``usable_cores()``)."""
 
-    __slots__ = ("_per_row",)
+    __slots__ = ("_one_core", "_per_row")
 
-    def __init__(self) -> None:
+    def __init__(self, cores: int | None = None) -> None:
         self._per_row = 1.0
+        self._one_core = (usable_cores() if cores is None else cores) == 1
 
-    def inline(self, rows: int, alone: bool) -> bool:
+    def inline(self, rows: int, alone: bool, gathered: bool = False) -> bool:
         expected = self._per_row * rows
-        return expected < INLINE_MAX_S or (alone and expected < INLINE_ALONE_MAX_S)
+        return (
+            expected < INLINE_MAX_S
+            or (alone and expected < INLINE_ALONE_MAX_S)
+            or (gathered and self._one_core and expected < INLINE_ONE_CORE_MAX_S)
+        )
 
     def timed(self, fn: Callable[[Tensors], Tensors], inputs: Tensors, rows: int) -> Tensors:
         """``fn(inputs)``, its duration per row (in whichever thread runs it) added to the average."""
@@ -89,6 +105,7 @@ class Batcher:
         max_batch_size: int = 32,
         max_queue_delay_s: float = 0.002,
         on_batch: Callable[[int], None] | None = None,
+        cores: int | None = None,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -100,7 +117,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
         self._busy = False  # a batch is being run by the loop task
-        self.cost = RunCost()
+        self.cost = RunCost(cores)
 
     async def submit(self, inputs: Tensors, timeout_s: float) -> tuple[Tensors, float]:
         """Run ``inputs`` (validated, one batch size) and return (outputs, seconds queued)."""
@@ -195,7 +212,8 @@ class Batcher:
             # Alone (one request, none queued: low load) a short call runs on the loop: the thread
             # hop is what c=1 latency would pay for nothing. Requests that arrive meanwhile are
             # read right after and gathered into the next batch, which goes to the executor.
-            if self.cost.inline(rows, alone=len(batch) == 1 and not self._pending):
+            # With one core, a batch runs on the loop too (see RunCost).
+            if self.cost.inline(rows, alone=len(batch) == 1 and not self._pending, gathered=True):
                 outputs = self.cost.timed(self._run, merged, rows)
             else:
                 outputs = await loop.run_in_executor(self._executor, self.cost.timed, self._run, merged, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,14 +20,28 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
+SMALL_ROWS = 4  # answers of up to this many rows ...
+SMALL_CLASSES = 64  # ... of up to this many classes are computed in plain Python
+
+
 def classify(
     outputs: dict[str, np.ndarray], spec: Classification, labels: Sequence[str]
 ) -> list[dict[str, Any]]:
     """One dict per row: best label, its score, the top-k and every probability.
 
-    Vectorised: numpy does the sorting and gathering, Python only builds the dicts.
+    Vectorised: numpy does the sorting and gathering, Python only builds the dicts. A small
+    answer (the usual single request) is computed in plain Python instead (``_classify_small``).
     """
     scores = outputs[spec.output]
+    if (
+        spec.label_output is None
+        and scores.ndim == 2
+        and scores.shape[0] <= SMALL_ROWS
+        and 0 < scores.shape[1] <= SMALL_CLASSES
+    ):
+        small = _classify_small(scores.tolist(), spec, labels)
+        if small is not None:
+            return small
     if scores.ndim == 1:
         scores = scores[:, None]
     probs = softmax(scores.astype(np.float32)) if spec.apply_softmax else scores
@@ -51,6 +66,43 @@ def classify(
             }
         )
     return rows
+
+
+def _classify_small(
+    rows: list[list[float]], spec: Classification, labels: Sequence[str]
+) -> list[dict[str, Any]] | None:
+    """``classify`` for a few rows of a few classes, or None for a row that is not all finite.
+
+    A dozen numpy calls on ten numbers cost more than the numbers: ~50 us right after a
+    convolutional model has evicted the caches numpy's code runs from, against ~20 us of plain
+    Python (~11 against ~5 us warm). The softmax is computed in double precision and rounded to
+    float32, the type numpy's version computes in: the probabilities may differ from it by one
+    float32 rounding step (about 6e-8 of 1.0). The top-k order is the same stable order (equal
+    scores keep their class order)."""
+    names = [*labels, *(str(j) for j in range(len(labels), len(rows[0])))]
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if not all(map(math.isfinite, row)):
+            return None  # NaN or infinity: numpy's version says what it makes of them
+        if spec.apply_softmax:
+            top = max(row)
+            exps = [math.exp(v - top) for v in row]
+            total = math.fsum(exps)
+            p: list[float] = array("f", [v / total for v in exps]).tolist()
+        else:
+            p = row
+        order = sorted(range(len(p)), key=p.__getitem__, reverse=True)[: min(spec.top_k, len(p))]
+        best = order[0]
+        out.append(
+            {
+                "label": names[best],
+                "index": best,
+                "score": p[best],
+                "top_k": [{"label": names[j], "index": j, "score": p[j]} for j in order],
+                "probabilities": p,
+            }
+        )
+    return out
 
 
 def detect(

@@ -474,9 +474,10 @@ class InferenceService:
         if cost is None:
             cost = self._costs[(m.name, m.version)] = RunCost()
         run = functools.partial(self.engine.infer, model)
-        # Only a tiny call runs on the loop here: without a batcher, concurrent requests may each
-        # use a core of their own in the executor, which running a longer call inline would undo.
-        if cost.inline(rows, alone=False):
+        # Only a tiny call runs on the loop here (or a short one when the process has one core):
+        # without a batcher, concurrent requests may each use a core of their own in the executor,
+        # which running a longer call inline would undo.
+        if cost.inline(rows, alone=False, gathered=True):
             return cost.timed(run, inputs, rows), 0.0
         loop = asyncio.get_running_loop()
         timeout_s = max(0.001, remaining_s)

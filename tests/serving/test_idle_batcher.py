@@ -30,7 +30,7 @@ def test_an_idle_batcher_runs_a_short_call_on_the_loop_without_its_task() -> Non
 
     async def main() -> tuple[int, list[float]]:
         with ThreadPoolExecutor(2) as pool:
-            batcher = Batcher(recorder(seconds, threads), pool, max_batch_size=8)
+            batcher = Batcher(recorder(seconds, threads), pool, max_batch_size=8, cores=2)
             await batcher.submit(X, 5.0)  # unknown cost: measured in the executor first
             queued = []
             for _ in range(3):
@@ -51,7 +51,7 @@ def test_a_call_too_long_to_run_alone_still_goes_to_the_executor() -> None:
 
     async def main() -> int:
         with ThreadPoolExecutor(2) as pool:
-            batcher = Batcher(recorder(INLINE_ALONE_MAX_S * 1.5, threads), pool, max_batch_size=8)
+            batcher = Batcher(recorder(INLINE_ALONE_MAX_S * 1.5, threads), pool, max_batch_size=8, cores=2)
             for _ in range(2):
                 await batcher.submit(X, 5.0)
             return threading.get_ident()
@@ -67,7 +67,11 @@ def test_concurrent_requests_are_still_batched_behind_a_busy_runtime() -> None:
         sizes: list[int] = []
         with ThreadPoolExecutor(2) as pool:
             batcher = Batcher(
-                recorder(INLINE_ALONE_MAX_S * 1.5, threads), pool, max_batch_size=8, on_batch=sizes.append
+                recorder(INLINE_ALONE_MAX_S * 1.5, threads),
+                pool,
+                max_batch_size=8,
+                on_batch=sizes.append,
+                cores=2,
             )
             await batcher.submit(X, 5.0)  # the cost is known: too long to run on the loop
             answers = await asyncio.gather(*(batcher.submit(X, 5.0) for _ in range(6)))
@@ -87,7 +91,7 @@ def test_after_a_batch_a_lone_request_goes_through_the_queue_once() -> None:
         sizes: list[int] = []
         with ThreadPoolExecutor(2) as pool:
             batcher = Batcher(
-                recorder(INLINE_MAX_S * 3, threads), pool, max_batch_size=8, on_batch=sizes.append
+                recorder(INLINE_MAX_S * 3, threads), pool, max_batch_size=8, on_batch=sizes.append, cores=2
             )
             first = asyncio.create_task(batcher.submit(X, 5.0))  # unknown cost: to the executor
             while not batcher._busy:
