@@ -158,6 +158,7 @@ def _check_one(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
         if want is not None and got != want and not (axis == 0 and want == 1):
             raise _shape_error(spec, list(arr.shape), axis)
     target = _DTYPES[spec.dtype]
+    finite = False  # known to hold no NaN or infinity
     if arr.dtype != target:  # (dtype.name is slow: compare dtype objects)
         if arr.dtype.kind not in _SAFE_CASTS[spec.dtype]:
             raise InvalidInput(
@@ -168,21 +169,24 @@ def _check_one(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
             )
         if arr.dtype.kind == "f" and target.kind == "f" and arr.dtype.itemsize > target.itemsize:
             with np.errstate(over="ignore"):
-                cast = arr.astype(target)
-            if not np.isfinite(cast).all():  # the narrow type overflowed, or the source was not finite
+                cast = arr.astype(target, order="C")
+            if nonfinite(cast.ravel()):  # the narrow type overflowed, or the source was not finite
                 overflow = np.isinf(cast) & np.isfinite(arr)
                 if overflow.any():
                     raise InvalidInput(
                         f"input {spec.name!r} has values out of {spec.dtype} range", input=spec.name
                     )
+            else:
+                finite = True
             arr = cast
         else:
             arr = arr.astype(target)
-    if arr.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(arr).all():
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f" and not spec.allow_nan and not finite and nonfinite(arr.ravel()):
         raise InvalidInput(
             f"input {spec.name!r} contains NaN or infinity, which this model does not accept", input=spec.name
         )
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 class InputCheck:
