@@ -12,9 +12,12 @@ common case, checking what the middleware would (one pass over the headers): a d
 wrong token, a query string, any other route) goes through FastAPI and its middleware, which
 answer it as before (400, 413, 401, the routed handler). The request counter and the failure
 counter are kept here for what the fast path answers, with the labels the middleware gives;
-errors get the same JSON answers. The route is found with string tests, not regular
-expressions, and the gateway is handed over once, not looked up per request. What it answers is
-what the OpenAPI document says of the routed versions (tests/serving/test_openapi.py).
+errors get the same JSON answers. The body is read here, straight from ``receive`` (one
+message in the usual case, handed on without a copy); a client that goes away before its body
+is whole gets no answer and nothing is logged as an error. The route is found with string
+tests, not regular expressions, and the gateway is handed over once, not looked up per
+request. What it answers is what the OpenAPI document says of the routed versions
+(tests/serving/test_openapi.py).
 """
 
 from __future__ import annotations
