@@ -2,12 +2,13 @@
 
 The series every request records (``edge_requests``, ``edge_stage_seconds``, ``edge_batch_size``)
 are plain Python numbers of our own (:class:`LoopCounter`, :class:`LoopHistogram`), exposed through
-collectors in exactly the text prometheus_client's ``Counter`` and ``Histogram`` would give: these
-take a lock per bucket, sum and count, about 4 us a request. They are recorded without a lock, so
-only by the event loop thread: the ASGI middleware and fast path, the inference service's coroutines
-and the batcher's ``on_batch`` (called from its coroutines) all run there, and ``/metrics`` is read
-there too. Series other threads record (the caches' events, from executor threads) stay on
-prometheus_client. With ``--workers N`` each process has its own registry, as before.
+collectors in exactly the text prometheus_client's ``Counter`` and ``Histogram`` would give (those
+take a lock for the sum and another for the bucket at each observation: a few us a request). They
+are recorded without a lock, so only by the event loop thread: the ASGI middleware and fast path,
+the inference service's coroutines and the batcher's ``on_batch`` (called from its coroutines) all
+run there, and ``/metrics`` is read there too. Series that other threads record (cache events: the
+data cache counts its misses in an executor thread) stay on prometheus_client. With ``--workers N``
+each process has its own registry, as before.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 import prometheus_client.metrics
 from prometheus_client import (
@@ -148,48 +150,71 @@ class HistogramChild:
         self.sum += amount
 
 
-class _Loop(Collector):
-    """Name, help and label names of a series family recorded by the event loop thread only."""
+Child = TypeVar("Child", CounterChild, HistogramChild)
+Family = TypeVar("Family", CounterMetricFamily, HistogramMetricFamily)
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+
+class _Loop(Collector, Generic[Child, Family]):
+    """A labelled family recorded by the event loop thread only: its series by label values."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
+        registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {values}")
+    def labels(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {values}")
+            child = self._children[values] = self._new()
+        return child
+
+    def _new(self) -> Child:
+        raise NotImplementedError
+
+    def _family(self) -> Family:
+        raise NotImplementedError
+
+    def _add(self, family: Family, values: tuple[str, ...], child: Child, created: bool) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> list[Family]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Family]:
+        family = self._family()
+        created = _use_created()
+        for values, child in list(self._children.items()):  # a copy: labels() may add one meanwhile
+            self._add(family, values, child, created)
+        yield family
 
 
-class LoopCounter(_Loop):
+class LoopCounter(_Loop[CounterChild, CounterMetricFamily]):
     """A labelled counter exposed as prometheus_client's ``Counter`` is (``_total``, ``_created``)."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], *, registry: CollectorRegistry
     ) -> None:
-        super().__init__(name, documentation, labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = CounterChild()
-        return child
+    def _new(self) -> CounterChild:
+        return CounterChild()
 
-    def describe(self) -> list[CounterMetricFamily]:
-        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        created = _use_created()
-        for values, child in list(self._children.items()):
-            family.add_metric(values, child.value, created=child.created if created else None)
-        yield family
+    def _add(
+        self, family: CounterMetricFamily, values: tuple[str, ...], child: CounterChild, created: bool
+    ) -> None:
+        family.add_metric(values, child.value, created=child.created if created else None)
 
 
-class LoopHistogram(_Loop):
+class LoopHistogram(_Loop[HistogramChild, HistogramMetricFamily]):
     """A labelled histogram exposed as prometheus_client's ``Histogram`` is (``_bucket`` with
     ``le`` up to ``+Inf``, ``_count``, ``_sum``, ``_created``)."""
 
@@ -202,40 +227,33 @@ class LoopHistogram(_Loop):
         *,
         registry: CollectorRegistry,
     ) -> None:
-        super().__init__(name, documentation, labelnames)
         bounds = [float(b) for b in buckets]
         if bounds != sorted(bounds):
             raise ValueError(f"{name}: buckets not in increasing order")
         self.bounds = (*bounds, INF) if not bounds or bounds[-1] != INF else tuple(bounds)
+        if len(self.bounds) < 2:
+            raise ValueError(f"{name}: at least one bucket below +Inf")
         self._le: list[str] = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = HistogramChild(self.bounds)
-        return child
+    def _new(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
-    def describe(self) -> list[HistogramMetricFamily]:
-        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        created = _use_created()
-        for values, child in list(self._children.items()):
-            cumulative: list[tuple[str, float]] = []
-            total = 0
-            for le, n in zip(self._le, list(child.counts), strict=True):
-                total += n
-                cumulative.append((le, total))
-            family.add_metric(values, cumulative, child.sum)
-            if created:
-                family.add_sample(
-                    f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)), child.created
-                )
-        yield family
+    def _add(
+        self, family: HistogramMetricFamily, values: tuple[str, ...], child: HistogramChild, created: bool
+    ) -> None:
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for le, n in zip(self._le, list(child.counts), strict=True):
+            total += n
+            cumulative.append((le, total))
+        family.add_metric(values, cumulative, child.sum)
+        if created:  # HistogramMetricFamily has no created=: the sample prometheus_client's Histogram adds
+            labels = dict(zip(self.labelnames, values, strict=True))
+            family.add_sample(f"{self.name}_created", labels, child.created)
 
 
 class _DiskCollector(Collector):

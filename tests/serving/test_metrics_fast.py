@@ -218,6 +218,10 @@ def test_label_count_and_negative_increments_are_refused() -> None:
         metrics.requests.labels("m", "/e", "200").inc(-1)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         LoopCounter("edge_requests", "Again.", ("model",), registry=metrics.registry)
+    with pytest.raises(ValueError, match="increasing order"):
+        LoopHistogram("h", "H.", (), (1.0, 0.5), registry=metrics.registry)
+    with pytest.raises(ValueError, match="below"):
+        LoopHistogram("h", "H.", (), (math.inf,), registry=metrics.registry)
 
 
 # -- who records: the event loop thread, and only it --------------------------------------------
