@@ -278,8 +278,11 @@ def test_only_the_event_loop_thread_records(recorded: set[int], tmp_path: Path) 
                 r.status_code
                 for r in await asyncio.gather(*(client.post(digits, json=same) for _ in range(6)))
             ]
-            png = {"content": ASTRONAUT, "headers": {"content-type": "image/png"}}
-            codes += [(await client.post("/v1/models/face/predict", **png)).status_code for _ in range(2)]
+            png = {"content-type": "image/png"}
+            codes += [
+                (await client.post("/v1/models/face/predict", content=ASTRONAUT, headers=png)).status_code
+                for _ in range(2)
+            ]
             v2 = {
                 "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.1] * 64}]
             }
