@@ -106,7 +106,9 @@ def sample_inputs(n: int, seed: int = SEED + 1) -> np.ndarray:
 
 
 def _session(path: Path) -> object:
-    import onnxruntime as ort
+    from edge_agent.runtime.backends.onnx import load_ort
+
+    ort = load_ort()  # as the agent imports it: telemetry off
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

@@ -129,7 +129,9 @@ def raw_vs_bench(
     store: ModelStore, name: str, version: str, batch: int, reps: int, seconds: float
 ) -> dict[str, float]:
     """Medians over ``reps`` alternating blocks: raw session.run loop, then ``run_bench`` (one thread)."""
-    import onnxruntime as ort
+    from edge_agent.runtime.backends.onnx import load_ort
+
+    ort = load_ort()  # as the agent imports it: telemetry off
 
     m = store.manifest(name, version)
     pkg = store.package_dir(name, version)

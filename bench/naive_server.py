@@ -15,6 +15,7 @@ reference answers use the same bare ``InferenceSession.run`` / LiteRT ``invoke``
 # No ``from __future__ import annotations`` here: FastAPI must see the real ``Data`` class in
 # the endpoint's signature (it is built at run time for the model's input rank).
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ class OnnxRunner:
     """A bare onnxruntime session with the agent's settings (one intra-op thread)."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
+        # telemetry off, as the agent runs it (edge_agent/runtime/backends/onnx.py: load_ort)
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
 
         so = ort.SessionOptions()

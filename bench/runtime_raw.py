@@ -109,7 +109,9 @@ class OnnxRaw:
     """A bare onnxruntime session, configured like the agent's ONNX backend."""
 
     def __init__(self, path: Path, manifest: Manifest, threads: int) -> None:
-        import onnxruntime as ort
+        from edge_agent.runtime.backends.onnx import load_ort
+
+        ort = load_ort()  # as the agent imports it: telemetry off
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads

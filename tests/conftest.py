@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.runtime.engine import Engine
+
+# Tests that import onnxruntime themselves do it as the agent does: telemetry off (see load_ort).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from edge_agent.runtime.store import ModelStore
 from tests.pgserver import PgServer, run_postgres
 

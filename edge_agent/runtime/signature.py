@@ -220,10 +220,10 @@ def _onnx_tensor(arg: Any, name: str) -> TensorInfo:
 
 
 def _onnx_signature(path: Path) -> Signature:
-    from edge_agent.runtime.backends.onnx import _ort
+    from edge_agent.runtime.backends.onnx import load_ort
 
     try:
-        ort = _ort()
+        ort = load_ort()
     except BackendUnavailable as exc:
         raise ImportRejected(exc.message, reason="backend_unavailable") from None
     so = ort.SessionOptions()

@@ -37,6 +37,7 @@ import numpy as np
 
 from edge_agent.errors import InvalidInput, PackageError, QualityGateFailed, ToolsUnavailable
 from edge_agent.runtime.backends import BackendOptions, get_backend
+from edge_agent.runtime.backends.onnx import load_ort
 from edge_agent.runtime.package import (
     Manifest,
     load_golden,
@@ -78,6 +79,7 @@ def _tools() -> tuple[Any, Any]:
     """(onnxruntime.quantization, its shape_inference); ToolsUnavailable naming the fix."""
     try:
         importlib.import_module("onnx")
+        load_ort()  # telemetry off before onnxruntime is first imported
         quant = importlib.import_module("onnxruntime.quantization")
         shape = importlib.import_module("onnxruntime.quantization.shape_inference")
     except ImportError as exc:
@@ -234,7 +236,7 @@ def _manifest(
     calib: EvalSet,
     tail: int,
 ) -> Manifest:
-    ort = importlib.import_module("onnxruntime")
+    ort = load_ort()
     kept = (
         f"; the last {tail} weighted layers before the outputs, and all after them, kept in float"
         if tail

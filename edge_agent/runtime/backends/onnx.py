@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Mapping
 from itertools import chain
 from pathlib import Path
@@ -30,7 +31,20 @@ from edge_agent.runtime.package import Manifest
 logger = logging.getLogger(__name__)
 
 
-def _ort() -> Any:
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def load_ort() -> Any:
+    """The ``onnxruntime`` module, imported with its telemetry off.
+
+    From 1.29 ONNX Runtime sends usage telemetry on Linux too, unless ``ORT_DISABLE_TELEMETRY=1``
+    is set before its first import: a persistent device id and an SQLite event cache written under
+    ``$XDG_CACHE_HOME`` or ``~/.cache`` (``Microsoft/DeveloperTools/.onnxruntime``) from the
+    import on, and DNS look-ups and uploads to ``mobile.events.data.microsoft.com`` from a thread
+    of its own. On a device that is SD-card wear, traffic on a metered link and data leaving the
+    fleet: off, unless the environment says otherwise (``ORT_DISABLE_TELEMETRY=0``). Every import
+    of ``onnxruntime`` in the agent goes through here."""
+    os.environ.setdefault(TELEMETRY_ENV, "1")
     try:
         return importlib.import_module("onnxruntime")
     except Exception as exc:  # ImportError, or a broken shared library (OSError)
@@ -51,7 +65,7 @@ def _maps_to_array(seq: Any) -> np.ndarray:
 
 class OnnxModel:
     def __init__(self, path: Path, manifest: Manifest, options: BackendOptions) -> None:
-        ort = _ort()
+        ort = load_ort()
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
@@ -139,7 +153,7 @@ class OnnxBackend:
 
     def unavailable_reason(self) -> str | None:
         try:
-            ort = _ort()
+            ort = load_ort()
         except BackendUnavailable as exc:
             return exc.message
         if "CPUExecutionProvider" not in ort.get_available_providers():
@@ -147,7 +161,7 @@ class OnnxBackend:
         return None
 
     def version(self) -> str:
-        return str(_ort().__version__)
+        return str(load_ort().__version__)
 
     def load(self, path: Path, manifest: Manifest, options: BackendOptions) -> OnnxModel:
         return OnnxModel(path, manifest, options)
