@@ -8,25 +8,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from edge_agent.runtime import cores
 from edge_agent.runtime.batcher import INLINE_ALONE_MAX_S, INLINE_ONE_CORE_MAX_S, Batcher, RunCost
-
-X = {"x": np.zeros((1, 4), np.float32)}
-
-
-def recorder(seconds: float, threads: list[int]):  # type: ignore[no-untyped-def]
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        threads.append(threading.get_ident())
-        time.sleep(seconds)
-        return {"y": inputs["x"] + 1.0}
-
-    return run
+from tests.batcher_helpers import X, recorder
 
 
 @pytest.mark.parametrize(

@@ -5,23 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from edge_agent.runtime.batcher import INLINE_ALONE_MAX_S, INLINE_MAX_S, Batcher
-
-X = {"x": np.zeros((1, 4), np.float32)}
-
-
-def recorder(seconds: float, threads: list[int]):  # type: ignore[no-untyped-def]
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        threads.append(threading.get_ident())
-        time.sleep(seconds)
-        return {"y": inputs["x"] + 1.0}
-
-    return run
+from tests.batcher_helpers import X, recorder
 
 
 def test_an_idle_batcher_runs_a_short_call_on_the_loop_without_its_task() -> None:
