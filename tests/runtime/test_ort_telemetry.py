@@ -1,7 +1,11 @@
 """ONNX Runtime (1.29+) keeps a device id and an event cache under the user's cache directory and
 uploads telemetry from Linux too, unless ORT_DISABLE_TELEMETRY=1 is set before its first import.
 The agent imports it with telemetry off (``load_ort``); the control shows what a bare import does,
-so that the check below is known to see it."""
+so that the check below is known to see it.
+
+ONNX Runtime also stays silent when it finds a CI system's variable (CI, GITHUB_ACTIONS, JENKINS_URL,
+TF_BUILD, ...), so the subprocesses run in an environment of their own, with none of the caller's
+variables: the control must see the writes on a CI runner too, where a device never runs."""
 
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ print(out.results[0]["label"])
 def run(code: str, tmp: Path, telemetry: str | None) -> tuple[str, list[Path]]:
     home, cache = tmp / "home", tmp / "cache"
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    # Only what Python needs: a CI variable inherited from the runner would hide the writes.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     env |= {"HOME": str(home), "XDG_CACHE_HOME": str(cache), "TMPDIR": str(tmp / "t")}
     (tmp / "t").mkdir(parents=True, exist_ok=True)
     if telemetry is not None:
