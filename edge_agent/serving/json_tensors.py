@@ -19,7 +19,7 @@ Rectangular without a step per element: the lists' shape is read down the first 
 (as ``nested_shape`` does), every array above the innermost rows is checked for its length and
 for holding only arrays (one step per row), and the innermost rows for their length. Rows
 holding an array instead of a number are caught by counting: the body must contain exactly as
-many ``[`` as the arrays visited (one numpy pass over the bytes; a ``[`` inside a string only
+many ``[`` as the arrays visited (one pass over the bytes; a ``[`` inside a string only
 sends the body to orjson).
 """
 
@@ -48,7 +48,6 @@ of RSS once it has read a 224 KiB body); larger ones get a parser of their own, 
 request. Only the event loop's thread decodes bodies."""
 
 MAX_KEYS = 64  # keys of an object on the way to a tensor (looked up one by one: quadratic)
-_OPEN = ord("[")
 _UINT_FROM = 2.0**63  # integers from here on are uint64 for numpy (or do not fit it)
 _PARSE_ERRORS = (ValueError, TypeError, RuntimeError, LookupError, OSError, MemoryError)
 _local = threading.local()
@@ -79,10 +78,8 @@ def parse(body: bytes, layout: Layout) -> dict[str, Any] | None:
         doc = decoder.convert(_parse(body), layout)
     except (_NotHere, *_PARSE_ERRORS):
         return None
-    if not isinstance(doc, dict) or decoder.arrays != int(
-        np.count_nonzero(np.frombuffer(body, np.uint8) == _OPEN)
-    ):
-        return None
+    if not isinstance(doc, dict) or decoder.arrays != body.count(b"["):
+        return None  # (bytes.count: one pass, no temporary; 7 us less than numpy's after the model ran)
     return doc
 
 

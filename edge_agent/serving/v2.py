@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+import sys
 from math import prod
 from typing import Any
 
@@ -51,6 +52,8 @@ V2_TO_NP: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 NP_TO_V2 = {v.name: k for k, v in V2_TO_NP.items()}
+_V2_OF_DTYPE = {v: k for k, v in V2_TO_NP.items()}  # looked up by dtype: ``dtype.name`` runs Python code
+_LITTLE = sys.byteorder == "little"
 MANIFEST_TO_V2 = {
     "float32": "FP32",
     "float16": "FP16",
@@ -456,14 +459,20 @@ def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) 
             entries.append(entry)
             continue
         arr = available[name]
-        dtype = NP_TO_V2.get(
-            arr.dtype.newbyteorder("<").name if arr.dtype.byteorder == ">" else arr.dtype.name
-        )
+        dtype = _V2_OF_DTYPE.get(arr.dtype)  # native little-endian (the runtimes' outputs)
+        if dtype is None:
+            dtype = NP_TO_V2.get(
+                arr.dtype.newbyteorder("<").name if arr.dtype.byteorder == ">" else arr.dtype.name
+            )
         if dtype is None:
             arr, dtype = arr.astype(np.float32), "FP32"
         entry = {"name": name, "datatype": dtype, "shape": list(arr.shape)}
         if binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            order = arr.dtype.byteorder
+            if order == "<" or order == "|" or (order == "=" and _LITTLE):
+                raw = arr.tobytes()  # C order, already little-endian
+            else:
+                raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
