@@ -42,6 +42,7 @@ NUMERIC_KINDS = frozenset("biuf")
 # products of more than 10,000 values, and larger inputs belong to models whose run dwarfs the test.
 DOT_MAX = 8192
 _F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
 _ZEROS = np.zeros(DOT_MAX, _F32)
 _ZEROS.flags.writeable = False
 _ZERO_VIEWS: dict[int, np.ndarray] = {}  # size -> _ZEROS[:size]
@@ -238,6 +239,21 @@ class InputCheck:
                 and not (finite and nonfinite(arr.ravel()))  # (ravel: a view, contiguous)
             ):
                 return {name: arr}
+            if (  # JSON numbers (float64) for a float32 model that takes no NaN: cast and check once
+                type(arr) is np.ndarray
+                and arr.dtype is _F64
+                and dtype is _F32
+                and finite
+                and arr.ndim == ndim
+                and arr.shape[1:] == tail
+                and 0 < arr.shape[0] <= self.max_rows
+                and (batch is None or arr.shape[0] == batch)
+            ):
+                with np.errstate(over="ignore"):
+                    cast = arr.astype(_F32, order="C")
+                if not nonfinite(cast.ravel()):
+                    return {name: cast}
+                # out of float32's range, NaN or infinity: the full check below names which
         return self._check_all(inputs)
 
     def _check_all(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
