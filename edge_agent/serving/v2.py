@@ -52,7 +52,7 @@ V2_TO_NP: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 NP_TO_V2 = {v.name: k for k, v in V2_TO_NP.items()}
-_V2_OF_DTYPE = {v: k for k, v in V2_TO_NP.items()}  # looked up by dtype: ``dtype.name`` runs Python code
+_V2_OF_DTYPE = {v: k for k, v in V2_TO_NP.items()}
 _LITTLE = sys.byteorder == "little"
 MANIFEST_TO_V2 = {
     "float32": "FP32",
@@ -459,20 +459,17 @@ def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) 
             entries.append(entry)
             continue
         arr = available[name]
-        dtype = _V2_OF_DTYPE.get(arr.dtype)  # native little-endian (the runtimes' outputs)
+        if not arr.dtype.isnative:  # (the runtimes answer in native order; orjson takes no other)
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        dtype = _V2_OF_DTYPE.get(arr.dtype)  # (by dtype: ``dtype.name`` runs Python code)
         if dtype is None:
-            dtype = NP_TO_V2.get(
-                arr.dtype.newbyteorder("<").name if arr.dtype.byteorder == ">" else arr.dtype.name
-            )
+            dtype = NP_TO_V2.get(arr.dtype.name)
         if dtype is None:
             arr, dtype = arr.astype(np.float32), "FP32"
         entry = {"name": name, "datatype": dtype, "shape": list(arr.shape)}
         if binary:
-            order = arr.dtype.byteorder
-            if order == "<" or order == "|" or (order == "=" and _LITTLE):
-                raw = arr.tobytes()  # C order, already little-endian
-            else:
-                raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            # C order, little-endian: as it is on every platform the agent runs on
+            raw = arr.tobytes() if _LITTLE else arr.astype(arr.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
