@@ -25,6 +25,13 @@ GOOD = [[5.1, 3.5, 1.4, 0.2]]
         ({"float_input": [[1.0, float("inf"), 3.0, 4.0]]}, "NaN or infinity"),
         ({"float_input": np.zeros((1, 4), np.complex64)}, "dtype complex64, expected float32"),
         ({"float_input": [[1e39, 0, 0, 0]]}, "out of float32 range"),
+        # float64 arrays (what JSON numbers decode to) take the cast-once path: the same refusals
+        ({"float_input": np.array([[1e39, 0, 0, 0]])}, "out of float32 range"),
+        ({"float_input": np.array([[0, 0, 0, -1e300]])}, "out of float32 range"),
+        ({"float_input": np.array([[1.0, np.nan, 3.0, 4.0]])}, "NaN or infinity"),
+        ({"float_input": np.array([[1.0, 2.0, 3.0, -np.inf]])}, "NaN or infinity"),
+        ({"float_input": np.zeros((2000, 4))}, "over the limit of 1024"),
+        ({"float_input": np.zeros((1, 5))}, r"shape \[1, 5\], expected \[N, 4\]"),
         ({"float_input": np.zeros((0, 4))}, "empty batch"),
         ({"float_input": np.zeros((2000, 4))}, "over the limit of 1024"),
         ({"x": GOOD}, r"unknown input\(s\) \['x'\]"),
@@ -42,6 +49,13 @@ def test_single_row_without_batch_dim_and_ints_are_accepted(engine: Engine) -> N
     c = engine.predict("iris", {"float_input": [[5, 3, 1, 0]]})
     assert len(a.results) == len(b.results) == len(c.results) == 1
     np.testing.assert_array_equal(a.outputs["output_probability"], b.outputs["output_probability"])
+
+
+def test_float64_arrays_are_cast_to_float32_up_to_its_range(engine: Engine) -> None:
+    edge = np.array([[3.4e38, -3.4e38, 1e-50, 0.0]])  # finite float32 values (the last two: 0)
+    out = engine.validate(engine.model("iris"), {"float_input": edge})["float_input"]
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, edge.astype(np.float32))
 
 
 def test_engine_keeps_working_after_bad_input(engine: Engine) -> None:
