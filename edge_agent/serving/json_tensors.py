@@ -47,6 +47,8 @@ KEEP_PARSER_BYTES = 256 * 1024
 of RSS once it has read a 224 KiB body); larger ones get a parser of their own, freed with the
 request. Only the event loop's thread decodes bodies."""
 
+COUNT_BYTES_MAX = 48 * 1024  # bodies up to this size count their ``[`` with bytes.count
+_OPEN = ord("[")
 MAX_KEYS = 64  # keys of an object on the way to a tensor (looked up one by one: quadratic)
 _UINT_FROM = 2.0**63  # integers from here on are uint64 for numpy (or do not fit it)
 _PARSE_ERRORS = (ValueError, TypeError, RuntimeError, LookupError, OSError, MemoryError)
@@ -78,9 +80,18 @@ def parse(body: bytes, layout: Layout) -> dict[str, Any] | None:
         doc = decoder.convert(_parse(body), layout)
     except (_NotHere, *_PARSE_ERRORS):
         return None
-    if not isinstance(doc, dict) or decoder.arrays != body.count(b"["):
-        return None  # (bytes.count: one pass, no temporary; 7 us less than numpy's after the model ran)
+    if not isinstance(doc, dict) or decoder.arrays != _brackets(body):
+        return None
     return doc
+
+
+def _brackets(body: bytes) -> int:
+    """How many ``[`` the body holds: ``bytes.count`` (a byte loop, no temporary) for a small body,
+    numpy's vectorised compare for a large one (measured after a model run had evicted the caches:
+    34 kB 13 against 21 us; 570 kB 372 against 102 us)."""
+    if len(body) <= COUNT_BYTES_MAX:
+        return body.count(b"[")
+    return int(np.count_nonzero(np.frombuffer(body, np.uint8) == _OPEN))
 
 
 def _parse(body: bytes) -> Any:

@@ -425,3 +425,17 @@ def test_json_and_npy_bodies_get_the_same_answer(gateway: Gateway) -> None:
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
     as_json, as_npy = (r.json() for r in answers)
     assert as_json["outputs"] == as_npy["outputs"] and as_json["results"] == as_npy["results"]
+
+
+@pytest.mark.parametrize("rows", [8, 4096])  # bodies below and above COUNT_BYTES_MAX
+def test_an_array_hidden_in_a_row_is_found_in_small_and_large_bodies(rows: int) -> None:
+    """The ``[`` count (bytes.count for small bodies, numpy for large ones) is what notices a row
+    holding an array where a number belongs, with every row of the right length."""
+    data = np.arange(rows * 4, dtype=np.float64).reshape(rows, 4) + 0.5
+    good = orjson.dumps({"data": data.tolist()})
+    sneaky = good.replace(b",2.5,", b",[2.5],", 1)  # row 0: [0.5, 1.5, [2.5], 3.5]
+    assert sneaky != good
+    assert (len(good) > json_tensors.COUNT_BYTES_MAX) == (rows > 8)
+    doc = parse(good, V1)
+    assert doc is not None and np.array_equal(doc["data"].array, data)
+    assert parse(sneaky, V1) is None  # left to orjson, which refuses it with its message
