@@ -51,8 +51,8 @@ V2_TO_NP: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-NP_TO_V2 = {v.name: k for k, v in V2_TO_NP.items()}
-_V2_OF_DTYPE = {v: k for k, v in V2_TO_NP.items()}
+# looked up by the (native) dtype itself: ``dtype.name`` runs Python code
+NP_TO_V2 = {v.newbyteorder("="): k for k, v in V2_TO_NP.items()}
 _LITTLE = sys.byteorder == "little"
 MANIFEST_TO_V2 = {
     "float32": "FP32",
@@ -461,9 +461,7 @@ def _encode_response(doc: dict[str, Any], pred: Prediction, manifest: Manifest) 
         arr = available[name]
         if not arr.dtype.isnative:  # (the runtimes answer in native order; orjson takes no other)
             arr = arr.astype(arr.dtype.newbyteorder("="))
-        dtype = _V2_OF_DTYPE.get(arr.dtype)  # (by dtype: ``dtype.name`` runs Python code)
-        if dtype is None:
-            dtype = NP_TO_V2.get(arr.dtype.name)
+        dtype = NP_TO_V2.get(arr.dtype)
         if dtype is None:
             arr, dtype = arr.astype(np.float32), "FP32"
         entry = {"name": name, "datatype": dtype, "shape": list(arr.shape)}
