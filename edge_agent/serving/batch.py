@@ -310,15 +310,25 @@ async def summary(request: Request, model: str | None = None) -> Response:
     )
 
 
-@router.post("/run", status_code=202, summary="Wake the batch role to run the pending items now")
+@router.post(
+    "/run",
+    status_code=202,
+    summary="Ask the batch role to run the pending items now",
+    description="The request is recorded in the device database, then the role's doorbell rings: "
+    "a role that is starting or restarting runs as soon as it listens. `listeners` says how many "
+    "roles were woken; 0 comes with a `warning`.",
+    responses=errors(503, 507),
+)
 async def run_now(request: Request) -> Response:
     gw = gateway(request)
-    pending = await asyncio.to_thread(BatchItems(gw.storage).count, statuses=("pending",))
+    items = BatchItems(gw.storage)
+    await asyncio.wrap_future(gw.storage.submit(items.request_run, "batch run request"))
+    pending = await asyncio.to_thread(items.count, statuses=("pending",))
     listeners = await asyncio.to_thread(_doorbell(request).ring)
     body: dict[str, Any] = {"pending": pending, "listeners": listeners}
     if not listeners:
         body["warning"] = (
-            "no batch role is listening: the items wait for its next scheduled run "
-            "(or run them with: edge-agent batch --now)"
+            "no batch role is listening now: the request is kept and the role runs the items when "
+            "it starts (without a batch role, run them with: edge-agent batch --now)"
         )
     return json_response(body, status=202)

@@ -36,6 +36,7 @@ DESCRIPTIONS = {
     429: "Too many attempts; retry after the Retry-After header's seconds",
     503: "Not available now (model not loaded, service or broker down); retry later",
     504: "An upstream service did not answer in time",
+    507: "The device's disk is full: nothing was stored; retry once there is room",
 }
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 Responses = dict[int | str, dict[str, Any]]

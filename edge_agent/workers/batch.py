@@ -2,7 +2,9 @@
 
 ``edge-agent batch`` sleeps on its doorbell until the next fire time of its
 schedule (``batch.interval_s`` or ``batch.cron``) or until the gateway's
-``POST /batch/run`` rings it, then runs every pending item;
+``POST /batch/run`` rings it, then runs every pending item (the request is kept in
+the database too: a role that was starting or restarting when it rang runs as
+soon as it listens);
 ``edge-agent batch --now [--progress]`` runs them once and exits. A run::
 
     release abandoned leases (expired, or held by a process that is gone)
@@ -180,6 +182,7 @@ class BatchRunner:
         # instead of waiting for their lease to expire
         stats.recovered = self.items.give_back(self.owner)
         stats.recovered += self.items.release_abandoned(self.options.max_attempts)
+        self.items.answer_requests()  # requests made from here on get a run of their own
         stats.pending = self.items.count(statuses=("pending",))
         if stats.pending:
             self._follow_activations()
@@ -306,6 +309,9 @@ def serve(
         due = True
     if due:
         logger.info("resuming a run interrupted by a stopped process")
+    elif runner.items.run_requested():
+        logger.info("running now: POST /batch/run was called while the role was not listening")
+        due = True
     next_fire = schedule.next_after(time.time())
     pause_s = PAUSE_S
     while not stop.is_set():
@@ -315,7 +321,9 @@ def serve(
             rung = listener.wait(min(next_fire - now, MAX_SLEEP_S), also=(wake_fd,))
             if rung:
                 listener.drain()
-            due = rung or time.time() >= next_fire
+            # the database is the truth, a ring only a hint: a request whose ring was lost is
+            # found at the next wake-up (30 s at most)
+            due = rung or time.time() >= next_fire or runner.items.run_requested()
             continue
         if time.time() >= next_fire:
             next_fire = schedule.next_after(time.time())
@@ -345,41 +353,42 @@ def serve(
 def run(config: AgentConfig, args: argparse.Namespace) -> int:
     """The ``batch`` role: ``--now`` runs the pending items once; otherwise on the schedule."""
     schedule = schedule_from_config(config.batch)  # an invalid cron fails before anything loads
-    storage = open_storage(config)
-    engine = build_engine(config)
-    runner = BatchRunner(engine, storage, RunnerOptions.from_config(config.batch))
-    progress = ProgressBar() if getattr(args, "progress", False) else None
-    stop = threading.Event()
-    wake_r, wake_w = socket.socketpair()
-    wake_w.setblocking(False)
+    once = bool(getattr(args, "now", False))
+    with contextlib.ExitStack() as stack:
+        storage = open_storage(config)
+        stack.callback(storage.close)
+        listener: Listener | None = None
+        if not once:
+            # bound before the models load (seconds on a Pi): a ring while they load waits in the
+            # socket instead of being lost until the next scheduled run
+            doorbell = batch_doorbell(config.data_dir)
+            stack.callback(doorbell.close)
+            listener = stack.enter_context(doorbell.listen(f"batch-{os.getpid()}"))
+        engine = build_engine(config)
+        stack.callback(engine.close)
+        runner = BatchRunner(engine, storage, RunnerOptions.from_config(config.batch))
+        progress = ProgressBar() if getattr(args, "progress", False) else None
+        stop = threading.Event()
+        wake_r, wake_w = socket.socketpair()
+        stack.callback(wake_r.close)
+        stack.callback(wake_w.close)
+        wake_w.setblocking(False)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        with contextlib.suppress(OSError):
-            wake_w.send(b"!")
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+            with contextlib.suppress(OSError):
+                wake_w.send(b"!")
 
-    in_main = threading.current_thread() is threading.main_thread()  # (signals: main thread only)
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT) if in_main}
-    try:
-        if getattr(args, "now", False):
+        if threading.current_thread() is threading.main_thread():  # (signals: main thread only)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                stack.callback(signal.signal, sig, signal.signal(sig, on_signal))
+        if listener is None:
             stats = runner.run_pending(progress, stop)
             if progress is not None:
                 progress.close()
             print(stats.summary())
             return 0
-        doorbell = batch_doorbell(config.data_dir)
-        try:
-            with doorbell.listen(f"batch-{os.getpid()}") as listener:
-                logger.info("batch role ready: %s, doorbell %s", schedule, listener.path)
-                serve(runner, schedule, listener, stop, wake_r.fileno(), progress)
-        finally:
-            doorbell.close()
+        logger.info("batch role ready: %s, doorbell %s", schedule, listener.path)
+        serve(runner, schedule, listener, stop, wake_r.fileno(), progress)
         logger.info("batch role stopped")
         return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        wake_r.close()
-        wake_w.close()
-        engine.close()
-        storage.close()

@@ -38,6 +38,8 @@ FILTERS: dict[str, tuple[str, ...]] = {
     "unpredicted": ("pending", "running"),
 }
 SOURCE = "batch"
+RUN_REQUESTS = "batch_run_requests"  # counters: POST /batch/run calls recorded
+RUN_ANSWERED = "batch_run_answered"  # counters: the requests a run has started for
 _ID_NAMESPACE = uuid.UUID("5f0c4c52-3b1e-4a55-9d0e-6b61a1c0ba7c")
 logger = logging.getLogger(__name__)
 _COLUMNS = (
@@ -265,6 +267,33 @@ class BatchItems:
             f"SELECT b.status, COUNT(*) FROM batch_items b{where} GROUP BY b.status", args
         )
         return {s: 0 for s in STATUSES} | {r[0]: int(r[1]) for r in rows}
+
+    # -- run requests (POST /batch/run): kept in the database, the doorbell is only a hint ------
+    def request_run(self, conn: sqlite3.Connection) -> None:
+        """Record a request for a run (inside the caller's transaction): a role that is starting or
+        restarting when the doorbell rings still finds it."""
+        self.storage.bump(conn, RUN_REQUESTS)
+
+    def run_requested(self) -> bool:
+        """Was a run requested since the last run started?"""
+        row = self.storage.conn.execute(
+            "SELECT COALESCE(SUM(CASE name WHEN ? THEN value ELSE -value END), 0) FROM counters "
+            "WHERE name IN (?, ?)",
+            (RUN_REQUESTS, RUN_REQUESTS, RUN_ANSWERED),
+        ).fetchone()
+        return int(row[0]) > 0
+
+    def answer_requests(self) -> None:
+        """A run starts: the requests made so far are answered by it (one write, only when some
+        are open: an idle scheduled run writes nothing)."""
+        if not self.run_requested():
+            return
+        with self.storage.transaction(what="batch run request") as conn:
+            conn.execute(
+                "INSERT INTO counters (name, value) SELECT ?, value FROM counters WHERE name = ? "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (RUN_ANSWERED, RUN_REQUESTS),
+            )
 
     def pending_models(self) -> list[str]:
         rows = self.storage.conn.execute("SELECT DISTINCT model FROM batch_items WHERE status = 'pending'")

@@ -6,6 +6,7 @@ the runner in-process, on real SQLite files and real models."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import os
@@ -15,11 +16,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -31,6 +34,7 @@ from edge_agent.runtime.store import ModelStore
 from edge_agent.storage import DB_NAME, Storage
 from edge_agent.workers.batch import MAX_ATTEMPTS, BatchRunner, ProgressBar, RunnerOptions
 from edge_agent.workers.batch_items import BatchItems, Outcome, PayloadKind, decode_row, encode_rows, owner_id
+from edge_agent.workers.schedule import batch_doorbell
 from tests.conftest import MODELS, ROOT, copy_models
 from tests.serving.gateway_proc import Gateway, run_gateway
 
@@ -140,6 +144,7 @@ def env(module_env: Env) -> Env:
     with module_env.db() as conn:
         for table in ("batch_items", "results", "outbox"):
             conn.execute(f"DELETE FROM {table}")
+        conn.execute("DELETE FROM counters WHERE name LIKE 'batch_run_%'")  # no request left over
     return module_env
 
 
@@ -308,10 +313,21 @@ def test_interval_role_picks_items_up_without_a_trigger(env: Env) -> None:
         assert proc.wait(timeout=10) == 0
 
 
-def test_run_trigger_wakes_a_sleeping_role_at_once(env: Env) -> None:
+def test_a_run_requested_while_no_role_listens_runs_when_the_role_starts(env: Env) -> None:
     register(env, {"model": "iris", "data": iris_rows(5)})
     nobody = httpx.post(f"{env.url}/batch/run")
-    assert nobody.status_code == 202 and nobody.json()["listeners"] == 0 and "warning" in nobody.json()
+    assert nobody.status_code == 202 and nobody.json()["listeners"] == 0
+    assert "the request is kept" in nobody.json()["warning"]
+    with batch_role(env, "late", EDGE_BATCH__INTERVAL_S="3600") as proc:  # next scheduled run: 1 h
+        wait_for(lambda: env.counts() == {"done": 5}, 15, "the requested run, at the role's start")
+        register(env, {"model": "iris", "data": iris_rows(3, seed=2)})
+        time.sleep(0.5)
+        assert env.counts() == {"done": 5, "pending": 3}  # the request was answered once, not again
+        assert proc.poll() is None
+
+
+def test_run_trigger_wakes_a_sleeping_role_at_once(env: Env) -> None:
+    register(env, {"model": "iris", "data": iris_rows(5)})
     with batch_role(env, "trigger", EDGE_BATCH__INTERVAL_S="3600") as proc:
         time.sleep(0.3)
         assert env.counts() == {"pending": 5}  # asleep: the next scheduled run is an hour away
@@ -380,6 +396,105 @@ def test_invalid_cron_stops_the_role_with_a_config_error(env: Env) -> None:
     assert run.returncode == 3
     assert "batch.cron: minute field '61' is not valid" in run.stderr.decode()
     assert "values 0-59" in run.stderr.decode()
+
+
+def run_role_in_process(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    n_items: int,
+    while_loading: Callable[[Path], None] = lambda data: None,
+    once_serving: Callable[[Path], None] = lambda data: None,
+) -> tuple[dict[str, int], float]:
+    """``edge-agent batch`` (interval 1 h) in this process, so that something can happen exactly
+    while its models load or once it sleeps; stopped when its items are done or after 20 s.
+    Returns the item counts and the seconds it took."""
+    from edge_agent import config as config_mod
+    from edge_agent.workers import batch as role
+
+    cfg = config_mod.AgentConfig(
+        model_dir=copy_models(tmp_path / "models", ["iris"]),
+        data_dir=tmp_path / "data",
+        batch=config_mod.BatchConfig(interval_s=3600),
+    )
+    storage = Storage.in_dir(cfg.data_dir)
+    items = BatchItems(storage)
+    items.register("iris", iris_payloads(n_items))
+    real_build_engine, real_serve = role.build_engine, role.serve
+    wake_r, wake_w = os.pipe()
+
+    def build_engine(config: config_mod.AgentConfig) -> Engine:
+        while_loading(config.data_dir)
+        return real_build_engine(config)
+
+    def serve(
+        runner: role.BatchRunner,
+        schedule: Any,
+        listener: Any,
+        stop: threading.Event,
+        wake_fd: int,
+        progress: Any = None,
+    ) -> None:
+        def stop_when_done() -> None:
+            deadline = time.monotonic() + 20
+            while items.counts()["done"] < n_items and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stop.set()
+            os.write(wake_w, b"!")
+
+        threading.Thread(target=stop_when_done, daemon=True).start()
+        once_serving(cfg.data_dir)
+        real_serve(runner, schedule, listener, stop, wake_r, progress)
+
+    monkeypatch.setattr(role, "build_engine", build_engine)
+    monkeypatch.setattr(role, "serve", serve)
+    try:
+        t0 = time.monotonic()
+        assert role.run(cfg, argparse.Namespace(now=False, progress=False)) == 0
+        return items.counts(), time.monotonic() - t0
+    finally:
+        os.close(wake_r)
+        os.close(wake_w)
+        storage.close()
+
+
+def test_a_ring_while_the_models_load_is_kept_for_the_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ring while the role loads its models (seconds on a Pi) is not lost until the next
+    scheduled run, an hour away: the role binds its doorbell before it loads them."""
+    rung: list[int] = []
+
+    def ring(data: Path) -> None:  # the doorbell half of POST /batch/run, without its record
+        bell = batch_doorbell(data)
+        rung.append(bell.ring())
+        bell.close()
+
+    counts, took = run_role_in_process(tmp_path, monkeypatch, 6, while_loading=ring)
+    assert rung == [1]  # the role was listening while its models loaded
+    assert counts == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+    assert took < 15
+
+
+def test_a_request_whose_ring_was_lost_runs_at_the_next_wake_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doorbell is a hint, the database the truth: a recorded request whose ring never came
+    runs when the role next wakes to look at the clock (every 30 s; 0.2 s here)."""
+    from edge_agent.workers import batch as role
+
+    monkeypatch.setattr(role, "MAX_SLEEP_S", 0.2)
+
+    def record(data: Path) -> None:  # the record half of POST /batch/run, without its ring
+        storage = Storage.in_dir(data)
+        storage.write(BatchItems(storage).request_run)
+        storage.close()
+
+    def record_once_asleep(data: Path) -> None:  # after the role's look at start-up
+        threading.Timer(0.5, record, (data,)).start()
+
+    counts, took = run_role_in_process(tmp_path, monkeypatch, 4, once_serving=record_once_asleep)
+    assert counts == {"pending": 0, "running": 0, "done": 4, "failed": 0}
+    assert took < 15
 
 
 # -- the item store and the runner, in this process --------------------------------------
