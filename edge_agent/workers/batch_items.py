@@ -275,12 +275,17 @@ class BatchItems:
         self.storage.bump(conn, RUN_REQUESTS)
 
     def run_requested(self) -> bool:
-        """Was a run requested since the last run started?"""
-        row = self.storage.conn.execute(
-            "SELECT COALESCE(SUM(CASE name WHEN ? THEN value ELSE -value END), 0) FROM counters "
-            "WHERE name IN (?, ?)",
-            (RUN_REQUESTS, RUN_REQUESTS, RUN_ANSWERED),
-        ).fetchone()
+        """Was a run requested since the last run started? (False, logged, when the database
+        cannot be read now: the ring, the schedule or the next look still start the run.)"""
+        try:
+            row = self.storage.conn.execute(
+                "SELECT COALESCE(SUM(CASE name WHEN ? THEN value ELSE -value END), 0) FROM counters "
+                "WHERE name IN (?, ?)",
+                (RUN_REQUESTS, RUN_REQUESTS, RUN_ANSWERED),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            logger.warning("cannot read the batch run requests now: %s", exc)
+            return False
         return int(row[0]) > 0
 
     def answer_requests(self) -> None:

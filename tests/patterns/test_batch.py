@@ -631,3 +631,22 @@ def test_stored_samples_read_back_exactly() -> None:
     assert np.array_equal(back.astype(np.float32), edge[0]) and np.all(np.abs(back) <= f32.max)
     ints = np.array([[np.iinfo(np.int64).max, -1]], dtype=np.int64)
     assert np.array_equal(decode_row(encode_rows({"i": ints})[0])["i"], ints[0])
+
+
+def test_run_requests_are_counted_answered_once_and_a_failed_read_is_not_a_crash(
+    local: tuple[Engine, Storage, Path],
+) -> None:
+    engine, storage, _ = local
+    items = BatchItems(storage)
+    assert not items.run_requested()
+    storage.write(items.request_run)
+    storage.write(items.request_run)
+    assert items.run_requested()
+    items.register("iris", iris_payloads(2))
+    runner = BatchRunner(engine, storage, RunnerOptions())
+    assert runner.run_pending().done == 2
+    assert not items.run_requested()  # one run answers every request made before it
+    storage.write(items.request_run)
+    assert items.run_requested()
+    storage.conn.execute("ALTER TABLE counters RENAME TO counters_gone")  # the read fails now
+    assert not items.run_requested()  # logged; the schedule and the ring still start runs
