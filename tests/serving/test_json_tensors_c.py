@@ -427,15 +427,26 @@ def test_json_and_npy_bodies_get_the_same_answer(gateway: Gateway) -> None:
     assert as_json["outputs"] == as_npy["outputs"] and as_json["results"] == as_npy["results"]
 
 
-@pytest.mark.parametrize("rows", [8, 4096])  # bodies below and above COUNT_BYTES_MAX
-def test_an_array_hidden_in_a_row_is_found_in_small_and_large_bodies(rows: int) -> None:
-    """The ``[`` count (bytes.count for small bodies, numpy for large ones) is what notices a row
-    holding an array where a number belongs, with every row of the right length."""
-    data = np.arange(rows * 4, dtype=np.float64).reshape(rows, 4) + 0.5
+@pytest.mark.parametrize(
+    ("rows", "cols", "way"),
+    [(8, 4, "count"), (4096, 4, "numpy"), (16, 256, "replace"), (2048, 64, "replace")],
+)
+def test_an_array_hidden_in_a_row_is_found_whichever_way_the_brackets_are_counted(
+    rows: int, cols: int, way: str
+) -> None:
+    """The ``[`` count (bytes.count for small bodies of dense brackets, numpy for large ones,
+    bytes.replace for sparse brackets) is what notices a row holding an array where a number
+    belongs, with every row of the right length."""
+    data = np.arange(rows * cols, dtype=np.float64).reshape(rows, cols) + 0.5
     good = orjson.dumps({"data": data.tolist()})
-    sneaky = good.replace(b",2.5,", b",[2.5],", 1)  # row 0: [0.5, 1.5, [2.5], 3.5]
+    sneaky = good.replace(b",2.5,", b",[2.5],", 1)  # row 0: [0.5, 1.5, [2.5], 3.5, ...]
     assert sneaky != good
-    assert (len(good) > json_tensors.COUNT_BYTES_MAX) == (rows > 8)
+    arrays = rows + 1
+    sparse = arrays * json_tensors.SPARSE_BYTES_PER_BRACKET < len(good)
+    taken = "replace" if sparse else "count" if len(good) <= json_tensors.COUNT_BYTES_MAX else "numpy"
+    assert taken == way
+    assert json_tensors._brackets(good, arrays) == arrays
+    assert json_tensors._brackets(sneaky, arrays) == arrays + 1
     doc = parse(good, V1)
     assert doc is not None and np.array_equal(doc["data"].array, data)
     assert parse(sneaky, V1) is None  # left to orjson, which refuses it with its message
