@@ -137,11 +137,7 @@ class DataCache:
         try:
             with storage.transaction() as conn:
                 (size,) = conn.execute("SELECT COALESCE(SUM(length(tensor)), 0) FROM data_cache").fetchone()
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    (BYTES, size),
-                )
+                storage.set_counter(conn, BYTES, size)
                 self._evict(conn)
         except DiskFull as exc:  # a full disk must not keep the gateway from starting
             logger.warning("data cache: size not recounted at start: %s", exc.message)

@@ -310,11 +310,7 @@ class PredictionCache:
                 "SELECT COUNT(*), COALESCE(SUM(length(value)), 0) FROM prediction_cache"
             ).fetchone()
             for name, value in ((ENTRIES, entries), (BYTES, size)):
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    (name, value),
-                )
+                self.storage.set_counter(conn, name, value)
             evicted = self._evict(conn)
         self._forget_evicted(evicted)
 

@@ -278,15 +278,10 @@ class BatchItems:
         """Was a run requested since the last run started? (False, logged, when the database
         cannot be read now: the ring, the schedule or the next look still start the run.)"""
         try:
-            row = self.storage.conn.execute(
-                "SELECT COALESCE(SUM(CASE name WHEN ? THEN value ELSE -value END), 0) FROM counters "
-                "WHERE name IN (?, ?)",
-                (RUN_REQUESTS, RUN_REQUESTS, RUN_ANSWERED),
-            ).fetchone()
+            return self.storage.counter(RUN_REQUESTS) > self.storage.counter(RUN_ANSWERED)
         except sqlite3.Error as exc:
             logger.warning("cannot read the batch run requests now: %s", exc)
             return False
-        return int(row[0]) > 0
 
     def answer_requests(self) -> None:
         """A run starts: the requests made so far are answered by it (one write, only when some
@@ -294,11 +289,7 @@ class BatchItems:
         if not self.run_requested():
             return
         with self.storage.transaction(what="batch run request") as conn:
-            conn.execute(
-                "INSERT INTO counters (name, value) SELECT ?, value FROM counters WHERE name = ? "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                (RUN_ANSWERED, RUN_REQUESTS),
-            )
+            self.storage.set_counter(conn, RUN_ANSWERED, self.storage.counter(RUN_REQUESTS))
 
     def pending_models(self) -> list[str]:
         rows = self.storage.conn.execute("SELECT DISTINCT model FROM batch_items WHERE status = 'pending'")
