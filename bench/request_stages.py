@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +106,6 @@ async def _drive(
     return times, wrong
 
 
-@contextlib.contextmanager
-def _environment(extra: dict[str, str]) -> Iterator[None]:
-    """``extra`` in this process's environment, which ``gateway()`` hands on, then as it was."""
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def measure(case: Any, fmt: str, args: argparse.Namespace, tmp: Path) -> tuple[dict[str, float], list[str]]:
     out = tmp / f"stages-{fmt}.json"
     total = args.warmup + args.requests
@@ -130,9 +114,7 @@ def measure(case: Any, fmt: str, args: argparse.Namespace, tmp: Path) -> tuple[d
         "BENCH_STAGES_N": str(total),
         "PYTHONPATH": os.pathsep.join(p for p in (str(PROBE), os.environ.get("PYTHONPATH", "")) if p),
     }
-    with contextlib.ExitStack() as stack:
-        with _environment(probe_env):
-            gw = stack.enter_context(gateway(case, {"enabled": True}, SERVER_CORE, tmp, f"stages-{fmt}"))
+    with gateway(case, {"enabled": True}, SERVER_CORE, tmp, f"stages-{fmt}", probe_env) as gw:
         reqs, kind, expected = requests_for(case, "d", fmt, gw.port)
         times, wrong = asyncio.run(_drive(gw.port, reqs, kind, expected, total))
         deadline = time.monotonic() + 10
@@ -169,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| --- |" + " ---: |" * len(args.formats))
     for label in labels:
         print(f"| {label} | " + " | ".join(f"{results[f][label]:,.1f}" for f in args.formats) + " |")
-    checked = sum(args.warmup + args.requests for _ in args.formats)
+    checked = (args.warmup + args.requests) * len(args.formats)
     print(f"{len(wrong)} wrong answers of {checked} checked")
     for w in wrong[:10]:
         print(f"  {w}")

@@ -137,7 +137,15 @@ def running(
         stop(proc)
 
 
-def gateway(case: Case, batching: dict[str, Any], core: int | None, tmp: Path, label: str) -> Any:
+def gateway(
+    case: Case,
+    batching: dict[str, Any],
+    core: int | None,
+    tmp: Path,
+    label: str,
+    extra_env: dict[str, str] | None = None,
+) -> Any:
+    """``edge-agent serve`` of ``case``'s store, prediction cache off; ``extra_env`` on top."""
     port = free_port()
     data_dir = tmp / f"data-{case.name}-{port}"
     data_dir.mkdir(parents=True)
@@ -147,6 +155,7 @@ def gateway(case: Case, batching: dict[str, Any], core: int | None, tmp: Path, l
         "EDGE_DEFAULT_MODEL": case.name,
     }
     env.update(_no_cache_env())
+    env.update(extra_env or {})
     cmd = [
         sys.executable,
         "-m",
